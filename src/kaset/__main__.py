@@ -1,0 +1,3 @@
+from kaset.cli import app
+
+app()

@@ -1,0 +1,75 @@
+"""Settings, from environment variables (`KASET_*`), an optional YAML file, and defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import yaml
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("kaset", appauthor=False))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KASET_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Field(default_factory=default_data_dir)
+    # Defaults to SQLite under data_dir; PostgreSQL via postgresql+asyncpg://...
+    database_url: str | None = None
+    # Where installed models live: <models_dir>/<id>/<version>/ plus a model card.
+    models_dir: Path | None = None
+    catalog_dirs: list[Path] = Field(default_factory=list)
+
+    # Models to load at start. None: every installed model of the catalog's default pack.
+    models: list[str] | None = None
+    # Load a model on its first request if it is installed but not loaded.
+    lazy_load: bool = True
+    warmup: bool = True
+
+    auth_enabled: bool = True
+    key_cache_ttl_s: float = 300.0
+
+    # Input limits: beyond them a request gets 413/400 before any model sees it.
+    max_upload_bytes: int = 25 * 1024 * 1024
+    max_audio_seconds: float = 30 * 60
+    max_speech_chars: int = 4096
+    max_text_chars: int = 100_000
+    max_translate_texts: int = 128
+    max_embedding_inputs: int = 2048
+
+    log_level: str = "info"
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'kaset.db'}"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from a YAML file (if given), overridden by env vars, then by explicit overrides."""
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        file_values = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        if not isinstance(file_values, dict):
+            raise ValueError(f"{config_file}: expected a mapping of settings")
+    env_settings = Settings()
+    merged = {**file_values, **env_settings.model_dump(exclude_unset=True)}
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**merged)

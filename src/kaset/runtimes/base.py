@@ -1,0 +1,213 @@
+"""The contracts every runtime implements: one small interface per task.
+
+A runtime wraps one engine (faster-whisper, Piper, llama.cpp, ...). Its methods are
+*blocking*: the model manager runs them in the model's own bounded executor, never on
+the event loop. A runtime raises `kaset.errors.InvalidRequest` (or another KasetError)
+for input it cannot serve, so the client gets a 4xx instead of a crash.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from kaset.registry.catalog import ModelSpec
+
+Task = Literal["transcribe", "synthesize", "translate", "chat", "embed"]
+ALL_TASKS: tuple[Task, ...] = ("transcribe", "synthesize", "translate", "chat", "embed")
+
+
+class Runtime(abc.ABC):
+    """A model instance of one engine. Constructed cheaply; `load()` does the heavy work."""
+
+    def __init__(self, spec: ModelSpec, model_dir: Path | None) -> None:
+        self.spec = spec
+        self.model_dir = model_dir
+        self.params: dict[str, Any] = dict(spec.params)
+
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Load weights into memory. Blocking; may take seconds."""
+
+    def unload(self) -> None:
+        """Release the model's memory. The default drops references and lets GC work."""
+
+    def warmup(self) -> None:
+        """Run one tiny inference so the first real request does not pay for lazy init."""
+
+
+# --- transcribe -----------------------------------------------------------------------------
+
+SAMPLE_RATE_ASR = 16_000
+
+
+@dataclass
+class TranscribeOptions:
+    language: str | None = None
+    prompt: str | None = None
+    temperature: float = 0.0
+    # "translate" asks Whisper to translate the speech into English.
+    task: Literal["transcribe", "translate"] = "transcribe"
+    word_timestamps: bool = False
+
+
+@dataclass
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass
+class Segment:
+    id: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int] = field(default_factory=list)
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    words: list[Word] | None = None
+
+
+@dataclass
+class Transcription:
+    text: str
+    language: str
+    duration: float
+    segments: list[Segment]
+
+
+class Transcriber(Runtime):
+    @abc.abstractmethod
+    def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcription:
+        """`audio` is mono float32 PCM at 16 kHz in [-1, 1]."""
+
+
+# --- synthesize -----------------------------------------------------------------------------
+
+
+@dataclass
+class Voice:
+    id: str
+    language: str
+    name: str = ""
+
+
+class Synthesizer(Runtime):
+    @abc.abstractmethod
+    def voices(self) -> list[Voice]:
+        """The voices this model speaks with; the first one is the default."""
+
+    @abc.abstractmethod
+    def sample_rate(self, voice: str | None) -> int:
+        """Sample rate of the PCM that `synthesize` yields for this voice."""
+
+    @abc.abstractmethod
+    def synthesize(self, text: str, voice: str | None, speed: float) -> Iterator[bytes]:
+        """Yield mono signed 16-bit little-endian PCM, a sentence (or so) at a time.
+
+        `voice=None` means the default voice; an unknown voice raises InvalidRequest.
+        `speed` is 0.25-4.0, 1.0 normal.
+        """
+
+
+# --- translate ------------------------------------------------------------------------------
+
+
+class Translator(Runtime):
+    @abc.abstractmethod
+    def pairs(self) -> list[tuple[str, str]]:
+        """Supported (source, target) pairs as ISO 639-1 codes where one exists."""
+
+    @abc.abstractmethod
+    def translate(self, texts: list[str], source: str, target: str) -> list[str]:
+        """Translate each text; an unsupported pair raises InvalidRequest."""
+
+
+# --- chat / completion ----------------------------------------------------------------------
+
+
+@dataclass
+class GenerationParams:
+    max_tokens: int | None = None
+    temperature: float = 0.7
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class GenerationChunk:
+    """One streamed piece. The last chunk has `finish_reason` set and the token counts."""
+
+    text: str
+    finish_reason: Literal["stop", "length"] | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class ChatModel(Runtime):
+    """Messages are OpenAI-shaped dicts with string content: {"role", "content"}."""
+
+    @abc.abstractmethod
+    def chat(self, messages: list[dict[str, str]], params: GenerationParams) -> Generation: ...
+
+    @abc.abstractmethod
+    def chat_stream(
+        self, messages: list[dict[str, str]], params: GenerationParams
+    ) -> Iterator[GenerationChunk]: ...
+
+    @abc.abstractmethod
+    def complete(self, prompt: str, params: GenerationParams) -> Generation: ...
+
+    @abc.abstractmethod
+    def complete_stream(self, prompt: str, params: GenerationParams) -> Iterator[GenerationChunk]: ...
+
+    @property
+    @abc.abstractmethod
+    def context_length(self) -> int: ...
+
+
+# --- embed ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Embeddings:
+    vectors: np.ndarray  # shape (n, dim), float32, L2-normalised
+    prompt_tokens: int
+
+
+class Embedder(Runtime):
+    @abc.abstractmethod
+    def embed(self, texts: list[str]) -> Embeddings: ...
+
+    @property
+    @abc.abstractmethod
+    def dimensions(self) -> int: ...
+
+
+TASK_CONTRACTS: dict[Task, type[Runtime]] = {
+    "transcribe": Transcriber,
+    "synthesize": Synthesizer,
+    "translate": Translator,
+    "chat": ChatModel,
+    "embed": Embedder,
+}
