@@ -1,0 +1,133 @@
+"""OpenAI's audio API: /v1/audio/transcriptions, /v1/audio/translations, /v1/audio/speech."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from kaset.api.streaming import primed
+from kaset.api.deps import Services, require_json, require_multipart, services
+from kaset.api.schemas.audio import (
+    SpeechRequest,
+    TranscriptionFormat,
+    TranscriptionSegment,
+    TranscriptionWord,
+    VerboseTranscription,
+)
+from kaset.errors import InvalidRequest, PayloadTooLarge
+from kaset.media.audio import AUDIO_MEDIA_TYPES, decode_audio, encode_audio, encode_stream
+from kaset.media.subtitles import to_srt, to_vtt
+from kaset.runtimes.base import Synthesizer, Transcriber, Transcription, TranscribeOptions
+
+router = APIRouter(tags=["audio"])
+
+MODEL_HEADER = "x-kaset-model"
+
+
+async def _read_upload(file: UploadFile, max_bytes: int) -> bytes:
+    if file.size is not None and file.size > max_bytes:
+        raise PayloadTooLarge(f"The file is {file.size} bytes; this server accepts at most {max_bytes}.",
+                              param="file")
+    data = await file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"The file is larger than this server's limit of {max_bytes} bytes.", param="file")
+    if not data:
+        raise InvalidRequest("The uploaded file is empty (0 bytes). Record or choose an audio file.", param="file")
+    return data
+
+
+def _render(result: Transcription, fmt: TranscriptionFormat, task: Literal["transcribe", "translate"],
+            model_id: str) -> Response:
+    headers = {MODEL_HEADER: model_id}
+    if fmt == "text":
+        return PlainTextResponse(result.text, headers=headers)
+    if fmt == "srt":
+        return PlainTextResponse(to_srt(result.segments), headers=headers)
+    if fmt == "vtt":
+        return PlainTextResponse(to_vtt(result.segments), media_type="text/vtt", headers=headers)
+    if fmt == "verbose_json":
+        words = [TranscriptionWord(word=w.word, start=w.start, end=w.end, probability=w.probability)
+                 for s in result.segments for w in (s.words or [])]
+        verbose = VerboseTranscription(
+            task=task, language=result.language, duration=result.duration, text=result.text,
+            segments=[TranscriptionSegment(
+                id=s.id, start=s.start, end=s.end, text=s.text, tokens=s.tokens, temperature=s.temperature,
+                avg_logprob=s.avg_logprob, compression_ratio=s.compression_ratio, no_speech_prob=s.no_speech_prob,
+            ) for s in result.segments],
+            words=words or None,
+        )
+        return JSONResponse(verbose.model_dump(exclude_none=True), headers=headers)
+    return JSONResponse({"text": result.text}, headers=headers)
+
+
+async def _transcribe(svc: Services, file: UploadFile, model_name: str, options: TranscribeOptions,
+                      fmt: TranscriptionFormat) -> Response:
+    data = await _read_upload(file, svc.settings.max_upload_bytes)
+    model = await svc.models.get(model_name, "transcribe")
+    runtime = model.as_(Transcriber)
+    if options.task == "translate" and model.spec.languages == ["en"]:
+        # An English-only model understands English speech only, whose English translation
+        # is its transcript: answer rather than refuse stock `whisper-1` clients.
+        options.task = "transcribe"
+    audio, _ = await model.run(decode_audio, data, svc.settings.max_audio_seconds)
+    result = await model.run(runtime.transcribe, audio, options)
+    return _render(result, fmt, options.task, model.spec.id)
+
+
+@router.post("/v1/audio/transcriptions", dependencies=[Depends(require_multipart)])
+async def transcriptions(
+    file: Annotated[UploadFile, File(description="Audio: wav, mp3, flac, ogg, webm or m4a.")],
+    model: Annotated[str, Form()],
+    language: Annotated[str | None, Form()] = None,
+    prompt: Annotated[str | None, Form()] = None,
+    response_format: Annotated[TranscriptionFormat, Form()] = "json",
+    temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
+    timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
+    svc: Services = Depends(services),
+) -> Response:
+    options = TranscribeOptions(
+        language=language or None, prompt=prompt or None, temperature=temperature, task="transcribe",
+        word_timestamps="word" in (timestamp_granularities or []),
+    )
+    return await _transcribe(svc, file, model, options, response_format)
+
+
+@router.post("/v1/audio/translations", dependencies=[Depends(require_multipart)])
+async def translations(
+    file: Annotated[UploadFile, File(description="Audio: wav, mp3, flac, ogg, webm or m4a.")],
+    model: Annotated[str, Form()],
+    prompt: Annotated[str | None, Form()] = None,
+    response_format: Annotated[TranscriptionFormat, Form()] = "json",
+    temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
+    svc: Services = Depends(services),
+) -> Response:
+    """Speech in any language the model knows, transcribed into English."""
+    options = TranscribeOptions(prompt=prompt or None, temperature=temperature, task="translate")
+    return await _transcribe(svc, file, model, options, response_format)
+
+
+@router.post("/v1/audio/speech", dependencies=[Depends(require_json)],
+             responses={200: {"content": {t: {} for t in AUDIO_MEDIA_TYPES.values()}}})
+async def speech(body: SpeechRequest, svc: Services = Depends(services)) -> Response:
+    text = body.input.strip()
+    if not text:
+        raise InvalidRequest("'input' is empty; send the text to speak.", param="input")
+    if len(text) > svc.settings.max_speech_chars:
+        raise InvalidRequest(
+            f"'input' has {len(text)} characters; the limit is {svc.settings.max_speech_chars}. "
+            "Split the text into shorter requests.", param="input",
+        )
+    model = await svc.models.get(body.model, "synthesize")
+    runtime = model.as_(Synthesizer)
+    voice, speed, fmt = body.voice, body.speed, body.response_format
+    sample_rate = runtime.sample_rate(voice)
+    headers = {MODEL_HEADER: model.spec.id}
+    if body.stream:
+        # Synthesis and encoding both run in the model's thread, a sentence at a time.
+        chunks = await primed(model.stream(lambda: encode_stream(runtime.synthesize(text, voice, speed),
+                                                                 sample_rate, fmt)))
+        return StreamingResponse(chunks, media_type=AUDIO_MEDIA_TYPES[fmt], headers=headers)
+    audio = await model.run(lambda: encode_audio(b"".join(runtime.synthesize(text, voice, speed)), sample_rate, fmt))
+    return Response(audio, media_type=AUDIO_MEDIA_TYPES[fmt], headers=headers)

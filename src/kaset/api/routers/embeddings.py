@@ -1,0 +1,64 @@
+"""POST /v1/embeddings."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from kaset.api.deps import Services, require_json, services
+from kaset.api.schemas.embeddings import EmbeddingItem, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
+from kaset.errors import InvalidRequest, PayloadTooLarge
+from kaset.runtimes.base import Embedder
+
+router = APIRouter(tags=["embeddings"], dependencies=[Depends(require_json)])
+
+
+def _texts(body: EmbeddingRequest, max_inputs: int, max_chars: int) -> list[str]:
+    if isinstance(body.input, str):
+        texts = [body.input]
+    elif all(isinstance(item, str) for item in body.input):
+        texts = [str(item) for item in body.input]
+    else:
+        raise InvalidRequest("Token-id input is not supported; send strings.", param="input")
+    if not texts:
+        raise InvalidRequest("'input' is empty; send a string or a list of strings.", param="input")
+    if len(texts) > max_inputs:
+        raise PayloadTooLarge(f"{len(texts)} inputs in one request; the limit is {max_inputs}.", param="input")
+    for index, text in enumerate(texts):
+        if not text.strip():
+            raise InvalidRequest(f"input[{index}] is empty; every input needs some text.", param="input")
+        if len(text) > max_chars:
+            raise PayloadTooLarge(f"input[{index}] has {len(text)} characters; the limit is {max_chars}.",
+                                  param="input")
+    return texts
+
+
+def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return [float(x) for x in vector]
+
+
+@router.post("/v1/embeddings", response_model=EmbeddingResponse)
+async def create_embeddings(body: EmbeddingRequest, svc: Services = Depends(services)) -> JSONResponse:
+    texts = _texts(body, svc.settings.max_embedding_inputs, svc.settings.max_text_chars)
+    model = await svc.models.get(body.model, "embed")
+    runtime = model.as_(Embedder)
+    if body.dimensions is not None and body.dimensions > runtime.dimensions:
+        raise InvalidRequest(f"This model has {runtime.dimensions} dimensions; cannot return {body.dimensions}.",
+                             param="dimensions")
+    result = await model.run(runtime.embed, texts)
+    vectors = result.vectors
+    if body.dimensions is not None and body.dimensions < vectors.shape[1]:
+        # Matryoshka-style truncation, renormalised, as OpenAI does for `dimensions`.
+        vectors = vectors[:, : body.dimensions]
+        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    response = EmbeddingResponse(
+        data=[EmbeddingItem(index=i, embedding=_encode(v, body.encoding_format)) for i, v in enumerate(vectors)],
+        model=body.model,
+        usage=EmbeddingUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
+    )
+    return JSONResponse(response.model_dump(), headers={"x-kaset-model": model.spec.id})

@@ -1,0 +1,48 @@
+"""Liveness and readiness, in Kaset's own shape and the Open Inference Protocol's (/v2)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from kaset import __version__
+from kaset.api.deps import Services, services
+
+router = APIRouter(tags=["health"])
+
+
+def _readiness(svc: Services) -> tuple[bool, dict[str, str]]:
+    states = {}
+    for name in svc.settings.models or []:
+        spec = svc.models.catalog.get(name)
+        states[name] = svc.models.state(spec) if spec else "unknown"
+    return all(state == "loaded" for state in states.values()), states
+
+
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    return {"status": "live"}
+
+
+@router.get("/health/ready")
+async def ready(svc: Services = Depends(services)) -> JSONResponse:
+    """Ready when every model chosen to load at start is loaded."""
+    is_ready, states = _readiness(svc)
+    return JSONResponse({"status": "ready" if is_ready else "loading", "models": states},
+                        status_code=200 if is_ready else 503)
+
+
+@router.get("/v2/health/live")
+async def v2_live() -> JSONResponse:
+    return JSONResponse({"live": True})
+
+
+@router.get("/v2/health/ready")
+async def v2_ready(svc: Services = Depends(services)) -> JSONResponse:
+    is_ready, _ = _readiness(svc)
+    return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+@router.get("/v2")
+async def v2_server_metadata() -> dict[str, object]:
+    return {"name": "kaset", "version": __version__, "extensions": []}

@@ -1,0 +1,44 @@
+"""Kaset's native translation API: POST /v1/translate, GET /v1/translate/languages."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from kaset.api.deps import Services, require_json, services
+from kaset.api.schemas.translate import LanguagePair, LanguagePairs, TranslateRequest, TranslateResponse
+from kaset.errors import InvalidRequest, PayloadTooLarge
+from kaset.runtimes.base import Translator
+
+router = APIRouter(tags=["translation"])
+
+
+@router.post("/v1/translate", response_model=TranslateResponse, dependencies=[Depends(require_json)])
+async def translate(body: TranslateRequest, svc: Services = Depends(services)) -> JSONResponse:
+    texts = [body.text] if isinstance(body.text, str) else body.text
+    if not texts:
+        raise InvalidRequest("'text' is empty; send a string or a list of strings.", param="text")
+    if len(texts) > svc.settings.max_translate_texts:
+        raise PayloadTooLarge(f"{len(texts)} texts in one request; the limit is {svc.settings.max_translate_texts}.",
+                              param="text")
+    total = sum(len(t) for t in texts)
+    if total > svc.settings.max_text_chars:
+        raise PayloadTooLarge(f"The texts hold {total} characters; the limit is {svc.settings.max_text_chars}.",
+                              param="text")
+    name = body.model or svc.models.default_model("translate").id
+    model = await svc.models.get(name, "translate")
+    runtime = model.as_(Translator)
+    translations = await model.run(runtime.translate, texts, body.source.lower(), body.target.lower())
+    response = TranslateResponse(model=model.spec.id, source=body.source, target=body.target,
+                                 translations=translations)
+    return JSONResponse(response.model_dump(), headers={"x-kaset-model": model.spec.id})
+
+
+@router.get("/v1/translate/languages", response_model=LanguagePairs)
+async def languages(svc: Services = Depends(services)) -> LanguagePairs:
+    pairs = []
+    for spec in svc.models.models_for("translate"):
+        model = await svc.models.get(spec.id, "translate")
+        runtime = model.as_(Translator)
+        pairs.extend(LanguagePair(source=s, target=t, model=spec.id) for s, t in runtime.pairs())
+    return LanguagePairs(pairs=pairs)

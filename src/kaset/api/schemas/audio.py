@@ -1,0 +1,54 @@
+"""Audio types, mirroring OpenAI's API."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+TranscriptionFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
+SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+
+
+class SpeechRequest(BaseModel):
+    model: str
+    input: str
+    voice: str | None = None
+    response_format: SpeechFormat = "mp3"
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    # Kaset extension (as in speaches): send audio as each sentence is ready.
+    stream: bool = False
+    instructions: str | None = None
+
+
+class Transcription(BaseModel):
+    text: str
+
+
+class TranscriptionWord(BaseModel):
+    word: str
+    start: float
+    end: float
+    probability: float | None = None
+
+
+class TranscriptionSegment(BaseModel):
+    id: int
+    seek: int = 0
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+
+
+class VerboseTranscription(BaseModel):
+    task: Literal["transcribe", "translate"]
+    language: str
+    duration: float
+    text: str
+    segments: list[TranscriptionSegment]
+    words: list[TranscriptionWord] | None = None

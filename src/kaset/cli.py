@@ -1,0 +1,260 @@
+"""The `kaset` command line: serve, models, keys, db."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from kaset.config import Settings, load_settings
+from kaset.errors import KasetError
+from kaset.registry.catalog import Catalog, ModelSpec
+from kaset.registry.repository import ModelRepository, apt_get_line, missing_commands
+
+app = typer.Typer(help="Kaset: self-hosted AI services behind one OpenAI-compatible gateway.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+models_app = typer.Typer(help="Install, list and remove models.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
+app.add_typer(db_app, name="db")
+
+console = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.", exists=True)]
+
+
+def _settings(config: Path | None = None, **overrides: object) -> Settings:
+    return load_settings(config, **overrides)
+
+
+def _catalog(settings: Settings) -> Catalog:
+    return Catalog.load(settings.catalog_dirs)
+
+
+# --- serve ------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    config: ConfigOption = None,
+    models: Annotated[str | None, typer.Option(
+        "--models", help="Comma-separated model ids to load at start (default: the installed default pack).")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+) -> None:
+    """Run the gateway with its models in this process (the embedded mode)."""
+    import uvicorn
+
+    from kaset.app import create_app
+
+    settings = _settings(config, host=host, port=port, models=models, log_level=log_level)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.print(f"[bold green]Kaset[/] serving on http://{settings.host}:{settings.port}  "
+                  f"(models in {settings.resolved_models_dir})")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                loop="uvloop", http="httptools", access_log=False)
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+@models_app.command("list")
+def models_list(config: ConfigOption = None) -> None:
+    """Every model in the catalog and whether it is installed."""
+    settings = _settings(config)
+    repo = ModelRepository(settings.resolved_models_dir)
+    table = Table("id", "tasks", "runtime", "languages", "licence", "default", "installed", "aliases")
+    for spec in _catalog(settings):
+        table.add_row(spec.id, ",".join(spec.tasks), spec.runtime, ",".join(spec.languages), spec.license,
+                      "yes" if spec.default else "", _installed_mark(repo, spec), ", ".join(spec.aliases))
+    console.print(table)
+
+
+def _installed_mark(repo: ModelRepository, spec: ModelSpec) -> str:
+    if repo.is_installed(spec):
+        return "[green]yes[/]"
+    if spec.source.kind == "system":
+        return f"[yellow]no[/] ({apt_get_line(spec.source)})"  # type: ignore[arg-type]
+    return "[red]no[/]"
+
+
+@models_app.command("install")
+def models_install(
+    model_ids: Annotated[list[str] | None, typer.Argument(help="Model ids or aliases.")] = None,
+    default: Annotated[bool, typer.Option("--default", help="Install the whole default pack.")] = False,
+    force: Annotated[bool, typer.Option(help="Reinstall even if present.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Copy models into the model repository and verify every file's sha256."""
+    settings = _settings(config)
+    catalog = _catalog(settings)
+    repo = ModelRepository(settings.resolved_models_dir)
+    try:
+        specs = [s for s in catalog if s.default] if default else [catalog.resolve(m) for m in model_ids or []]
+    except KasetError as exc:
+        err.print(f"[red]{exc.message}[/]")
+        raise typer.Exit(2) from exc
+    if not specs:
+        err.print("Name the models to install, or pass --default.")
+        raise typer.Exit(2)
+    failures = 0
+    for spec in specs:
+        failures += not _install_one(repo, spec, force)
+    # With --default, a model missing its system packages is skipped, not fatal: the rest of
+    # the pack still serves (make run as a non-root user).
+    if failures and not default:
+        raise typer.Exit(1)
+
+
+def _install_one(repo: ModelRepository, spec: ModelSpec, force: bool) -> bool:
+    if spec.source.kind == "system":
+        missing = missing_commands(spec.source)  # type: ignore[arg-type]
+        if missing:
+            err.print(f"[yellow]skip {spec.id}[/]: needs {', '.join(missing)}. "
+                      f"Install with: sudo {apt_get_line(spec.source)}")  # type: ignore[arg-type]
+            return False
+        console.print(f"[green]ok[/] {spec.id} (system engine)")
+        return True
+    if repo.is_installed(spec) and not force:
+        console.print(f"[green]ok[/] {spec.id} already installed at {repo.path_for(spec)}")
+        return True
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task(spec.id, total=None)
+
+        def report(name: str, done: int, total: int) -> None:
+            progress.update(task, description=f"{spec.id}: {name}", completed=done, total=total)
+
+        try:
+            path = repo.install(spec, progress=report, force=force)
+        except KasetError as exc:
+            err.print(f"[red]failed {spec.id}[/]: {exc.message}")
+            return False
+    console.print(f"[green]installed[/] {spec.id} -> {path}")
+    return True
+
+
+@models_app.command("remove")
+def models_remove(model_id: str, config: ConfigOption = None) -> None:
+    """Delete an installed model's files."""
+    settings = _settings(config)
+    spec = _resolve_or_exit(_catalog(settings), model_id)
+    if ModelRepository(settings.resolved_models_dir).remove(spec):
+        console.print(f"removed {spec.id}")
+    else:
+        console.print(f"{spec.id} was not installed")
+
+
+@models_app.command("info")
+def models_info(
+    model_id: str,
+    verify: Annotated[bool, typer.Option(help="Re-hash the installed files.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """A model's catalog entry and model card."""
+    settings = _settings(config)
+    spec = _resolve_or_exit(_catalog(settings), model_id)
+    repo = ModelRepository(settings.resolved_models_dir)
+    console.print_json(data={"catalog": spec.model_dump(by_alias=True, exclude_none=True),
+                             "installed": repo.is_installed(spec), "path": str(repo.path_for(spec)),
+                             "card": repo.card(spec)})
+    if verify and spec.files:
+        bad = repo.verify(spec)
+        if bad:
+            err.print(f"[red]checksum mismatch[/]: {', '.join(bad)}")
+            raise typer.Exit(1)
+        console.print("[green]all files match their sha256[/]")
+
+
+def _resolve_or_exit(catalog: Catalog, name: str) -> ModelSpec:
+    try:
+        return catalog.resolve(name)
+    except KasetError as exc:
+        err.print(f"[red]{exc.message}[/]")
+        raise typer.Exit(2) from exc
+
+
+# --- keys -------------------------------------------------------------------------------------
+
+
+async def _with_keys(settings: Settings, action):  # type: ignore[no-untyped-def]
+    from kaset.auth.keys import KeyStore
+    from kaset.store.db import Database
+
+    db = Database(settings.resolved_database_url)
+    try:
+        await db.upgrade()
+        return await action(KeyStore(db))
+    finally:
+        await db.close()
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A label to tell keys apart.")] = "",
+    role: Annotated[str, typer.Option(help="admin or user.")] = "user",
+    config: ConfigOption = None,
+) -> None:
+    """Create an API key and print it (the only time it is shown)."""
+    settings = _settings(config)
+    key, info = asyncio.run(_with_keys(settings, lambda keys: keys.create(name=name, role=role)))
+    err.print(f"created key {info.id} ({info.role}) {info.name!r}; it is shown only now:")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list(
+    all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """List keys (their prefixes only; keys are stored hashed)."""
+    settings = _settings(config)
+    infos = asyncio.run(_with_keys(settings, lambda keys: keys.list(include_revoked=all_keys)))
+    table = Table("id", "prefix", "name", "role", "created", "revoked")
+    for info in infos:
+        table.add_row(str(info.id), info.prefix + "…", info.name, info.role, str(info.created_at or ""),
+                      str(info.revoked_at or ""))
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: int, config: ConfigOption = None) -> None:
+    """Revoke a key by id. A running server stops accepting it within its key-cache TTL."""
+    settings = _settings(config)
+    try:
+        asyncio.run(_with_keys(settings, lambda keys: keys.revoke(key_id)))
+    except KasetError as exc:
+        err.print(f"[red]{exc.message}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"revoked key {key_id}")
+
+
+# --- db ---------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Apply pending database migrations."""
+    from kaset.store.db import Database
+
+    settings = _settings(config)
+
+    async def run() -> None:
+        db = Database(settings.resolved_database_url)
+        try:
+            await db.upgrade()
+        finally:
+            await db.close()
+
+    asyncio.run(run())
+    console.print("database is up to date")
