@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -26,6 +28,8 @@ log = logging.getLogger("kaset")
 
 # Called with a newly created admin key, once, on the first start with an empty database.
 KeyAnnouncer = Callable[[str], None]
+# Called as each start-up model finishes loading: (model id, done, total, seconds).
+LoadReporter = Callable[[str, int, int, float], None]
 
 
 def _print_admin_key(key: str) -> None:
@@ -39,11 +43,11 @@ def _print_admin_key(key: str) -> None:
     )
 
 
-def startup_models(settings: Settings, manager: ModelManager) -> list[str]:
+def startup_models(settings: Settings, catalog: Catalog, repository: ModelRepository) -> list[str]:
     """The models to load at start: the ones asked for, or the installed default pack."""
     if settings.models is not None:
-        return [manager.resolve(name).id for name in settings.models]
-    return [s.id for s in manager.catalog if s.default and manager.repository.is_installed(s)]
+        return [catalog.resolve(name).id for name in settings.models]
+    return [s.id for s in catalog if s.default and repository.is_installed(s)]
 
 
 async def bootstrap_admin_key(keys: KeyStore, announce: KeyAnnouncer) -> None:
@@ -55,7 +59,19 @@ async def bootstrap_admin_key(keys: KeyStore, announce: KeyAnnouncer) -> None:
         announce(key)
 
 
-def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _print_admin_key) -> FastAPI:
+async def _load_models(manager: ModelManager, model_ids: list[str], on_load: LoadReporter | None) -> None:
+    for done, model_id in enumerate(model_ids, start=1):
+        started = time.perf_counter()
+        try:
+            await manager.load(model_id)
+        except KasetError as exc:
+            log.error("could not load %s: %s", model_id, exc.message)
+        if on_load is not None:
+            on_load(model_id, done, len(model_ids), time.perf_counter() - started)
+
+
+def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _print_admin_key,
+               on_load: LoadReporter | None = None) -> FastAPI:
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -67,16 +83,14 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
         catalog = Catalog.load(settings.catalog_dirs)
         manager = ModelManager(catalog, ModelRepository(settings.resolved_models_dir),
                                lazy_load=settings.lazy_load, warmup=settings.warmup)
-        settings.models = startup_models(settings, manager)
+        settings.models = startup_models(settings, catalog, manager.repository)
         app.state.services = Services(settings=settings, db=db, keys=keys, models=manager)
-        for model_id in settings.models:
-            try:
-                await manager.load(model_id)
-            except KasetError as exc:
-                log.error("could not load %s: %s", model_id, exc.message)
+        # Load in the background: /health/live answers at once, /health/ready once loaded.
+        loader = asyncio.create_task(_load_models(manager, settings.models, on_load))
         try:
             yield
         finally:
+            loader.cancel()
             await manager.close()
             await db.close()
 

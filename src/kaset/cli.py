@@ -55,14 +55,32 @@ def serve(
     """Run the gateway with its models in this process (the embedded mode)."""
     import uvicorn
 
-    from kaset.app import create_app
+    from kaset.app import create_app, startup_models
 
     settings = _settings(config, host=host, port=port, models=models, log_level=log_level)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    console.print(f"[bold green]Kaset[/] serving on http://{settings.host}:{settings.port}  "
-                  f"(models in {settings.resolved_models_dir})")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                loop="uvloop", http="httptools", access_log=False)
+    catalog = _catalog(settings)
+    repository = ModelRepository(settings.resolved_models_dir)
+    try:
+        to_load = startup_models(settings, catalog, repository)
+    except KasetError as exc:
+        err.print(f"[red]{exc.message}[/] Installed models: kaset models list")
+        raise typer.Exit(2) from exc
+    console.print(f"[bold green]Kaset[/] on http://{settings.host}:{settings.port}  "
+                  f"(models in {settings.resolved_models_dir}; API docs at /docs)")
+    progress = Progress(TextColumn("[bold]loading models"), BarColumn(), TextColumn("{task.description}"),
+                        console=console)
+    bar = progress.add_task("", total=len(to_load) or 1)
+    if to_load:
+        progress.start()
+
+    def loaded(model_id: str, done: int, total: int, seconds: float) -> None:
+        progress.update(bar, completed=done, description=f"{model_id} ({seconds:.1f}s)")
+        if done == total:
+            progress.stop()
+
+    uvicorn.run(create_app(settings, on_load=loaded), host=settings.host, port=settings.port,
+                log_level=settings.log_level, loop="uvloop", http="httptools", access_log=False)
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -84,7 +102,7 @@ def _installed_mark(repo: ModelRepository, spec: ModelSpec) -> str:
     if repo.is_installed(spec):
         return "[green]yes[/]"
     if spec.source.kind == "system":
-        return f"[yellow]no[/] ({apt_get_line(spec.source)})"  # type: ignore[arg-type]
+        return f"[yellow]no[/] ({apt_get_line(spec.source)})"
     return "[red]no[/]"
 
 
@@ -118,10 +136,10 @@ def models_install(
 
 def _install_one(repo: ModelRepository, spec: ModelSpec, force: bool) -> bool:
     if spec.source.kind == "system":
-        missing = missing_commands(spec.source)  # type: ignore[arg-type]
+        missing = missing_commands(spec.source)
         if missing:
             err.print(f"[yellow]skip {spec.id}[/]: needs {', '.join(missing)}. "
-                      f"Install with: sudo {apt_get_line(spec.source)}")  # type: ignore[arg-type]
+                      f"Install with: sudo {apt_get_line(spec.source)}")
             return False
         console.print(f"[green]ok[/] {spec.id} (system engine)")
         return True

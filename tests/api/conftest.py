@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,4 +31,8 @@ def client(api_settings: Settings) -> Iterator[TestClient]:
     with TestClient(app, raise_server_exceptions=False) as test_client:
         assert len(announced) == 1, "the first start must create and announce one admin key"
         test_client.headers["Authorization"] = f"Bearer {announced[0]}"
+        deadline = time.monotonic() + 120
+        while test_client.get("/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, test_client.get("/health/ready").text
+            time.sleep(0.2)
         yield test_client

@@ -80,7 +80,7 @@ def test_install_verifies_and_writes_card(tmp_path: Path, source: str) -> None:
 def test_checksum_mismatch_refuses_the_model(tmp_path: Path, source: str) -> None:
     repo = ModelRepository(tmp_path / "models")
     spec = _spec(tmp_path, "0" * 64)
-    with pytest.raises(ChecksumMismatch, match="weights.bin"):
+    with pytest.raises(ChecksumMismatch, match=r"weights\.bin"):
         repo.install(spec)
     assert not repo.is_installed(spec)
     leftovers = list((tmp_path / "models").rglob("*"))

@@ -6,7 +6,7 @@ files an operator adds with `KASET_CATALOG_DIRS`). Each entry is a `ModelSpec`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -133,7 +133,7 @@ class Catalog:
                 specs.extend(_read_catalog_file(path))
         return cls(specs)
 
-    def __iter__(self) -> Iterable[ModelSpec]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[ModelSpec]:
         return iter(self._specs.values())
 
     def __len__(self) -> int:

@@ -7,7 +7,6 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from kaset.api.streaming import primed
 from kaset.api.deps import Services, require_json, require_multipart, services
 from kaset.api.schemas.audio import (
     SpeechRequest,
@@ -16,10 +15,11 @@ from kaset.api.schemas.audio import (
     TranscriptionWord,
     VerboseTranscription,
 )
+from kaset.api.streaming import primed
 from kaset.errors import InvalidRequest, PayloadTooLarge
 from kaset.media.audio import AUDIO_MEDIA_TYPES, decode_audio, encode_audio, encode_stream
 from kaset.media.subtitles import to_srt, to_vtt
-from kaset.runtimes.base import Synthesizer, Transcriber, Transcription, TranscribeOptions
+from kaset.runtimes.base import Synthesizer, TranscribeOptions, Transcriber, Transcription
 
 router = APIRouter(tags=["audio"])
 

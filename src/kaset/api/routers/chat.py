@@ -12,7 +12,6 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from kaset.api.deps import Services, require_json, services
-from kaset.api.streaming import primed
 from kaset.api.schemas.chat import (
     AssistantMessage,
     ChatChoice,
@@ -24,6 +23,7 @@ from kaset.api.schemas.chat import (
     CompletionRequest,
     Usage,
 )
+from kaset.api.streaming import primed
 from kaset.errors import InvalidRequest, PayloadTooLarge
 from kaset.runtimes.base import ChatModel, GenerationChunk, GenerationParams
 

@@ -12,7 +12,7 @@ router = APIRouter(tags=["health"])
 
 
 def _readiness(svc: Services) -> tuple[bool, dict[str, str]]:
-    states = {}
+    states: dict[str, str] = {}
     for name in svc.settings.models or []:
         spec = svc.models.catalog.get(name)
         states[name] = svc.models.state(spec) if spec else "unknown"

@@ -36,7 +36,7 @@ async def translate(body: TranslateRequest, svc: Services = Depends(services)) -
 
 @router.get("/v1/translate/languages", response_model=LanguagePairs)
 async def languages(svc: Services = Depends(services)) -> LanguagePairs:
-    pairs = []
+    pairs: list[LanguagePair] = []
     for spec in svc.models.models_for("translate"):
         model = await svc.models.get(spec.id, "translate")
         runtime = model.as_(Translator)
