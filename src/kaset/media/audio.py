@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import struct
 import wave
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +69,7 @@ def sniff_container(data: bytes) -> str | None:
 # --- decoding -------------------------------------------------------------------------------
 
 
-def decode_audio(data: bytes, *, max_seconds: float) -> tuple[np.ndarray, float]:
+def decode_audio(data: bytes, max_seconds: float) -> tuple[np.ndarray, float]:
     """Decode an uploaded file to mono float32 PCM at 16 kHz; returns (samples, seconds).
 
     Raises InvalidRequest (empty, corrupt, no audio), UnsupportedMediaType (not a known
@@ -80,9 +80,7 @@ def decode_audio(data: bytes, *, max_seconds: float) -> tuple[np.ndarray, float]
     kind = sniff_container(data)
     if kind is None:
         raise UnsupportedMediaType(
-            "The file is not a recognised audio format. Supported formats: "
-            + ", ".join(SUPPORTED_INPUT_FORMATS)
-            + ".",
+            "The file is not a recognised audio format. Supported formats: " + ", ".join(SUPPORTED_INPUT_FORMATS) + ".",
             param="file",
         )
     max_samples = int(max_seconds * ASR_SAMPLE_RATE)
@@ -170,7 +168,8 @@ _AV_FORMATS: dict[str, _AvFormat] = {
     "mp3": _AvFormat("mp3", "libmp3lame", bit_rate=64_000),
     "flac": _AvFormat("flac", "flac"),
     # Opus runs at 48 kHz internally; encoding at 48k avoids a rate clients must re-guess.
-    "opus": _AvFormat("ogg", "libopus", rate=48_000, bit_rate=32_000),
+    # The Ogg muxer holds a page back for 1 s by default; 200 ms pages keep streams live.
+    "opus": _AvFormat("ogg", "libopus", rate=48_000, bit_rate=32_000, options={"page_duration": "200000"}),
     "aac": _AvFormat("adts", "aac", bit_rate=64_000),
     "webm": _AvFormat("webm", "libopus", rate=48_000, bit_rate=32_000),
     # MP4 writes its index after the data, seeking back: it cannot be streamed as is.
@@ -368,7 +367,7 @@ class StreamingEncoder:
         return _streaming_wav_header(self.sample_rate)
 
 
-def encode_stream(chunks: Iterable[bytes], sample_rate: int, fmt: str) -> Iterator[bytes]:
+def encode_stream(chunks: Iterable[bytes], sample_rate: int, fmt: str) -> Generator[bytes, None, None]:
     """Encode an iterator of PCM chunks into an iterator of encoded bytes (empty pieces skipped).
 
     Closing the returned generator early (a client disconnect) frees the encoder.

@@ -69,7 +69,8 @@ class EspeakRuntime(Synthesizer):
 
     def voices(self) -> list[Voice]:
         if self._voices is None:
-            raise ModelUnavailable("espeak-ng is not loaded.")
+            self.load()  # cheap (one `espeak-ng --voices`), so listing works before a request loads us
+        assert self._voices is not None
         return list(self._voices)
 
     def resolve_voice(self, voice: str | None) -> str:
@@ -88,8 +89,7 @@ class EspeakRuntime(Synthesizer):
             )
         if found is None:
             raise InvalidRequest(
-                f"Model '{self.spec.id}' has no voice '{voice}'. Valid voices: "
-                f"{', '.join(v.id for v in voices)}.",
+                f"Model '{self.spec.id}' has no voice '{voice}'. Valid voices: {', '.join(v.id for v in voices)}.",
                 param="voice",
             )
         return found
@@ -249,9 +249,7 @@ def _read_exact(stdout: IO[bytes], size: int) -> bytes:
 
 def _run_voice_list() -> str:
     try:
-        result = subprocess.run(
-            [ESPEAK, "--voices"], capture_output=True, timeout=LIST_TIMEOUT, check=True, text=True
-        )
+        result = subprocess.run([ESPEAK, "--voices"], capture_output=True, timeout=LIST_TIMEOUT, check=True, text=True)
     except (subprocess.SubprocessError, OSError) as exc:
         raise ModelUnavailable(f"Could not list the espeak-ng voices: {exc}") from exc
     return result.stdout

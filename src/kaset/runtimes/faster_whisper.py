@@ -135,6 +135,5 @@ def _words(words: Iterable[Any] | None) -> list[Word] | None:
     if words is None:
         return None
     return [
-        Word(start=float(w.start), end=float(w.end), word=str(w.word), probability=float(w.probability))
-        for w in words
+        Word(start=float(w.start), end=float(w.end), word=str(w.word), probability=float(w.probability)) for w in words
     ]

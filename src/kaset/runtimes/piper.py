@@ -62,14 +62,15 @@ class PiperRuntime(Synthesizer):
         if wanted in (name.lower() for name in self.accepted_voice_names()):
             return self.voice_id
         raise InvalidRequest(
-            f"Model '{self.spec.id}' has no voice '{voice}'. Valid voices: "
-            f"{', '.join(self.accepted_voice_names())}.",
+            f"Model '{self.spec.id}' has no voice '{voice}'. Valid voices: {', '.join(self.accepted_voice_names())}.",
             param="voice",
         )
 
     def sample_rate(self, voice: str | None) -> int:
         self.resolve_voice(voice)
-        return int(self._loaded().config.sample_rate)
+        if self._voice is not None:
+            return int(self._voice.config.sample_rate)
+        return int(self._config_dict().get("audio", {}).get("sample_rate", 22_050))
 
     # --- synthesis ----------------------------------------------------------------------------
 
