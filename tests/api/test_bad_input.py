@@ -55,7 +55,8 @@ def test_empty_audio(client: TestClient) -> None:
 
 def test_corrupt_audio(client: TestClient) -> None:
     good = _wav(1.0)
-    _assert_envelope(_transcribe(client, good[:44] + b"\x00garbage" * 3 + b"\xff" * 5), 400)
+    # A RIFF/WAVE header followed by garbage where the format chunk should be.
+    _assert_envelope(_transcribe(client, good[:12] + b"\xde\xad" * 40), 400, "decode")
     mp3ish = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 8
     _assert_envelope(_transcribe(client, mp3ish, "a.mp3"), 400)
 
@@ -74,7 +75,7 @@ def test_audio_over_duration_limit(client: TestClient) -> None:
     rate = 8000
     long_wav = _wav(61.0, rate)  # under the byte limit at 8 kHz, over the 60 s limit
     assert len(long_wav) < 2 * 1024 * 1024
-    _assert_envelope(_transcribe(client, long_wav), 413, "seconds")
+    _assert_envelope(_transcribe(client, long_wav), 413, "60 s")
 
 
 def test_speech_text_over_limit(client: TestClient) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import subprocess
@@ -106,7 +107,8 @@ def test_embeddings_cross_lingual(client: openai.OpenAI) -> None:
     assert en_th > vectors[0] @ vectors[2]
     assert en_th > vectors[1] @ vectors[2]
     b64 = client.embeddings.create(model="text-embedding-3-small", input="rice", encoding_format="base64")
-    assert len(b64.data[0].embedding) == 384
+    decoded = np.frombuffer(base64.b64decode(str(b64.data[0].embedding)), dtype="<f4")
+    assert decoded.shape == (384,) and abs(float(np.linalg.norm(decoded)) - 1) < 1e-3
 
 
 def test_speech_transcription_round_trip(client: openai.OpenAI) -> None:
