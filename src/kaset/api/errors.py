@@ -57,7 +57,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     }
     message = messages.get(exc.status_code, str(exc.detail))
     error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    return error_response(exc.status_code, message, error_type, None, headers=dict(exc.headers) if exc.headers else None)
+    headers = dict(exc.headers) if exc.headers else None
+    return error_response(exc.status_code, message, error_type, None, headers=headers)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

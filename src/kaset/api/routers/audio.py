@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
@@ -71,7 +72,8 @@ async def _transcribe(svc: Services, file: UploadFile, model_name: str, options:
         # An English-only model understands English speech only, whose English translation
         # is its transcript: answer rather than refuse stock `whisper-1` clients.
         options.task = "transcribe"
-    audio, _ = await model.run(decode_audio, data, svc.settings.max_audio_seconds)
+    # Decoding is media work, not the model's: it must not hold one of the model's slots.
+    audio, _ = await asyncio.to_thread(decode_audio, data, svc.settings.max_audio_seconds)
     result = await model.run(runtime.transcribe, audio, options)
     return _render(result, fmt, options.task, model.spec.id)
 
