@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -25,6 +25,7 @@ from kaset.api.schemas.chat import (
 )
 from kaset.api.streaming import primed
 from kaset.errors import InvalidRequest, PayloadTooLarge
+from kaset.registry.manager import LoadedModel
 from kaset.runtimes.base import ChatModel, GenerationChunk, GenerationParams
 
 router = APIRouter(tags=["chat"], dependencies=[Depends(require_json)])
@@ -85,8 +86,7 @@ async def _stream_sse(
             for payload in make_payload(chunk):
                 yield _sse(payload)
             if chunk.finish_reason is not None and include_usage:
-                usage = Usage(prompt_tokens=chunk.prompt_tokens, completion_tokens=chunk.completion_tokens,
-                              total_tokens=chunk.prompt_tokens + chunk.completion_tokens)
+                usage = _usage(chunk.prompt_tokens, chunk.completion_tokens)
                 yield _sse({**make_payload.base, "choices": [], "usage": usage.model_dump()})
     except InvalidRequest as exc:
         # Headers are gone already: report the error in-band, as OpenAI does.
@@ -120,6 +120,18 @@ class _CompletionChunks:
                                              "logprobs": None}]}
 
 
+def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                 total_tokens=prompt_tokens + completion_tokens)
+
+
+async def _sse_response(model: LoadedModel, make_chunks: Callable[[], Iterator[GenerationChunk]],
+                        payloads: _ChatChunks | _CompletionChunks, include_usage: bool) -> StreamingResponse:
+    chunks = await primed(model.stream(make_chunks))
+    return StreamingResponse(_stream_sse(chunks, payloads, include_usage), media_type="text/event-stream",
+                             headers={MODEL_HEADER: model.spec.id, "cache-control": "no-cache"})
+
+
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
 async def chat_completions(
     body: ChatCompletionRequest, svc: Services = Depends(services)
@@ -133,22 +145,17 @@ async def chat_completions(
     )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
-    headers = {MODEL_HEADER: model.spec.id}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = await primed(model.stream(lambda: runtime.chat_stream(messages, params)))
-        return StreamingResponse(
-            _stream_sse(chunks, _ChatChunks(completion_id, created, body.model), include_usage),
-            media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"},
-        )
+        return await _sse_response(model, lambda: runtime.chat_stream(messages, params),
+                                   _ChatChunks(completion_id, created, body.model), include_usage)
     result = await model.run(runtime.chat, messages, params)
     response = ChatCompletion(
         id=completion_id, created=created, model=body.model,
         choices=[ChatChoice(message=AssistantMessage(content=result.text), finish_reason=result.finish_reason)],
-        usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                    total_tokens=result.prompt_tokens + result.completion_tokens),
+        usage=_usage(result.prompt_tokens, result.completion_tokens),
     )
-    return JSONResponse(response.model_dump(), headers=headers)
+    return JSONResponse(response.model_dump(), headers={MODEL_HEADER: model.spec.id})
 
 
 @router.post("/v1/completions", response_model=Completion)
@@ -170,20 +177,15 @@ async def completions(body: CompletionRequest, svc: Services = Depends(services)
                               stop=_stops(body.stop), seed=body.seed)
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
-    headers = {MODEL_HEADER: model.spec.id}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = await primed(model.stream(lambda: runtime.complete_stream(prompt, params)))
-        return StreamingResponse(
-            _stream_sse(chunks, _CompletionChunks(completion_id, created, body.model), include_usage),
-            media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"},
-        )
+        return await _sse_response(model, lambda: runtime.complete_stream(prompt, params),
+                                   _CompletionChunks(completion_id, created, body.model), include_usage)
     result = await model.run(runtime.complete, prompt, params)
     text = prompt + result.text if body.echo else result.text
     response = Completion(
         id=completion_id, created=created, model=body.model,
         choices=[CompletionChoice(text=text, finish_reason=result.finish_reason)],
-        usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                    total_tokens=result.prompt_tokens + result.completion_tokens),
+        usage=_usage(result.prompt_tokens, result.completion_tokens),
     )
-    return JSONResponse(response.model_dump(), headers=headers)
+    return JSONResponse(response.model_dump(), headers={MODEL_HEADER: model.spec.id})
