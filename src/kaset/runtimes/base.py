@@ -19,8 +19,8 @@ import numpy as np
 if TYPE_CHECKING:
     from kaset.registry.catalog import ModelSpec
 
-Task = Literal["transcribe", "synthesize", "translate", "chat", "embed"]
-ALL_TASKS: tuple[Task, ...] = ("transcribe", "synthesize", "translate", "chat", "embed")
+Task = Literal["transcribe", "synthesize", "translate", "chat", "embed", "classify"]
+ALL_TASKS: tuple[Task, ...] = ("transcribe", "synthesize", "translate", "chat", "embed", "classify")
 
 
 class Runtime(abc.ABC):
@@ -204,10 +204,29 @@ class Embedder(Runtime):
     def dimensions(self) -> int: ...
 
 
+# --- classify (images) ----------------------------------------------------------------------
+
+
+class ImageClassifier(Runtime):
+    """Image classification. Preprocessing (resize, crop, normalisation, layout) is declared
+    in the model's catalog params, so a new model of a known architecture needs no code."""
+
+    @property
+    @abc.abstractmethod
+    def labels(self) -> list[str]:
+        """Class names, index-aligned with the probabilities `classify` returns."""
+
+    @abc.abstractmethod
+    def classify(self, images: list[np.ndarray]) -> np.ndarray:
+        """`images` are RGB uint8 arrays of shape (H, W, 3), any size; returns float32
+        probabilities of shape (len(images), len(labels)), one batch call for all of them."""
+
+
 TASK_CONTRACTS: dict[Task, type[Runtime]] = {
     "transcribe": Transcriber,
     "synthesize": Synthesizer,
     "translate": Translator,
     "chat": ChatModel,
     "embed": Embedder,
+    "classify": ImageClassifier,
 }
