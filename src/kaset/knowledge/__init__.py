@@ -1,0 +1,1 @@
+"""Curated, source-backed crop health knowledge for Crop Guardian."""
