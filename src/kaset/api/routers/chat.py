@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from kaset.api.deps import Services, require_json, services
+from kaset.api.responses import json_response
 from kaset.api.schemas.chat import (
     AssistantMessage,
     ChatChoice,
@@ -25,6 +25,7 @@ from kaset.api.schemas.chat import (
 )
 from kaset.api.streaming import primed
 from kaset.errors import InvalidRequest, PayloadTooLarge
+from kaset.ids import new_id
 from kaset.registry.manager import LoadedModel
 from kaset.runtimes.base import ChatModel, GenerationChunk, GenerationParams
 
@@ -135,7 +136,7 @@ async def _sse_response(model: LoadedModel, make_chunks: Callable[[], Iterator[G
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
 async def chat_completions(
     body: ChatCompletionRequest, svc: Services = Depends(services)
-) -> JSONResponse | StreamingResponse:
+) -> Response:
     model = await svc.models.get(body.model, "chat")
     runtime = model.as_(ChatModel)
     messages = _to_messages(body, svc.settings.max_text_chars)
@@ -143,7 +144,7 @@ async def chat_completions(
         max_tokens=body.max_completion_tokens or body.max_tokens, temperature=body.temperature,
         top_p=body.top_p, stop=_stops(body.stop), seed=body.seed,
     )
-    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    completion_id = f"chatcmpl-{new_id()}"
     created = int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -155,11 +156,11 @@ async def chat_completions(
         choices=[ChatChoice(message=AssistantMessage(content=result.text), finish_reason=result.finish_reason)],
         usage=_usage(result.prompt_tokens, result.completion_tokens),
     )
-    return JSONResponse(response.model_dump(), headers={MODEL_HEADER: model.spec.id})
+    return json_response(response, headers={MODEL_HEADER: model.spec.id})
 
 
 @router.post("/v1/completions", response_model=Completion)
-async def completions(body: CompletionRequest, svc: Services = Depends(services)) -> JSONResponse | StreamingResponse:
+async def completions(body: CompletionRequest, svc: Services = Depends(services)) -> Response:
     model = await svc.models.get(body.model, "chat")
     runtime = model.as_(ChatModel)
     if isinstance(body.prompt, list):
@@ -175,7 +176,7 @@ async def completions(body: CompletionRequest, svc: Services = Depends(services)
         )
     params = GenerationParams(max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
                               stop=_stops(body.stop), seed=body.seed)
-    completion_id = f"cmpl-{uuid.uuid4().hex}"
+    completion_id = f"cmpl-{new_id()}"
     created = int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -188,4 +189,4 @@ async def completions(body: CompletionRequest, svc: Services = Depends(services)
         choices=[CompletionChoice(text=text, finish_reason=result.finish_reason)],
         usage=_usage(result.prompt_tokens, result.completion_tokens),
     )
-    return JSONResponse(response.model_dump(), headers={MODEL_HEADER: model.spec.id})
+    return json_response(response, headers={MODEL_HEADER: model.spec.id})

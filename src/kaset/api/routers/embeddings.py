@@ -6,9 +6,10 @@ import base64
 
 import numpy as np
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from kaset.api.deps import Services, require_json, services
+from kaset.api.responses import json_response
 from kaset.api.schemas.embeddings import EmbeddingItem, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from kaset.errors import InvalidRequest, PayloadTooLarge
 from kaset.runtimes.base import Embedder
@@ -43,7 +44,7 @@ def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse)
-async def create_embeddings(body: EmbeddingRequest, svc: Services = Depends(services)) -> JSONResponse:
+async def create_embeddings(body: EmbeddingRequest, svc: Services = Depends(services)) -> Response:
     texts = _texts(body, svc.settings.max_embedding_inputs, svc.settings.max_text_chars)
     model = await svc.models.get(body.model, "embed")
     runtime = model.as_(Embedder)
@@ -61,4 +62,4 @@ async def create_embeddings(body: EmbeddingRequest, svc: Services = Depends(serv
         model=body.model,
         usage=EmbeddingUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
     )
-    return JSONResponse(response.model_dump(), headers={"x-kaset-model": model.spec.id})
+    return json_response(response, headers={"x-kaset-model": model.spec.id})

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from kaset.api.deps import Services, require_json, services
+from kaset.api.responses import json_response
 from kaset.api.schemas.translate import LanguagePair, LanguagePairs, TranslateRequest, TranslateResponse
 from kaset.errors import InvalidRequest, PayloadTooLarge
 from kaset.runtimes.base import Translator
@@ -14,7 +15,7 @@ router = APIRouter(tags=["translation"])
 
 
 @router.post("/v1/translate", response_model=TranslateResponse, dependencies=[Depends(require_json)])
-async def translate(body: TranslateRequest, svc: Services = Depends(services)) -> JSONResponse:
+async def translate(body: TranslateRequest, svc: Services = Depends(services)) -> Response:
     texts = [body.text] if isinstance(body.text, str) else body.text
     if not texts:
         raise InvalidRequest("'text' is empty; send a string or a list of strings.", param="text")
@@ -31,7 +32,7 @@ async def translate(body: TranslateRequest, svc: Services = Depends(services)) -
     translations = await model.run(runtime.translate, texts, body.source.lower(), body.target.lower())
     response = TranslateResponse(model=model.spec.id, source=body.source, target=body.target,
                                  translations=translations)
-    return JSONResponse(response.model_dump(), headers={"x-kaset-model": model.spec.id})
+    return json_response(response, headers={"x-kaset-model": model.spec.id})
 
 
 @router.get("/v1/translate/languages", response_model=LanguagePairs)

@@ -1,0 +1,273 @@
+"""Helpers shared by the benchmarks: machine facts, free ports, server subprocesses, statistics.
+
+Every server is started in its own session (so a Ctrl-C in the terminal reaches only the
+benchmark) and is stopped by the benchmark itself: on normal exit, on an exception, on
+Ctrl-C, on SIGTERM and, as a last resort, at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_DIR = REPO / "bench"
+PYTHON = sys.executable
+DEFAULT_MODELS_DIR = Path(os.environ.get("KASET_MODELS_DIR", "/tmp/kdata/models"))
+BENCH_KEY = "ksk-bench-" + "0123456789abcdef" * 2
+
+_servers: list[Server] = []
+
+
+# --- process hygiene ----------------------------------------------------------------------
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGTERM/SIGHUP into KeyboardInterrupt so `finally` blocks stop our servers."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_sigterm)
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_servers):
+        server.stop()
+
+
+def http_get(url: str, headers: Mapping[str, str] | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
+    """(status, body); status 0 when nothing answered."""
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, b""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """A server subprocess on 127.0.0.1, ready once `ready_path` answers 200."""
+
+    def __init__(self, name: str, argv: Sequence[str], port: int, ready_path: str,
+                 env: Mapping[str, str] | None = None, cwd: Path = REPO,
+                 ready: Callable[[int, bytes], bool] | None = None) -> None:
+        self.name = name
+        self.ready = ready or (lambda status, body: status == 200)
+        self.argv = list(argv)
+        self.port = port
+        self.ready_path = ready_path
+        self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self.log_path: Path | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout_s: float = 180.0) -> Server:
+        fd, log_name = tempfile.mkstemp(prefix=f"kaset-bench-{self.name}-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(log_name)
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        _servers.append(self)
+        deadline = time.monotonic() + timeout_s
+        url = f"http://127.0.0.1:{self.port}{self.ready_path}"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            status, body = http_get(url)
+            if self.ready(status, body):
+                return self
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.name} not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            # The whole session: the server and anything it started (espeak-ng, apertium).
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
+            self.log_path = None
+        if self in _servers:
+            _servers.remove(self)
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def model_states(body: bytes) -> dict[str, str]:
+    """The per-model states in a /health/ready reply."""
+    try:
+        states = json.loads(body).get("models", {})
+    except (ValueError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in states.items()} if isinstance(states, dict) else {}
+
+
+def _settled(status: int, body: bytes) -> bool:
+    """Ready, or done trying: every start-up model is loaded or has failed."""
+    if status == 200:
+        return True
+    states = model_states(body)
+    return status == 503 and bool(states) and all(v in ("loaded", "failed") for v in states.values())
+
+
+def kaset_server(name: str, port: int, data_dir: Path, models: str | None, models_dir: Path = DEFAULT_MODELS_DIR,
+                 extra_env: Mapping[str, str] | None = None, allow_failed: bool = False) -> Server:
+    """`python -m kaset serve` with auth on and the benchmark's admin key preset.
+
+    models=None loads the installed default pack; "" loads nothing. The server counts as
+    started once /health/ready says ready, or (allow_failed) once no model is still loading.
+    """
+    argv = [PYTHON, "-m", "kaset", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    if models is not None:
+        argv += ["--models", models]
+    env = {"KASET_DATA_DIR": str(data_dir), "KASET_MODELS_DIR": str(models_dir), "KASET_AUTH_ENABLED": "true",
+           "KASET_BOOTSTRAP_KEY": BENCH_KEY, **(extra_env or {})}
+    return Server(name, argv, port, "/health/ready", env=env, ready=_settled if allow_failed else None)
+
+
+# --- noise from other work on the machine -------------------------------------------------
+
+
+class OtherLoad:
+    """CPU used by processes other than ours while a measurement ran, in cores.
+
+    System-wide busy time minus the CPU time of this process and all its descendants (the
+    servers, wrk; finished children count through the waited-for children times). Around 0
+    on a quiet machine; on a 2-core box 1.0 means other jobs took half the machine.
+    """
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._me = psutil.Process()
+        self._start = self._snapshot()
+
+    def _snapshot(self) -> tuple[float, float, float]:
+        import psutil
+
+        sys_times = psutil.cpu_times()
+        busy = sum(sys_times) - sys_times.idle - getattr(sys_times, "iowait", 0.0)
+        t = self._me.cpu_times()
+        own = t.user + t.system + t.children_user + t.children_system
+        for child in self._me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                ct = child.cpu_times()
+                own += ct.user + ct.system
+        return time.monotonic(), busy, own
+
+    def cores(self) -> float:
+        """Other processes' CPU since construction, in cores (clamped at 0)."""
+        t0, busy0, own0 = self._start
+        t1, busy1, own1 = self._snapshot()
+        return max(0.0, ((busy1 - busy0) - (own1 - own0)) / max(t1 - t0, 1e-9))
+
+
+# --- facts and numbers --------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gib": round(ram_gib, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "loadavg_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def print_machine(info: Mapping[str, Any]) -> None:
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def median(values: Iterable[float]) -> float:
+    return float(statistics.median(list(values)))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table (also valid Markdown)."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(cells[0]), sep, *(line(r) for r in cells[1:])])
+
+
+def write_json(path: Path | None, payload: Mapping[str, Any]) -> None:
+    if path is not None:
+        path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        print(f"wrote {path}")
