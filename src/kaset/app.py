@@ -15,7 +15,7 @@ from kaset import __version__
 from kaset.api.deps import Services, authenticate
 from kaset.api.errors import install_error_handlers
 from kaset.api.middleware import GatewayMiddleware
-from kaset.api.routers import advice, audio, chat, embeddings, health, models, translate
+from kaset.api.routers import advice, audio, chat, embeddings, health, inference_v2, models, translate
 from kaset.auth.keys import KeyStore
 from kaset.config import Settings
 from kaset.errors import KasetError
@@ -108,6 +108,7 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_upload_bytes + 1024 * 1024)
     app.include_router(health.router)
     secured = [Depends(authenticate)]
-    for router in (models.router, chat.router, embeddings.router, audio.router, translate.router, advice.router):
+    for router in (models.router, chat.router, embeddings.router, audio.router, translate.router, advice.router,
+                   inference_v2.router):
         app.include_router(router, dependencies=secured)
     return app
