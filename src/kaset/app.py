@@ -15,11 +15,12 @@ from kaset import __version__
 from kaset.api.deps import Services, authenticate
 from kaset.api.errors import install_error_handlers
 from kaset.api.middleware import GatewayMiddleware
-from kaset.api.routers import advice, audio, chat, embeddings, health, inference_v2, models, translate
+from kaset.api.routers import advice, audio, chat, diagnose, embeddings, health, inference_v2, models, translate
 from kaset.auth.keys import KeyStore
 from kaset.config import Settings
 from kaset.errors import KasetError
 from kaset.pipelines.advice import AdviceService
+from kaset.pipelines.diagnose import DiagnosisService
 from kaset.registry.catalog import Catalog
 from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository
@@ -85,8 +86,10 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
         manager = ModelManager(catalog, ModelRepository(settings.resolved_models_dir),
                                lazy_load=settings.lazy_load, warmup=settings.warmup)
         settings.models = startup_models(settings, catalog, manager.repository)
-        app.state.services = Services(settings=settings, db=db, keys=keys, models=manager,
-                                      advisor=AdviceService(manager))
+        advisor = AdviceService(manager)
+        diagnoser = DiagnosisService(manager, advisor.entries)
+        app.state.services = Services(settings=settings, db=db, keys=keys, models=manager, advisor=advisor,
+                                      diagnoser=diagnoser)
         # Load in the background: /health/live answers at once, /health/ready once loaded.
         loader = asyncio.create_task(_load_models(manager, settings.models, on_load))
         try:
@@ -109,6 +112,6 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
     app.include_router(health.router)
     secured = [Depends(authenticate)]
     for router in (models.router, chat.router, embeddings.router, audio.router, translate.router, advice.router,
-                   inference_v2.router):
+                   diagnose.router, inference_v2.router):
         app.include_router(router, dependencies=secured)
     return app

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kaset.config import Settings, load_settings
@@ -146,7 +146,7 @@ def _install_one(repo: ModelRepository, spec: ModelSpec, force: bool) -> bool:
     if repo.is_installed(spec) and not force:
         console.print(f"[green]ok[/] {spec.id} already installed at {repo.path_for(spec)}")
         return True
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task(spec.id, total=None)
 
@@ -186,7 +186,7 @@ def models_info(
     console.print_json(data={"catalog": spec.model_dump(by_alias=True, exclude_none=True),
                              "installed": repo.is_installed(spec), "path": str(repo.path_for(spec)),
                              "card": repo.card(spec)})
-    if verify and spec.files:
+    if verify and spec.needs_install:
         bad = repo.verify(spec)
         if bad:
             err.print(f"[red]checksum mismatch[/]: {', '.join(bad)}")

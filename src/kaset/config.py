@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     max_text_chars: int = 100_000
     max_translate_texts: int = 128
     max_embedding_inputs: int = 2048
+    # Photos above this are refused (413); big but allowed ones are scaled down on decode.
+    max_image_pixels: int = 60_000_000
 
     log_level: str = "info"
 

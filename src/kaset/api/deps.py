@@ -10,6 +10,7 @@ from kaset.auth.keys import KeyInfo, KeyStore
 from kaset.config import Settings
 from kaset.errors import AuthenticationFailed, UnsupportedMediaType
 from kaset.pipelines.advice import AdviceService
+from kaset.pipelines.diagnose import DiagnosisService
 from kaset.registry.manager import ModelManager
 from kaset.store.db import Database
 
@@ -23,6 +24,7 @@ class Services:
     keys: KeyStore
     models: ModelManager
     advisor: AdviceService
+    diagnoser: DiagnosisService
 
 
 async def services(request: Request) -> Services:

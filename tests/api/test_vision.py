@@ -1,0 +1,114 @@
+"""/v1/diagnose and the Open Inference Protocol routes, through the gateway, real models."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.fixtures.images import jpeg, mango_like_leaf, photo
+
+
+def _diagnose(client: TestClient, data: bytes, **fields: str):  # type: ignore[no-untyped-def]
+    return client.post("/v1/diagnose", files={"image": ("photo.jpg", data, "image/jpeg")}, data=fields)
+
+
+def test_diagnose_multipart_cat_is_refused(client: TestClient) -> None:
+    response = _diagnose(client, jpeg(photo("chelsea")), crop="mango")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "not_a_plant" and "cat" in body["message"]
+    assert body["gate"]["model"] == "efficientnet-lite0" and not body["gate"]["passed"]
+
+
+@pytest.mark.parametrize("language", ["en", "th"])
+def test_diagnose_json_mango_plan(client: TestClient, language: str) -> None:
+    image = base64.b64encode(jpeg(mango_like_leaf(seed=2, spots=25), quality=95)).decode()
+    response = client.post("/v1/diagnose", json={"image": f"data:image/jpeg;base64,{image}", "language": language})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "diagnosed", body["message"]
+    assert body["crop"] == "mango" and body["crop_source"] == "inferred"
+    assert body["plan"]["sources"] and body["plan"]["actions"]
+    assert any(m.startswith("mango-disease@") for m in body["models_used"])
+    if language == "th":
+        assert any("\u0e00" <= c <= "\u0e7f" for c in body["plan"]["name"])
+
+
+def test_diagnose_compare_mode(client: TestClient) -> None:
+    response = _diagnose(client, jpeg(mango_like_leaf(seed=2, spots=25)), crop="mango", compare="true")
+    assert response.status_code == 200 and len(response.json()["per_model"]) >= 1
+
+
+@pytest.mark.parametrize("data,status", [
+    (b"this is not an image at all" * 10, 415),
+    (b"", 400),
+])
+def test_diagnose_bad_files(client: TestClient, data: bytes, status: int) -> None:
+    response = _diagnose(client, data, crop="mango")
+    assert response.status_code == status, response.text
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_diagnose_truncated_jpeg(client: TestClient) -> None:
+    data = jpeg(photo("coffee"))
+    response = _diagnose(client, data[: len(data) // 2], crop="mango")
+    assert response.status_code == 400 and "truncated" in response.json()["error"]["message"]
+
+
+def test_diagnose_one_pixel(client: TestClient) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1), (0, 128, 0)).save(buffer, "PNG")
+    response = _diagnose(client, buffer.getvalue(), crop="mango")
+    assert response.status_code == 400 and "1x1" in response.json()["error"]["message"]
+
+
+def test_diagnose_unknown_crop_and_bad_json(client: TestClient) -> None:
+    response = _diagnose(client, jpeg(photo("coffee")), crop="banana")
+    assert response.status_code == 400 and "banana" in response.json()["error"]["message"]
+    response = client.post("/v1/diagnose", json={"image": "@@not base64@@"})
+    assert response.status_code == 400 and "base64" in response.json()["error"]["message"]
+    response = client.post("/v1/diagnose", content=b"plain", headers={"Content-Type": "text/plain"})
+    assert response.status_code == 415
+
+
+def test_v2_metadata_and_ready(client: TestClient) -> None:
+    meta = client.get("/v2/models/efficientnet-lite0").json()
+    assert meta["inputs"][0]["name"] == "IMAGE" and meta["outputs"][0]["name"] == "PROBABILITIES"
+    client.post("/v2/models/efficientnet-lite0/infer", json={"inputs": [
+        {"name": "IMAGE", "shape": [1, 8, 8, 3], "datatype": "UINT8", "data": [0] * 192}]})
+    assert client.get("/v2/models/efficientnet-lite0/ready").json()["ready"] is True
+    assert client.get("/v2/models/efficientnet-lite0/versions/99").status_code == 404
+    assert client.get("/v2/models/whisper-1").status_code == 404
+
+
+def test_v2_infer_json_with_classification_extension(client: TestClient) -> None:
+    coffee = base64.b64encode(jpeg(photo("coffee"))).decode()
+    response = client.post("/v2/models/efficientnet-lite0/infer", json={
+        "id": "req-1", "inputs": [{"name": "IMAGE_BYTES", "shape": [1], "datatype": "BYTES", "data": [coffee]}],
+        "outputs": [{"name": "PROBABILITIES", "parameters": {"classification": 3}}]})
+    assert response.status_code == 200, response.text
+    output = response.json()["outputs"][0]
+    assert response.json()["id"] == "req-1"
+    assert output["datatype"] == "BYTES" and output["shape"] == [1, 3]
+    score, index, label = output["data"][0].split(":", 2)
+    assert label == "espresso" and int(index) == 967 and float(score) > 0.5
+
+
+def test_v2_embeddings(client: TestClient) -> None:
+    response = client.post("/v2/models/e5-small/infer", json={
+        "inputs": [{"name": "TEXT", "shape": [2], "datatype": "BYTES", "data": ["rice", "ข้าว"]}]})
+    assert response.status_code == 200, response.text
+    output = response.json()["outputs"][0]
+    assert output["shape"] == [2, 384]
+
+
+def test_v2_bad_tensors(client: TestClient) -> None:
+    response = client.post("/v2/models/efficientnet-lite0/infer", json={
+        "inputs": [{"name": "IMAGE", "shape": [1, 4, 4, 3], "datatype": "UINT8", "data": [1, 2, 3]}]})
+    assert response.status_code == 400
+    response = client.post("/v2/models/efficientnet-lite0/infer", json={"inputs": []})
+    assert response.status_code == 400
