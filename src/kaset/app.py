@@ -48,8 +48,8 @@ def _print_admin_key(key: str) -> None:
 def startup_models(settings: Settings, catalog: Catalog, repository: ModelRepository) -> list[str]:
     """The models to load at start: the ones asked for, or the installed default pack."""
     if settings.models is not None:
-        return [catalog.resolve(name).id for name in settings.models]
-    return [s.id for s in catalog if s.default and repository.is_installed(s)]
+        return [catalog.name_of(catalog.resolve(name)) for name in settings.models]
+    return [catalog.name_of(s) for s in catalog if s.default and repository.is_installed(s)]
 
 
 async def bootstrap_admin_key(keys: KeyStore, announce: KeyAnnouncer) -> None:

@@ -91,9 +91,9 @@ def models_list(config: ConfigOption = None) -> None:
     """Every model in the catalog and whether it is installed."""
     settings = _settings(config)
     repo = ModelRepository(settings.resolved_models_dir)
-    table = Table("id", "tasks", "runtime", "languages", "licence", "default", "installed", "aliases")
+    table = Table("id", "version", "tasks", "runtime", "languages", "licence", "default", "installed", "aliases")
     for spec in _catalog(settings):
-        table.add_row(spec.id, ",".join(spec.tasks), spec.runtime, ",".join(spec.languages), spec.license,
+        table.add_row(spec.id, spec.version, ",".join(spec.tasks), spec.runtime, ",".join(spec.languages), spec.license,
                       "yes" if spec.default else "", _installed_mark(repo, spec), ", ".join(spec.aliases))
     console.print(table)
 
@@ -138,27 +138,27 @@ def _install_one(repo: ModelRepository, spec: ModelSpec, force: bool) -> bool:
     if spec.source.kind == "system":
         missing = missing_commands(spec.source)
         if missing:
-            err.print(f"[yellow]skip {spec.id}[/]: needs {', '.join(missing)}. "
+            err.print(f"[yellow]skip {spec.key}[/]: needs {', '.join(missing)}. "
                       f"Install with: sudo {apt_get_line(spec.source)}")
             return False
-        console.print(f"[green]ok[/] {spec.id} (system engine)")
+        console.print(f"[green]ok[/] {spec.key} (system engine)")
         return True
     if repo.is_installed(spec) and not force:
-        console.print(f"[green]ok[/] {spec.id} already installed at {repo.path_for(spec)}")
+        console.print(f"[green]ok[/] {spec.key} already installed at {repo.path_for(spec)}")
         return True
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
-        task = progress.add_task(spec.id, total=None)
+        task = progress.add_task(spec.key, total=None)
 
         def report(name: str, done: int, total: int) -> None:
-            progress.update(task, description=f"{spec.id}: {name}", completed=done, total=total)
+            progress.update(task, description=f"{spec.key}: {name}", completed=done, total=total)
 
         try:
             path = repo.install(spec, progress=report, force=force)
         except KasetError as exc:
-            err.print(f"[red]failed {spec.id}[/]: {exc.message}")
+            err.print(f"[red]failed {spec.key}[/]: {exc.message}")
             return False
-    console.print(f"[green]installed[/] {spec.id} -> {path}")
+    console.print(f"[green]installed[/] {spec.key} -> {path}")
     return True
 
 
@@ -168,9 +168,9 @@ def models_remove(model_id: str, config: ConfigOption = None) -> None:
     settings = _settings(config)
     spec = _resolve_or_exit(_catalog(settings), model_id)
     if ModelRepository(settings.resolved_models_dir).remove(spec):
-        console.print(f"removed {spec.id}")
+        console.print(f"removed {spec.key}")
     else:
-        console.print(f"{spec.id} was not installed")
+        console.print(f"{spec.key} was not installed")
 
 
 @models_app.command("info")

@@ -111,9 +111,20 @@ def test_ensembles() -> None:
 
 
 @module_loop
-async def test_compare_runs_every_variant(service: DiagnosisService) -> None:
-    config = service.config.model_copy(deep=True)
-    config.crops["mango"].slots[0].variants.append(Variant(model="mango-disease", weight=1.0))
-    both = DiagnosisService(service.manager, load_entries(), config)
-    result = await both.diagnose(mango_like_leaf(seed=2, spots=25), crop="mango", language="en", compare=True)
-    assert len(result.per_model) == 2
+async def test_compare_runs_every_version(service: DiagnosisService) -> None:
+    result = await service.diagnose(mango_like_leaf(seed=2, spots=25), crop="mango", language="en", compare=True)
+    assert sorted((m.model, m.version) for m in result.per_model) == [("mango-disease", "1"), ("mango-disease", "2")]
+    assert result.ensemble == "weighted_average"
+    # Version 2 averages the photo with its mirror image, so the two versions differ.
+    assert not np.allclose(result.per_model[0].probabilities, result.per_model[1].probabilities)
+
+
+@module_loop
+async def test_ab_split_reports_the_version_that_answered(service: DiagnosisService) -> None:
+    versions = set()
+    for key in ("farm-1", "farm-2", "farm-3", "farm-4", "farm-5", "farm-6", "farm-7", "farm-8", "farm-9", "farm-10",
+                "farm-11", "farm-12", "farm-13", "farm-14", "farm-15", "farm-16", "farm-17", "farm-18"):
+        result = await service.diagnose(mango_like_leaf(seed=2, spots=25), crop="mango", language="en", ab_key=key)
+        assert len(result.per_model) == 1
+        versions.add(result.per_model[0].version)
+    assert versions == {"1", "2"}

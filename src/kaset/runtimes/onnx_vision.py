@@ -128,6 +128,9 @@ class OnnxVisionRuntime(ImageClassifier):
         if self._layout not in ("NCHW", "NHWC") or self._output not in ("logits", "probabilities"):
             raise ValueError(f"model {self.spec.id}: params.layout must be NCHW|NHWC and output logits|probabilities")
         self._max_batch = int(p.get("max_batch", DEFAULT_MAX_BATCH))
+        self._tta = [str(t).lower() for t in p.get("tta", [])]
+        if any(t != "hflip" for t in self._tta):
+            raise ValueError(f"model {self.spec.id}: params.tta supports only 'hflip'")
 
         labels_path = self.model_dir / str(p.get("labels_file", "labels.json"))
         labels = json.loads(labels_path.read_text(encoding="utf-8"))
@@ -212,6 +215,15 @@ class OnnxVisionRuntime(ImageClassifier):
     def classify(self, images: list[np.ndarray]) -> np.ndarray:
         if not images:
             return np.zeros((0, len(self._labels)), dtype=np.float32)
+        if self._tta:
+            # Test-time augmentation: the mirror image is classified in the same batch and the
+            # two probability vectors averaged, which smooths out orientation-specific guesses.
+            both = self.classify_unaugmented([*images, *(np.ascontiguousarray(i[:, ::-1]) for i in images)])
+            return np.asarray((both[: len(images)] + both[len(images):]) / 2, dtype=np.float32)
+        return self.classify_unaugmented(images)
+
+    def classify_unaugmented(self, images: list[np.ndarray]) -> np.ndarray:
+        """The model alone, in batches of at most max_batch (the export check compares this)."""
         chunks = [self.run_tensor(self.preprocess(images[i:i + self._max_batch]))
                   for i in range(0, len(images), self._max_batch)]
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)

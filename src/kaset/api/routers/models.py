@@ -14,12 +14,13 @@ router = APIRouter(tags=["models"])
 
 
 def _model_object(manager: ModelManager, spec: ModelSpec, name: str | None = None) -> ModelObject:
-    loaded = {m.spec.id: m for m in manager.loaded()}
-    created = int(loaded[spec.id].loaded_at) if spec.id in loaded else 0
+    loaded = {m.spec.key: m for m in manager.loaded()}
+    created = int(loaded[spec.key].loaded_at) if spec.key in loaded else 0
+    canonical = manager.catalog.name_of(spec)
     return ModelObject(
-        id=name or spec.id, created=created, tasks=list(spec.tasks), runtime=spec.runtime, version=spec.version,
+        id=name or canonical, created=created, tasks=list(spec.tasks), runtime=spec.runtime, version=spec.version,
         languages=spec.languages, license=spec.license, state=manager.state(spec), aliases=spec.aliases,
-        alias_of=spec.id if name and name != spec.id else None,
+        alias_of=canonical if name and name != canonical else None,
     )
 
 
@@ -32,7 +33,8 @@ async def list_models(svc: Services = Depends(services)) -> ModelList:
     data = []
     for spec in svc.models.available():
         data.append(_model_object(svc.models, spec))
-        data.extend(_model_object(svc.models, spec, alias) for alias in spec.aliases)
+        if svc.models.catalog.is_preferred(spec):
+            data.extend(_model_object(svc.models, spec, alias) for alias in spec.aliases)
     return ModelList(data=data)
 
 
