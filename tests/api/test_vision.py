@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -112,3 +113,38 @@ def test_v2_bad_tensors(client: TestClient) -> None:
     assert response.status_code == 400
     response = client.post("/v2/models/efficientnet-lite0/infer", json={"inputs": []})
     assert response.status_code == 400
+
+
+def _encoded(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["cmyk", "png16", "gif", "exif"])
+def test_diagnose_accepts_odd_but_valid_photos(client: TestClient, kind: str) -> None:
+    cat = Image.fromarray(photo("chelsea"))
+    if kind == "cmyk":
+        data = _encoded(cat.convert("CMYK"), "JPEG")
+    elif kind == "png16":
+        grey = (np.asarray(cat.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+        data = _encoded(Image.fromarray(grey), "PNG")
+    elif kind == "gif":
+        data = _encoded(cat, "GIF", save_all=True, append_images=[cat.rotate(90)], duration=100, loop=0)
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = 8
+        data = _encoded(cat.rotate(-90, expand=True), "JPEG", exif=exif.tobytes())
+    response = _diagnose(client, data, crop="mango")
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] in ("not_a_plant", "unsure", "diagnosed")
+
+
+def test_diagnose_fifty_megapixels(client: TestClient, api_settings) -> None:  # type: ignore[no-untyped-def]
+    big = _encoded(Image.new("L", (8000, 6500)), "PNG")
+    assert len(big) < api_settings.max_upload_bytes
+    response = _diagnose(client, big, crop="mango")
+    assert response.status_code == 200, response.text  # 52 MP is under the 60 MP limit: reduced, not refused
+    huge = _encoded(Image.new("L", (9000, 7000)), "PNG")
+    response = _diagnose(client, huge, crop="mango")
+    assert response.status_code == 413 and "pixels" in response.json()["error"]["message"]
