@@ -15,11 +15,29 @@ from kaset import __version__
 from kaset.api.deps import Services, authenticate
 from kaset.api.errors import install_error_handlers
 from kaset.api.middleware import GatewayMiddleware
-from kaset.api.routers import advice, audio, chat, diagnose, embeddings, health, inference_v2, models, translate
-from kaset.auth.keys import KeyStore
+from kaset.api.routers import (
+    admin,
+    advice,
+    audio,
+    auth,
+    chat,
+    describe,
+    diagnose,
+    embeddings,
+    health,
+    inference_v2,
+    metrics,
+    models,
+    translate,
+    usage,
+)
+from kaset.api.telemetry import Telemetry
+from kaset.auth.identity import Identity
 from kaset.config import Settings
 from kaset.errors import KasetError
+from kaset.metrics import Metrics
 from kaset.pipelines.advice import AdviceService
+from kaset.pipelines.describe import DescribeService
 from kaset.pipelines.diagnose import DiagnosisService
 from kaset.registry.catalog import Catalog
 from kaset.registry.manager import ModelManager
@@ -52,12 +70,10 @@ def startup_models(settings: Settings, catalog: Catalog, repository: ModelReposi
     return [catalog.name_of(s) for s in catalog if s.default and repository.is_installed(s)]
 
 
-async def bootstrap_admin_key(keys: KeyStore, announce: KeyAnnouncer) -> None:
-    if await keys.count() > 0:
-        return
-    preset = os.environ.get("KASET_BOOTSTRAP_KEY")
-    key, _ = await keys.create(name="admin (first start)", role="admin", key=preset or None)
-    if not preset:
+async def bootstrap_admin_key(identity: Identity, announce: KeyAnnouncer) -> None:
+    """First start (no users, no keys): an 'admin' user and its key, announced once."""
+    key = await identity.bootstrap_admin(os.environ.get("KASET_BOOTSTRAP_KEY") or None)
+    if key is not None:
         announce(key)
 
 
@@ -79,24 +95,37 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.resolved_database_url)
-        await db.upgrade()
-        keys = KeyStore(db, cache_ttl_s=settings.key_cache_ttl_s)
-        await bootstrap_admin_key(keys, announce_key)
+        # SQLite: migrated here. PostgreSQL: refuses an unmigrated schema; unreachable is
+        # served anyway (False), with the request log buffering until it returns.
+        try:
+            db_reachable = await db.prepare_for_serving()
+        except Exception:
+            await db.close()
+            raise
+        identity = Identity.from_settings(settings, db)
+        if db_reachable:
+            await bootstrap_admin_key(identity, announce_key)
+        # Revocation listener (Redis) and database poll: revoked keys fail within 1 s everywhere.
+        identity.start()
         catalog = Catalog.load(settings.catalog_dirs)
         manager = ModelManager(catalog, ModelRepository(settings.resolved_models_dir),
                                lazy_load=settings.lazy_load, warmup=settings.warmup)
         settings.models = startup_models(settings, catalog, manager.repository)
         advisor = AdviceService(manager)
         diagnoser = DiagnosisService(manager, advisor.entries)
-        app.state.services = Services(settings=settings, db=db, keys=keys, models=manager, advisor=advisor,
-                                      diagnoser=diagnoser)
+        describer = DescribeService(manager, vision_models=settings.describe_models)
+        app.state.services = Services(settings=settings, db=db, keys=identity.keys, models=manager, advisor=advisor,
+                                      diagnoser=diagnoser, describer=describer, identity=identity)
+        telemetry.start(db, settings, manager)
         # Load in the background: /health/live answers at once, /health/ready once loaded.
         loader = asyncio.create_task(_load_models(manager, settings.models, on_load))
         try:
             yield
         finally:
             loader.cancel()
+            await telemetry.stop()
             await manager.close()
+            await identity.close()
             await db.close()
 
     app = FastAPI(
@@ -107,11 +136,21 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # One metrics registry per app: nothing global, so apps in one process never mix counts.
+    telemetry = Telemetry(Metrics())
+    app.state.metrics = telemetry.metrics
     # Multipart and JSON overhead on top of the largest accepted upload.
-    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_upload_bytes + 1024 * 1024)
+    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_upload_bytes + 1024 * 1024,
+                       telemetry=telemetry)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     secured = [Depends(authenticate)]
     for router in (models.router, chat.router, embeddings.router, audio.router, translate.router, advice.router,
-                   diagnose.router, inference_v2.router):
+                   diagnose.router, describe.router, inference_v2.router, usage.router):
         app.include_router(router, dependencies=secured)
+    # After the model routes: routes are matched in order at a few µs each, and these are rare.
+    # Sign-in is open; the admin and own-key routers check roles themselves (require_admin, ...).
+    app.include_router(auth.router)
+    app.include_router(admin.router)
+    app.include_router(admin.own_keys)
     return app

@@ -1,17 +1,23 @@
-"""The `kaset` command line: serve, models, keys, db."""
+"""The `kaset` command line: serve, models, users, keys, db."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from kaset.auth.identity import Identity
+from kaset.auth.keys import KeyInfo
+from kaset.auth.principal import Actor
 from kaset.config import Settings, load_settings
 from kaset.errors import KasetError
 from kaset.registry.catalog import Catalog, ModelSpec
@@ -20,9 +26,11 @@ from kaset.registry.repository import ModelRepository, apt_get_line, missing_com
 app = typer.Typer(help="Kaset: self-hosted AI services behind one OpenAI-compatible gateway.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 models_app = typer.Typer(help="Install, list and remove models.", no_args_is_help=True)
+users_app = typer.Typer(help="Create and list users (roles: admin, developer, consumer).", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 
@@ -202,58 +210,146 @@ def _resolve_or_exit(catalog: Catalog, name: str) -> ModelSpec:
         raise typer.Exit(2) from exc
 
 
-# --- keys -------------------------------------------------------------------------------------
+# --- users and keys -----------------------------------------------------------------------------
+
+T = TypeVar("T")
+_DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-async def _with_keys(settings: Settings, action):  # type: ignore[no-untyped-def]
-    from kaset.auth.keys import KeyStore
+def parse_duration(text: str) -> timedelta:
+    """'90' (seconds), '15m', '12h', '30d', '2w'."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if not match or int(match.group(1)) == 0:
+        raise typer.BadParameter(f"{text!r} is not a duration like 3600, 15m, 12h, 30d or 2w")
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _when(value: datetime | None) -> str:
+    return f"{value:%Y-%m-%d %H:%M}" if value else ""
+
+
+def _with_identity(settings: Settings, action: Callable[[Identity], Awaitable[T]]) -> T:
+    """Run one identity action on the configured database. With KASET_REDIS_URL set, revocations
+    are also published to running servers (they see them at once; otherwise within their
+    database poll, half a second by default)."""
     from kaset.store.db import Database
 
-    db = Database(settings.resolved_database_url)
+    async def run() -> T:
+        db = Database(settings.resolved_database_url)
+        try:
+            await db.upgrade()
+            identity = Identity.from_settings(settings, db, sign_in=False)
+            try:
+                return await action(identity)
+            finally:
+                await identity.close()
+        finally:
+            await db.close()
+
     try:
-        await db.upgrade()
-        return await action(KeyStore(db))
-    finally:
-        await db.close()
+        return asyncio.run(run())
+    except KasetError as exc:
+        err.print(f"[red]{exc.message}[/]")
+        raise typer.Exit(1) from exc
+
+
+@users_app.command("create")
+def users_create(
+    username: str,
+    role: Annotated[str, typer.Option(help="admin, developer (may manage own keys) or consumer.")] = "consumer",
+    password: Annotated[bool, typer.Option("--password", help="Prompt for a password (to sign in).")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Create a user."""
+    settings = _settings(config)
+    secret = typer.prompt("Password", hide_input=True, confirmation_prompt=True) if password else None
+    user = _with_identity(settings, lambda ident: ident.users.create(username, role, password=secret,
+                                                                      actor=Actor.cli()))
+    console.print(f"created user {user.id} {user.username!r} ({user.role})")
+
+
+@users_app.command("list")
+def users_list(
+    all_users: Annotated[bool, typer.Option("--all", help="Include disabled users.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """List users."""
+    settings = _settings(config)
+    users = _with_identity(settings, lambda ident: ident.users.list(include_disabled=all_users))
+    table = Table("id", "username", "role", "password", "created", "disabled")
+    for user in users:
+        table.add_row(str(user.id), user.username, user.role, "yes" if user.has_password else "",
+                      _when(user.created_at), _when(user.disabled_at))
+    console.print(table)
+
+
+@users_app.command("set-password")
+def users_set_password(username: str, config: ConfigOption = None) -> None:
+    """Set (or replace) a user's password."""
+    settings = _settings(config)
+    secret = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+
+    async def action(ident: Identity) -> None:
+        user = await ident.users.by_username(username)
+        await ident.users.update(user.id, password=secret, actor=Actor.cli())
+
+    _with_identity(settings, action)
+    console.print(f"password set for {username!r}")
 
 
 @keys_app.command("create")
 def keys_create(
-    name: Annotated[str, typer.Option(help="A label to tell keys apart.")] = "",
-    role: Annotated[str, typer.Option(help="admin or user.")] = "user",
+    user: Annotated[str, typer.Option("--user", "-u", help="The owner's username.")],
+    label: Annotated[str, typer.Option("--label", "--name", help="A label to tell keys apart.")] = "",
+    allow_model: Annotated[list[str] | None, typer.Option(
+        "--allow-model", help="A model id or alias the key may call; repeat for more (default: every model).")] = None,
+    expires_in: Annotated[str | None, typer.Option(help="Lifetime: 3600, 15m, 12h, 30d, 2w (default: none).")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Create an API key and print it (the only time it is shown)."""
+    """Create an API key for a user and print it (the only time it is shown)."""
     settings = _settings(config)
-    key, info = asyncio.run(_with_keys(settings, lambda keys: keys.create(name=name, role=role)))
-    err.print(f"created key {info.id} ({info.role}) {info.name!r}; it is shown only now:")
+    expires_at = datetime.now(UTC) + parse_duration(expires_in) if expires_in else None
+
+    async def action(ident: Identity) -> tuple[str, KeyInfo]:
+        owner = await ident.users.by_username(user)
+        return await ident.keys.create(owner.id, label=label, allowed_models=allow_model or None,
+                                       expires_at=expires_at, actor=Actor.cli())
+
+    key, info = _with_identity(settings, action)
+    limits = f"; models: {', '.join(info.allowed_models)}" if info.allowed_models else ""
+    until = f"; expires {info.expires_at:%Y-%m-%d %H:%M} UTC" if info.expires_at else ""
+    err.print(f"created key {info.id} for {info.username} ({info.role}) {info.label!r}{limits}{until}; "
+              "it is shown only now:")
     print(key)
 
 
 @keys_app.command("list")
 def keys_list(
+    user: Annotated[str | None, typer.Option("--user", "-u", help="Only this user's keys.")] = None,
     all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
     config: ConfigOption = None,
 ) -> None:
     """List keys (their prefixes only; keys are stored hashed)."""
     settings = _settings(config)
-    infos = asyncio.run(_with_keys(settings, lambda keys: keys.list(include_revoked=all_keys)))
-    table = Table("id", "prefix", "name", "role", "created", "revoked")
-    for info in infos:
-        table.add_row(str(info.id), info.prefix + "…", info.name, info.role, str(info.created_at or ""),
-                      str(info.revoked_at or ""))
+
+    async def action(ident: Identity) -> list[KeyInfo]:
+        owner = (await ident.users.by_username(user)).id if user else None
+        return await ident.keys.list(owner, include_revoked=all_keys)
+
+    table = Table("id", "prefix", "user", "role", "label", "models", "expires", "created", "status")
+    for info in _with_identity(settings, action):
+        table.add_row(str(info.id), info.prefix + "…", info.username, info.role, info.label,
+                      ", ".join(info.allowed_models) if info.allowed_models is not None else "all",
+                      _when(info.expires_at), _when(info.created_at), info.status)
     console.print(table)
 
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: int, config: ConfigOption = None) -> None:
-    """Revoke a key by id. A running server stops accepting it within its key-cache TTL."""
+    """Revoke a key by id. Running servers refuse it within a second (at once with Redis)."""
     settings = _settings(config)
-    try:
-        asyncio.run(_with_keys(settings, lambda keys: keys.revoke(key_id)))
-    except KasetError as exc:
-        err.print(f"[red]{exc.message}[/]")
-        raise typer.Exit(1) from exc
+    _with_identity(settings, lambda ident: ident.keys.revoke(key_id, actor=Actor.cli()))
     console.print(f"revoked key {key_id}")
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import platformdirs
 import yaml
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def default_data_dir() -> Path:
@@ -35,6 +36,17 @@ class Settings(BaseSettings):
 
     auth_enabled: bool = True
     key_cache_ttl_s: float = 300.0
+    # Shared state for several gateway replicas (verified-key cache, revocation pub/sub), e.g.
+    # redis://127.0.0.1:6379/0. None: everything stays in process (the embedded mode).
+    redis_url: str | None = None
+    # HS256 signing secret for sign-in tokens (>= 32 bytes). None: generated once into
+    # <data_dir>/jwt_secret (0600). Replicas must share one: set it for a distributed deployment.
+    jwt_secret: SecretStr | None = None
+    access_token_ttl_s: int = 15 * 60
+    refresh_token_ttl_s: int = 7 * 24 * 3600
+    # How often a server checks the database for revoked keys and changed users (the path that
+    # makes `kaset keys revoke` take effect without Redis, and the backstop when Redis is down).
+    auth_poll_interval_s: float = 0.5
 
     # Input limits: beyond them a request gets 413/400 before any model sees it.
     max_upload_bytes: int = 25 * 1024 * 1024
@@ -46,12 +58,37 @@ class Settings(BaseSettings):
     # Photos above this are refused (413); big but allowed ones are scaled down on decode.
     max_image_pixels: int = 60_000_000
 
+    # Vision-capable provider models (catalog ids, `vision: true`) that /v1/describe-image and
+    # chat image parts try first, in order, before the offline label-based description.
+    # From the environment: a comma-separated list or a JSON list.
+    describe_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Request log (kaset.store.request_log): rows are buffered in memory and written in batches
+    # of up to flush_rows every flush_ms. While the database is unreachable at most
+    # buffer_rows rows wait (about 300 bytes each); beyond that the oldest are dropped and counted.
+    request_log: bool = True
+    request_log_buffer_rows: int = 100_000
+    request_log_flush_rows: int = 1000
+    request_log_flush_ms: int = 1000
+    # Raw request-log rows older than this are deleted (hourly, in small batches); daily
+    # rollups are kept. 0 keeps raw rows forever.
+    log_retention_days: int = 30
+
     log_level: str = "info"
 
     @field_validator("models", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:
         if isinstance(value, str):
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @field_validator("describe_models", mode="before")
+    @classmethod
+    def _split_describe_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
             return [m.strip() for m in value.split(",") if m.strip()]
         return value
 

@@ -21,6 +21,11 @@ class KasetError(Exception):
         if code is not None:
             self.code = code
 
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """Extra response headers (Retry-After on 429s); none by default."""
+        return None
+
     def envelope(self) -> dict[str, dict[str, str | None]]:
         return {
             "error": {
@@ -62,6 +67,14 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class Conflict(KasetError):
+    """The request clashes with the current state (a name already taken, the last admin)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
+
+
 class PayloadTooLarge(KasetError):
     status_code = 413
     error_type = "invalid_request_error"
@@ -100,3 +113,52 @@ class ChecksumMismatch(KasetError):
     status_code = 500
     error_type = "server_error"
     code = "checksum_mismatch"
+
+
+# --- external providers (OpenAI-compatible servers, Gemini) -------------------------------------
+
+
+class UpstreamError(KasetError):
+    """An external provider failed to answer (5xx, unreachable, malformed reply). The gateway
+    itself is fine, hence 502 Bad Gateway rather than 500."""
+
+    status_code = 502
+    error_type = "server_error"
+    code = "upstream_error"
+
+
+class UpstreamAuthFailed(UpstreamError, ModelUnavailable):
+    """The provider refused this server's credentials. It is the operator's configuration, not
+    the client's key, that is wrong, so the model is unavailable (503) until the key is fixed."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "upstream_auth_failed"
+
+
+class UpstreamRateLimited(UpstreamError):
+    """The provider said 429. `retry_after` (seconds) is passed on when the provider gave one."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "upstream_rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message, param=param, code=code)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers for the client: Retry-After in whole seconds (rounded up)."""
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, -int(-self.retry_after // 1)))}
+
+
+class UpstreamTimeout(UpstreamError):
+    """The provider did not answer within the model's `timeout_s`."""
+
+    status_code = 504
+    error_type = "server_error"
+    code = "upstream_timeout"

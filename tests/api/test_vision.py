@@ -148,3 +148,20 @@ def test_diagnose_fifty_megapixels(client: TestClient, api_settings) -> None:  #
     huge = _encoded(Image.new("L", (9000, 7000)), "PNG")
     response = _diagnose(client, huge, crop="mango")
     assert response.status_code == 413 and "pixels" in response.json()["error"]["message"]
+
+
+def test_batching_stats_in_the_model_object(client: TestClient) -> None:
+    """Dynamic batching counters for the metrics to come: GET /v1/models/{id} `batching`."""
+    coffee = base64.b64encode(jpeg(photo("coffee"))).decode()
+    before = client.get("/v1/models/efficientnet-lite0").json()["batching"]
+    response = client.post("/v2/models/efficientnet-lite0/infer", json={
+        "inputs": [{"name": "IMAGE_BYTES", "shape": [2], "datatype": "BYTES", "data": [coffee, coffee]}]})
+    assert response.status_code == 200, response.text
+    after = client.get("/v1/models/efficientnet-lite0").json()["batching"]
+    assert after["max_batch_size"] == 16 and after["max_wait_ms"] == 5
+    assert after["requests"] == before["requests"] + 1 and after["items"] == before["items"] + 2
+    assert sum(after["batch_sizes"].values()) == after["batches"]
+    embeddings = client.post("/v1/embeddings", json={"model": "e5-small", "input": ["rice", "ข้าว"]})
+    assert embeddings.status_code == 200 and embeddings.json()["usage"]["prompt_tokens"] > 2
+    assert client.get("/v1/models/e5-small").json()["batching"]["items"] >= 2
+    assert client.get("/v1/models/echo").json()["batching"] is None

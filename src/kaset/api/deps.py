@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
 
-from kaset.auth.keys import KeyInfo, KeyStore
+from kaset.auth.allowlist import ensure_allowed
+from kaset.auth.identity import Identity
+from kaset.auth.keys import KeyStore
+from kaset.auth.principal import Principal
 from kaset.config import Settings
-from kaset.errors import AuthenticationFailed, UnsupportedMediaType
+from kaset.errors import AuthenticationFailed, PermissionDenied, UnsupportedMediaType
 from kaset.pipelines.advice import AdviceService
+from kaset.pipelines.describe import DescribeService
 from kaset.pipelines.diagnose import DiagnosisService
 from kaset.registry.manager import ModelManager
 from kaset.store.db import Database
@@ -25,6 +30,9 @@ class Services:
     models: ModelManager
     advisor: AdviceService
     diagnoser: DiagnosisService
+    describer: DescribeService
+    # Users, keys, sign-in tokens; `keys` is `identity.keys`, kept for existing callers.
+    identity: Identity
 
 
 async def services(request: Request) -> Services:
@@ -32,22 +40,100 @@ async def services(request: Request) -> Services:
     return svc
 
 
-async def authenticate(request: Request) -> KeyInfo | None:
+async def authenticate(request: Request) -> Principal | None:
+    """The model API's guard: a valid key or access token, and the key's model allowlist.
+
+    The allowlist is enforced here, the one dependency every model route passes through, so no
+    router can forget it. The model name comes from the path (`/v2/models/{name}`,
+    `/v1/models/{model_id}`) or from the body FastAPI has already parsed for the route (JSON or
+    form field `model`), which Starlette caches on the request: reading it costs a dict lookup,
+    and only for keys that have an allowlist. Routes that pick models themselves (diagnose,
+    advice) or read their body raw can call `check_model_allowed` with the names they use.
+    """
     svc: Services = request.app.state.services
     if not svc.settings.auth_enabled:
         return None
+    principal = await _principal(request, svc)
+    request.state.key = principal
+    if principal.allowed_models is not None:
+        for name in await _requested_models(request):
+            ensure_allowed(principal, name, svc.models.catalog)
+    return principal
+
+
+async def _principal(request: Request, svc: Services) -> Principal:
     header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
     if not header:
         raise AuthenticationFailed(
             "No API key provided. Send it as 'Authorization: Bearer <key>'.", code="missing_api_key"
         )
-    key = key.strip()
-    if scheme.lower() != "bearer" or not key or len(key) > 256:
+    scheme, _, credential = header.partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential:
         raise AuthenticationFailed("Malformed Authorization header. Use 'Authorization: Bearer <key>'.")
-    info = await svc.keys.verify(key)
-    request.state.key = info
-    return info
+    return await svc.identity.authenticate(credential)
+
+
+_MODEL_PATH_PARAMS = ("name", "model_id", "model")
+
+
+async def _requested_models(request: Request) -> list[str]:
+    names = [str(request.path_params[p]) for p in _MODEL_PATH_PARAMS if p in request.path_params]
+    route = request.scope.get("route")
+    # Only bodies FastAPI parsed already (routes that declare a body): never a second parse, and
+    # never a raw binary body (the v2 infer route names its model in the path).
+    if getattr(route, "body_field", None) is None:
+        return names
+    content_type = request.headers.get("content-type", "").lower()
+    body: Any = None
+    try:
+        if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+            body = await request.form()
+        elif not content_type or content_type.split(";")[0].strip().endswith(("/json", "+json")):
+            body = await request.json()
+    except ValueError:
+        return names  # FastAPI answers the bad body itself
+    model = body.get("model") if hasattr(body, "get") else None
+    if isinstance(model, str):
+        names.append(model)
+    return names
+
+
+def check_model_allowed(request: Request, model: str) -> None:
+    """For routers that choose or receive a model name outside `authenticate`'s view: 403 when
+    the caller's key has an allowlist that does not cover `model`."""
+    principal: Principal | None = getattr(request.state, "key", None)
+    if principal is not None and principal.allowed_models is not None:
+        svc: Services = request.app.state.services
+        ensure_allowed(principal, model, svc.models.catalog)
+
+
+async def _require_role(request: Request, roles: tuple[str, ...]) -> Principal:
+    # Always authenticated, even with KASET_AUTH_ENABLED=false: turning auth off for the model
+    # API must not open user and key management to anyone who can reach the port.
+    svc: Services = request.app.state.services
+    principal = await _principal(request, svc)
+    request.state.key = principal
+    if principal.role not in roles:
+        raise PermissionDenied(
+            f"This needs the {' or '.join(roles)} role; '{principal.username}' has the '{principal.role}' role.",
+            code="insufficient_role")
+    return principal
+
+
+async def require_admin(request: Request) -> Principal:
+    return await _require_role(request, ("admin",))
+
+
+async def require_key_manager(request: Request) -> Principal:
+    """Admins and developers: people who may manage (their own) API keys."""
+    return await _require_role(request, ("admin", "developer"))
+
+
+def request_id(request: Request) -> str | None:
+    """The id the gateway middleware gave this request (the client's x-request-id, or a new one)."""
+    rid = request.scope.get("kaset.request_id") or request.headers.get("x-request-id")
+    return str(rid)[:128] if rid else None
 
 
 async def require_json(request: Request) -> None:

@@ -23,7 +23,7 @@ def error_response(status: int, message: str, error_type: str, code: str | None,
 
 async def _kaset_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, KasetError)
-    return JSONResponse(exc.envelope(), status_code=exc.status_code)
+    return JSONResponse(exc.envelope(), status_code=exc.status_code, headers=exc.headers)
 
 
 def _describe_validation(errors: list[Any]) -> tuple[str, str | None, bool]:

@@ -8,25 +8,31 @@ import time
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kaset.api.telemetry import Telemetry
 from kaset.ids import new_id
+from kaset.metrics import current_metrics
 from kaset.registry.manager import inference_seconds
+from kaset.usage import RequestUsage, current_usage
 
 REQUEST_ID_HEADER = "x-request-id"
 OVERHEAD_HEADER = "x-kaset-overhead-ms"
 
 
 class GatewayMiddleware:
-    """Request ids, the gateway-overhead header, and an early 413 for oversized bodies."""
+    """Request ids, the gateway-overhead header, an early 413 for oversized bodies, and (with
+    `telemetry`) the per-request usage context, metrics and request-log row."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, telemetry: Telemetry | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.telemetry = telemetry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        started_at = time.time()
         request_id = ""
         content_length = -1
         for name, value in scope["headers"]:
@@ -35,25 +41,54 @@ class GatewayMiddleware:
             elif name == b"content-length" and value.isdigit():
                 content_length = int(value)
         request_id = request_id or new_id()
+        # Handlers read it from the scope (audit rows record it; see kaset.api.deps.request_id).
+        scope["kaset.request_id"] = request_id
+        telemetry = self.telemetry
         if content_length > self.max_body_bytes:
             await _send_too_large(send, content_length, self.max_body_bytes, request_id)
+            if telemetry is not None:
+                telemetry.finish(scope, request_id, started_at, time.perf_counter() - started, 0.0, 413, None,
+                                 RequestUsage())
             return
 
         bucket = [0.0]
         token = inference_seconds.set(bucket)
+        # What the response said, for the log and metrics (500 if it never started).
+        status = 500
+        model_header: str | None = None
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal status, model_header
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 headers.append(REQUEST_ID_HEADER, request_id)
                 overhead_ms = (time.perf_counter() - started - bucket[0]) * 1000
                 headers.append(OVERHEAD_HEADER, f"{max(overhead_ms, 0.0):.3f}")
+                status = message["status"]
+                model_header = headers.get("x-kaset-model")
             await send(message)
 
+        if telemetry is None:
+            try:
+                await self.app(scope, receive, send_with_headers)
+            finally:
+                inference_seconds.reset(token)
+            return
+
+        usage = RequestUsage()
+        usage_token = current_usage.set(usage)
+        metrics_token = current_metrics.set(telemetry.metrics)
+        telemetry.metrics.in_flight += 1
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
             inference_seconds.reset(token)
+            current_usage.reset(usage_token)
+            current_metrics.reset(metrics_token)
+            telemetry.metrics.in_flight -= 1
+            # After the last body byte: streamed responses have recorded their units by now.
+            telemetry.finish(scope, request_id, started_at, time.perf_counter() - started, bucket[0], status,
+                             model_header, usage)
 
 
 async def _send_too_large(send: Send, size: int, limit: int, request_id: str) -> None:

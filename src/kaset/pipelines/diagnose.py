@@ -176,9 +176,9 @@ class DiagnosisService:
     async def gate(self, image: np.ndarray) -> GateResult:
         gate = self.config.gate
         model = await self.manager.get(gate.model, "classify")
-        classifier = model.as_(ImageClassifier)
-        probabilities = (await model.run(classifier.classify, [image]))[0]
-        labels = classifier.labels
+        # Through the batcher: concurrent diagnoses share one gate call.
+        probabilities = (await model.batch("classify", [image]))[0]
+        labels = model.as_(ImageClassifier).labels
         top = top_k(probabilities, labels, 5)
         plant_score = _mass(probabilities, self.plant | self.neutral)
         animal_score = _mass(probabilities, self.animals)
@@ -210,9 +210,8 @@ class DiagnosisService:
 
     async def run_slot(self, slot: Slot, variant: Variant, image: np.ndarray, k: int) -> tuple[ModelResult, list[str]]:
         model = await self.manager.get(variant.model, "classify")
-        classifier = model.as_(ImageClassifier)
-        probabilities = (await model.run(classifier.classify, [image]))[0]
-        labels = classifier.labels
+        probabilities = (await model.batch("classify", [image]))[0]
+        labels = model.as_(ImageClassifier).labels
         return (ModelResult(slot=slot.name, model=model.spec.id, version=model.spec.version,
                             top=top_k(probabilities, labels, k), probabilities=probabilities), labels)
 

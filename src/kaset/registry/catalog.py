@@ -100,6 +100,18 @@ class ExportSpec(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class BatchingSpec(BaseModel):
+    """Dynamic batching (see `kaset.registry.batching`): concurrent requests share one call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Items (images, texts) in one merged call; a single larger request runs alone, whole.
+    max_batch_size: int = Field(default=16, ge=1, le=1024)
+    # How long a request waits for companions when the model has been seeing concurrent
+    # requests; an idle model serves a lone request at once.
+    max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
+
+
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -117,6 +129,8 @@ class ModelSpec(BaseModel):
     export: ExportSpec | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     max_concurrent: int = Field(default=1, ge=1)
+    # Only for runtimes whose calls take a list (classify, embed).
+    batching: BatchingSpec | None = None
     # Part of the default pack that `make run` prepares.
     default: bool = False
     # With several versions of one id: the one that the bare id means.

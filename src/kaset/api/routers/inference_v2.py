@@ -25,6 +25,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from kaset import usage
 from kaset.api.deps import Services, services
 from kaset.api.responses import json_response
 from kaset.api.schemas.inference_v2 import (
@@ -40,7 +41,7 @@ from kaset.errors import InvalidRequest, ModelNotFound, PayloadTooLarge
 from kaset.media.image import decode_image
 from kaset.registry.catalog import ModelSpec
 from kaset.registry.manager import LoadedModel
-from kaset.runtimes.base import Embedder, ImageClassifier
+from kaset.runtimes.base import Embeddings, ImageClassifier
 
 router = APIRouter(tags=["open inference protocol"])
 
@@ -93,6 +94,8 @@ async def model_ready(name: str, version: str | None = None, svc: Services = Dep
 async def infer(name: str, request: Request, version: str | None = None,
                 svc: Services = Depends(services)) -> Response:
     spec = _spec(svc, name, version)
+    # This route sends no x-kaset-model header: name the model for the log and metrics.
+    usage.record(model=spec.id)
     body = await request.body()
     if len(body) > svc.settings.max_upload_bytes:
         raise PayloadTooLarge(f"The request is {len(body)} bytes; the limit is {svc.settings.max_upload_bytes}.")
@@ -193,7 +196,6 @@ def _text_or_bytes(item: Any) -> bytes:
 
 
 async def _classify(model: LoadedModel, tensors: dict[str, Any]) -> dict[str, np.ndarray]:
-    classifier = model.as_(ImageClassifier)
     if "IMAGE" in tensors:
         pixels = tensors["IMAGE"]
         if pixels.ndim == 3:
@@ -207,7 +209,9 @@ async def _classify(model: LoadedModel, tensors: dict[str, Any]) -> dict[str, np
         raise InvalidRequest("A classifier takes an input named IMAGE (UINT8 [N,H,W,3]) or IMAGE_BYTES (BYTES [N]).")
     if not images:
         raise InvalidRequest("The request holds no images.")
-    probabilities = await model.run(classifier.classify, images)
+    # Per-image rows, possibly computed in one call with other requests' images.
+    probabilities = np.stack(await model.batch("classify", images))
+    usage.record(images=len(images))
     return {"PROBABILITIES": probabilities}
 
 
@@ -220,9 +224,9 @@ async def _embed(model: LoadedModel, tensors: dict[str, Any]) -> dict[str, np.nd
         raise InvalidRequest("TEXT must be UTF-8.") from None
     if not texts or not all(t.strip() for t in texts):
         raise InvalidRequest("TEXT must hold at least one non-empty text.")
-    embedder = model.as_(Embedder)
-    result = await model.run(embedder.embed, texts)
-    return {"EMBEDDINGS": result.vectors}
+    per_text: list[Embeddings] = await model.batch("embed", texts)
+    usage.record(prompt_tokens=sum(e.prompt_tokens for e in per_text))
+    return {"EMBEDDINGS": np.concatenate([e.vectors for e in per_text])}
 
 
 def _maybe_base64(item: bytes) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from kaset.api.deps import Services, services
-from kaset.api.schemas.models import ModelList, ModelObject
+from kaset.api.schemas.models import BatchingInfo, ModelList, ModelObject
 from kaset.errors import ModelNotFound
 from kaset.registry.catalog import ModelSpec
 from kaset.registry.manager import ModelManager
@@ -16,11 +16,13 @@ router = APIRouter(tags=["models"])
 def _model_object(manager: ModelManager, spec: ModelSpec, name: str | None = None) -> ModelObject:
     loaded = {m.spec.key: m for m in manager.loaded()}
     created = int(loaded[spec.key].loaded_at) if spec.key in loaded else 0
+    batcher = loaded[spec.key].batcher if spec.key in loaded else None
     canonical = manager.catalog.name_of(spec)
     return ModelObject(
         id=name or canonical, created=created, tasks=list(spec.tasks), runtime=spec.runtime, version=spec.version,
         languages=spec.languages, license=spec.license, state=manager.state(spec), aliases=spec.aliases,
         alias_of=canonical if name and name != canonical else None,
+        batching=BatchingInfo(**batcher.stats.snapshot()) if batcher is not None else None,
     )
 
 

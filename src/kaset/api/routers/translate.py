@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
+from kaset import usage
 from kaset.api.deps import Services, require_json, services
 from kaset.api.responses import json_response
 from kaset.api.schemas.translate import LanguagePair, LanguagePairs, TranslateRequest, TranslateResponse
@@ -30,6 +31,7 @@ async def translate(body: TranslateRequest, svc: Services = Depends(services)) -
     model = await svc.models.get(name, "translate")
     runtime = model.as_(Translator)
     translations = await model.run(runtime.translate, texts, body.source.lower(), body.target.lower())
+    usage.record(characters=total)
     response = TranslateResponse(model=model.spec.id, source=body.source, target=body.target,
                                  translations=translations)
     return json_response(response, headers={"x-kaset-model": model.spec.id})

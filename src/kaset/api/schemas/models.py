@@ -4,7 +4,23 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+
+
+class BatchingInfo(BaseModel):
+    """Dynamic batching of a loaded model: its settings and what it has done since loading."""
+
+    max_batch_size: int
+    max_wait_ms: float
+    batches: int = Field(description="Model calls made by the batcher.")
+    requests: int
+    items: int
+    fallbacks: int = Field(description="Merged calls that failed and were retried request by request.")
+    mean_batch_size: float
+    batch_sizes: dict[str, int] = Field(description="Items per call -> calls; '>N' counts lone requests "
+                                                    "larger than max_batch_size.")
+    mean_queue_wait_ms: float
+    mean_call_ms: float
 
 
 class ModelObject(BaseModel):
@@ -21,6 +37,7 @@ class ModelObject(BaseModel):
     state: str
     aliases: list[str]
     alias_of: str | None = None
+    batching: BatchingInfo | None = None
 
 
 class ModelList(BaseModel):

@@ -2,6 +2,7 @@
 
 from alembic import context
 
+import kaset.store.log_tables  # noqa: F401  (registers the request-log tables on Base.metadata)
 from kaset.store.tables import Base
 
 connection = context.config.attributes.get("connection")

@@ -1,0 +1,267 @@
+"""Prometheus metrics, one registry per app (no global state: two apps in one process, as in
+the tests, never share counts).
+
+Why not prometheus-client's Counter/Histogram objects on the request path: each `.labels()`
+lookup and each `observe()` takes a lock and walks the buckets in Python, several µs a request
+in a gateway whose whole overhead budget is a fraction of a millisecond. Requests are counted
+on the event loop thread into plain dicts and lists here (a dict lookup and a bisect), and a
+collector turns them into metric families only when /metrics is scraped. Everything is
+touched from the event loop thread only, so no locks are needed.
+
+Other parts of Kaset count through this module too:
+
+* rate limits and queues: `record_limit_rejection("requests_per_minute")`, or
+  `metrics.limit_rejected(...)` outside a request;
+* dynamic batching: `record_batch_size(model_id, size)` / `metrics.batch_size(...)`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from kaset.registry.manager import ModelManager
+    from kaset.store.request_log import RequestLog
+    from kaset.usage import RequestUsage
+
+# Whole-request and inference times: from a 1 ms echo to a minutes-long transcription.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# The gateway's own time: the target is well under 1 ms, so the resolution is there.
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+# Set by the gateway middleware for each request so code deep in a request (limits, queues)
+# can count without being handed the app.
+current_metrics: contextvars.ContextVar[Metrics | None] = contextvars.ContextVar("current_metrics", default=None)
+
+
+class _Histogram:
+    """Bucket counts without the cumulative sums (those are made at scrape time)."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left gives the first bound >= value: Prometheus' `le` semantics.
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip(self.bounds, self.counts, strict=False):
+            running += count
+            out.append((_float_label(bound), running))
+        out.append(("+Inf", running + self.counts[-1]))
+        return out
+
+
+def _float_label(value: float) -> str:
+    return repr(float(value))
+
+
+class Metrics:
+    """Counts for one app. `observe_request` runs once per request, on the event loop."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        # Set in the app's lifespan once they exist.
+        self.models: ModelManager | None = None
+        self.request_log: RequestLog | None = None
+        self.in_flight = 0
+        self._requests: dict[tuple[str, str, int], int] = {}
+        self._duration: dict[str, _Histogram] = {}
+        self._overhead: dict[str, _Histogram] = {}
+        self._inference: dict[str, _Histogram] = {}
+        # model -> [prompt tokens, completion tokens, audio seconds, images, characters]
+        self._units: dict[str, list[float]] = {}
+        self._limit_rejections: dict[tuple[str, str], int] = {}
+        self._batches: dict[str, _Histogram] = {}
+        self._model_bytes: dict[str, float] = {}
+        self.registry.register(_KasetCollector(self))
+        # Process RSS, CPU seconds, open files: read from /proc at scrape time only.
+        ProcessCollector(registry=self.registry)
+
+    # --- the request path ------------------------------------------------------------------
+
+    def observe_request(self, route: str, model: str, status: int, duration_s: float, overhead_s: float,
+                        inference_s: float, usage: RequestUsage | None) -> None:
+        key = (route, model, status)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        hist = self._duration.get(route)
+        if hist is None:
+            hist = self._duration[route] = _Histogram(LATENCY_BUCKETS)
+            self._overhead[route] = _Histogram(OVERHEAD_BUCKETS)
+        hist.observe(duration_s)
+        self._overhead[route].observe(overhead_s)
+        if inference_s > 0.0:
+            inf = self._inference.get(model)
+            if inf is None:
+                inf = self._inference[model] = _Histogram(LATENCY_BUCKETS)
+            inf.observe(inference_s)
+        if usage is not None and (usage.prompt_tokens or usage.completion_tokens or usage.audio_seconds
+                                  or usage.images or usage.characters):
+            units = self._units.get(model)
+            if units is None:
+                units = self._units[model] = [0, 0, 0.0, 0, 0]
+            units[0] += usage.prompt_tokens
+            units[1] += usage.completion_tokens
+            units[2] += usage.audio_seconds
+            units[3] += usage.images
+            units[4] += usage.characters
+
+    # --- counted by other parts of Kaset ----------------------------------------------------
+
+    def limit_rejected(self, limit: str, scope: str = "key") -> None:
+        """A request refused by a limit: `limit` names it (requests_per_minute, concurrency,
+        tokens_per_day, audio_seconds_per_day, images_per_day, model_queue_full, ...), `scope`
+        says whose budget ran out (key, user, model)."""
+        key = (limit, scope)
+        self._limit_rejections[key] = self._limit_rejections.get(key, 0) + 1
+
+    def batch_size(self, model: str, size: int) -> None:
+        """One batch run by a dynamically batched model."""
+        hist = self._batches.get(model)
+        if hist is None:
+            hist = self._batches[model] = _Histogram(BATCH_BUCKETS)
+        hist.observe(size)
+
+    # --- scrape-time helpers -----------------------------------------------------------------
+
+    def model_bytes(self, key: str, folder: Path | None) -> float:
+        """Size of a model's installed files: a cheap estimate of the memory its weights take
+        (most runtimes load or map the whole file). Computed once per model and cached."""
+        cached = self._model_bytes.get(key)
+        if cached is None:
+            cached = float(_folder_size(folder)) if folder is not None else 0.0
+            self._model_bytes[key] = cached
+        return cached
+
+
+def record_limit_rejection(limit: str, scope: str = "key") -> None:
+    """Count a limit rejection for the app serving the current request (no-op outside one)."""
+    metrics = current_metrics.get()
+    if metrics is not None:
+        metrics.limit_rejected(limit, scope)
+
+
+def record_batch_size(model: str, size: int) -> None:
+    """Count a batch for the app serving the current request (no-op outside one)."""
+    metrics = current_metrics.get()
+    if metrics is not None:
+        metrics.batch_size(model, size)
+
+
+def _folder_size(folder: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                continue
+    return total
+
+
+class _KasetCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.m
+        requests = CounterMetricFamily("kaset_requests", "HTTP requests by route template, model and status.",
+                                       labels=["route", "model", "status"])
+        for (route, model, status), count in m._requests.items():
+            requests.add_metric([route, model, str(status)], count)
+        yield requests
+        yield _histograms("kaset_request_duration_seconds", "Whole request time, first byte in to last byte out.",
+                          "route", m._duration)
+        yield _histograms("kaset_gateway_overhead_seconds", "Request time not spent inside a model: the gateway's "
+                          "own cost (the x-kaset-overhead-ms header).", "route", m._overhead)
+        yield _histograms("kaset_inference_seconds", "Time inside the model per request.", "model", m._inference)
+        yield _histograms("kaset_batch_size", "Requests per batch of dynamically batched models.", "model",
+                          m._batches)
+        yield GaugeMetricFamily("kaset_requests_in_flight", "HTTP requests being served now.", value=m.in_flight)
+        yield from _unit_families(m._units)
+        rejections = CounterMetricFamily("kaset_limit_rejections", "Requests refused by a rate limit, quota or "
+                                         "full model queue.", labels=["limit", "scope"])
+        for (limit, scope), count in m._limit_rejections.items():
+            rejections.add_metric([limit, scope], count)
+        yield rejections
+        yield from _model_families(m)
+        yield from _request_log_families(m.request_log)
+
+
+def _histograms(name: str, documentation: str, label: str, hists: dict[str, _Histogram]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=[label])
+    for value, hist in hists.items():
+        family.add_metric([value], hist.buckets(), hist.total)
+    return family
+
+
+def _unit_families(units: dict[str, list[float]]) -> Iterable[Metric]:
+    tokens = CounterMetricFamily("kaset_tokens", "Tokens processed, by model and kind (prompt, completion).",
+                                 labels=["model", "kind"])
+    audio = CounterMetricFamily("kaset_audio_seconds", "Seconds of audio transcribed or synthesised.",
+                                labels=["model"])
+    images = CounterMetricFamily("kaset_images", "Images classified or described.", labels=["model"])
+    characters = CounterMetricFamily("kaset_characters", "Characters of text synthesised or translated.",
+                                     labels=["model"])
+    # Only the units a model has used: an embedder gets no audio or image series.
+    for model, (prompt, completion, seconds, count, chars) in units.items():
+        if prompt or completion:
+            tokens.add_metric([model, "prompt"], prompt)
+            tokens.add_metric([model, "completion"], completion)
+        if seconds:
+            audio.add_metric([model], seconds)
+        if count:
+            images.add_metric([model], count)
+        if chars:
+            characters.add_metric([model], chars)
+    return (tokens, audio, images, characters)
+
+
+def _model_families(m: Metrics) -> Iterable[Metric]:
+    loaded = m.models.loaded() if m.models is not None else []
+    count = GaugeMetricFamily("kaset_models_loaded", "Models loaded in this process.", value=len(loaded))
+    in_flight = GaugeMetricFamily("kaset_model_in_flight", "Calls running in or waiting for a model's executor "
+                                  "(its queue depth).", labels=["model"])
+    slots = GaugeMetricFamily("kaset_model_max_concurrent", "Calls a model runs at once.", labels=["model"])
+    memory = GaugeMetricFamily("kaset_model_memory_estimate_bytes", "Size of a loaded model's files: an estimate "
+                               "of the memory its weights take.", labels=["model"])
+    for model in loaded:
+        spec = model.spec
+        in_flight.add_metric([spec.id], model.in_flight)
+        slots.add_metric([spec.id], spec.max_concurrent)
+        folder = None
+        if spec.needs_install and m.models is not None:
+            folder = m.models.repository.path_for(spec)
+        memory.add_metric([spec.id], m.model_bytes(spec.key, folder))
+    return (count, in_flight, slots, memory)
+
+
+def _request_log_families(log: RequestLog | None) -> Iterable[Metric]:
+    buffered = GaugeMetricFamily("kaset_request_log_buffered_rows", "Request-log rows waiting to be written.",
+                                 value=log.buffered if log else 0)
+    capacity = GaugeMetricFamily("kaset_request_log_buffer_capacity_rows", "Rows the buffer holds before it drops "
+                                 "the oldest.", value=log.max_rows if log else 0)
+    written = CounterMetricFamily("kaset_request_log_written_rows", "Request-log rows written to the database.",
+                                  value=log.written if log else 0)
+    dropped = CounterMetricFamily("kaset_request_log_dropped_rows", "Request-log rows dropped because the buffer "
+                                  "was full (the database was unreachable too long).", value=log.dropped if log else 0)
+    failures = CounterMetricFamily("kaset_request_log_flush_failures", "Failed attempts to write a batch.",
+                                   value=log.flush_failures if log else 0)
+    return (buffered, capacity, written, dropped, failures)
