@@ -49,11 +49,11 @@ def statements(db: Database) -> Iterator[list[str]]:
     def listen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         seen.append(statement)
 
-    event.listen(db.engine.sync_engine, "before_cursor_execute", listen)
+    event.listen(db.log_engine.sync_engine, "before_cursor_execute", listen)
     try:
         yield seen
     finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", listen)
+        event.remove(db.log_engine.sync_engine, "before_cursor_execute", listen)
 
 
 async def test_one_insert_per_flush(db: Database) -> None:

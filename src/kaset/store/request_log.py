@@ -78,7 +78,7 @@ class RequestLog:
         self._last_warning = 0.0
         self._last_drop_warning = 0.0
         self._dropped_at_warning = 0
-        dialect = db.engine.dialect
+        dialect = db.log_engine.dialect
         self._placeholder = _placeholders(dialect.paramstyle)
         # SQLite stores timestamps as text: write them exactly as SQLAlchemy would, so that
         # queries built with SQLAlchemy (retention's `ts < cutoff`) compare like with like.
@@ -135,10 +135,12 @@ class RequestLog:
         committed = False
         try:
             params, rollups = self._prepare(batch)
-            groups = len(rollups) // len(_ROLLUP_COLUMNS)
-            async with self.db.engine.begin() as conn:
+            async with self.db.log_engine.begin() as conn:
                 await conn.exec_driver_sql(self._statement("log", count), params)
-                await conn.exec_driver_sql(self._statement("rollup", groups), rollups)
+                # One prepared single-row upsert run for each group (executemany): the number
+                # of groups varies from batch to batch, and a new multi-row statement text
+                # each time would be parsed and planned anew each time.
+                await conn.exec_driver_sql(self._statement("rollup", 1), rollups)
             committed = True
         finally:
             self._in_flight = 0
@@ -159,7 +161,7 @@ class RequestLog:
         """The multi-row INSERT of `count` log rows, or the rollup upsert of `count` groups.
 
         Hand-written SQL (the same for SQLite and PostgreSQL) with positional parameters: one
-        statement per batch whatever its size, and no per-row parameter processing in Python.
+        INSERT per batch whatever its size, and no per-row parameter processing in Python.
         """
         sql = self._sql.get((kind, count))
         if sql is None:
@@ -180,8 +182,8 @@ class RequestLog:
             self._sql[(kind, count)] = sql
         return sql
 
-    def _prepare(self, batch: Sequence[LogRow]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-        """The flat parameters of the log INSERT, and of the batch summed per (day, key, model)."""
+    def _prepare(self, batch: Sequence[LogRow]) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+        """The flat parameters of the log INSERT, and the batch summed per (day, key, model)."""
         params: list[Any] = []
         sums: dict[tuple[date, int, str], list[Any]] = {}
         to_db = self._ts_to_db
@@ -218,11 +220,9 @@ class RequestLog:
             acc[8] += row[8]
             acc[9] += row[9]
         day_to_db = self._day_to_db
-        rollups: list[Any] = []
-        for (day, key_id, model), acc in sums.items():
-            rollups.extend((day_to_db(day) if day_to_db is not None else day, key_id, model))
-            rollups.extend(acc)
-        return tuple(params), tuple(rollups)
+        rollups = [(day_to_db(day) if day_to_db is not None else day, key_id, model, *acc)
+                   for (day, key_id, model), acc in sums.items()]
+        return tuple(params), rollups
 
     # --- the background tasks ------------------------------------------------------------------
 
@@ -322,7 +322,7 @@ class RequestLog:
         while True:
             expired = (select(request_log.c.id).where(request_log.c.ts < cutoff)
                        .limit(self.retention_batch).scalar_subquery())
-            async with self.db.engine.begin() as conn:
+            async with self.db.log_engine.begin() as conn:
                 result = await conn.execute(delete(request_log).where(request_log.c.id.in_(expired)))
             deleted = int(result.rowcount or 0)
             total += deleted

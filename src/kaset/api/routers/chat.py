@@ -37,6 +37,7 @@ from kaset.pipelines.describe import Description, encode_jpeg
 from kaset.registry.manager import LoadedModel
 from kaset.runtimes.base import ChatModel, GenerationChunk, GenerationParams
 from kaset.runtimes.provider import VisionChat, jpeg_data_url
+from kaset.usage import record as record_usage
 
 router = APIRouter(tags=["chat"], dependencies=[Depends(require_json)])
 
@@ -95,9 +96,10 @@ async def _stream_sse(
         async for chunk in chunks:
             for payload in make_payload(chunk):
                 yield _sse(payload)
-            if chunk.finish_reason is not None and include_usage:
-                usage = _usage(chunk.prompt_tokens, chunk.completion_tokens)
-                yield _sse({**make_payload.base, "choices": [], "usage": usage.model_dump()})
+            if chunk.finish_reason is not None:
+                usage = _usage(chunk.prompt_tokens, chunk.completion_tokens)  # also records the tokens
+                if include_usage:
+                    yield _sse({**make_payload.base, "choices": [], "usage": usage.model_dump()})
     except KasetError as exc:
         # Headers are gone already: report the error in-band, as OpenAI does.
         yield _sse(exc.envelope())
@@ -131,6 +133,8 @@ class _CompletionChunks:
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+    # Every reply's token counts pass here exactly once: count them for the request log and metrics.
+    record_usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
     return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                  total_tokens=prompt_tokens + completion_tokens)
 
@@ -156,6 +160,7 @@ async def chat_completions(
     created = int(time.time())
     images = _image_urls(body)
     if images:
+        record_usage(images=len(images))
         reply = _ChatReply(body, completion_id, created)
         if isinstance(model.runtime, VisionChat) and model.runtime.vision:
             return await _chat_with_vision_model(body, model, params, reply, svc)

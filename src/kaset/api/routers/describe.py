@@ -7,6 +7,7 @@ import asyncio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from kaset import usage
 from kaset.api.deps import Services, services
 from kaset.api.responses import json_response
 from kaset.api.schemas.describe import DescribeJSONRequest, DescribeResponse, FallbackReport
@@ -39,5 +40,6 @@ async def describe_image(request: Request, svc: Services = Depends(services)) ->
     data, options = await read_image_request(request, svc.settings.max_upload_bytes, DescribeJSONRequest)
     image = await asyncio.to_thread(decode_image, data, max_pixels=svc.settings.max_image_pixels)
     description = await svc.describer.describe(image, language=options.language, prompt=options.prompt)
+    usage.record(images=1, prompt_tokens=description.prompt_tokens, completion_tokens=description.completion_tokens)
     return json_response(to_response(description),
                          headers={"x-kaset-model": ",".join(description.models_used) or "none"})
