@@ -315,8 +315,8 @@ class AdviceService:
     async def retrieve(self, query: AdviceQuery, language: Language) -> list[Hit]:
         index = await self.index()
         model = await self.manager.get(self.embed_model, "embed")
-        embedder = model.as_(Embedder)
-        result = await model.run(embedder.embed, [query.question])
+        # Through the batcher: concurrent questions share one engine call.
+        (result,) = await model.batch("embed", [query.question])
         return index.search(result.vectors[0], query, language)
 
     async def advise(self, query: AdviceQuery) -> Advice:
