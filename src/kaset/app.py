@@ -43,6 +43,7 @@ from kaset.registry.catalog import Catalog
 from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository
 from kaset.store.db import Database
+from kaset.ui import pages
 
 log = logging.getLogger("kaset")
 
@@ -153,4 +154,5 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
     app.include_router(auth.router)
     app.include_router(admin.router)
     app.include_router(admin.own_keys)
+    app.include_router(pages.router)
     return app

@@ -182,3 +182,8 @@ def test_advice_bad_input(client: TestClient) -> None:
     assert response.status_code == 400 and response.json()["error"]["code"] == "unsupported_language"
     response = client.post("/v1/advice", json={"question": "spots", "crop": "banana"})
     assert response.status_code == 400 and "banana" in response.json()["error"]["message"]
+
+
+def test_landing_page_needs_no_key(client: TestClient) -> None:
+    response = client.get("/", headers={"Authorization": ""})
+    assert response.status_code == 200 and "/docs" in response.text and "Kaset" in response.text
