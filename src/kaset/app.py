@@ -143,12 +143,14 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
     # Multipart and JSON overhead on top of the largest accepted upload.
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_upload_bytes + 1024 * 1024,
                        telemetry=telemetry)
-    app.include_router(health.router)
-    app.include_router(metrics.router)
+    # Routes are matched in order, a few µs each: the busiest model routes go first, and
+    # health probes and scrapes (cheap, answered without a key) after them.
     secured = [Depends(authenticate)]
-    for router in (models.router, chat.router, embeddings.router, audio.router, translate.router, advice.router,
+    for router in (chat.router, embeddings.router, audio.router, models.router, translate.router, advice.router,
                    diagnose.router, describe.router, inference_v2.router, usage.router):
         app.include_router(router, dependencies=secured)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
     # After the model routes: routes are matched in order at a few µs each, and these are rare.
     # Sign-in is open; the admin and own-key routers check roles themselves (require_admin, ...).
     app.include_router(auth.router)
