@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import email.utils
 import json
 import logging
@@ -325,21 +326,14 @@ class ProviderRuntime(ChatModel):
 
     async def _post_json(self, url: str, payload: dict[str, Any]) -> dict[str, Any]:
         session = self._require_session()
-        try:
-            async with session.post(url, json=payload, headers=self._headers(),
-                                    timeout=self._request_timeout(stream=False)) as response:
-                if response.status >= 400:
-                    raise await self._http_error(response)
-                try:
-                    body = await response.json(content_type=None)
-                except ValueError:
-                    raise self._bad_reply("a reply that is not JSON") from None
-        except KasetError:
-            raise
-        except TimeoutError:
-            raise self._timeout_error() from None
-        except aiohttp.ClientError as exc:
-            raise self._connection_error(exc) from None
+        async with self._upstream_errors(), session.post(url, json=payload, headers=self._headers(),
+                                                         timeout=self._request_timeout(stream=False)) as response:
+            if response.status >= 400:
+                raise await self._http_error(response)
+            try:
+                body = await response.json(content_type=None)
+            except ValueError:
+                raise self._bad_reply("a reply that is not JSON") from None
         if not isinstance(body, dict):
             raise self._bad_reply("a JSON reply that is not an object")
         return body
@@ -347,11 +341,11 @@ class ProviderRuntime(ChatModel):
     async def _post_sse(self, url: str, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """POST and yield each server-sent event's JSON data, until the stream ends or `[DONE]`."""
         session = self._require_session()
-        try:
-            async with session.post(url, json=payload, headers=self._headers(),
-                                    timeout=self._request_timeout(stream=True)) as response:
-                if response.status >= 400:
-                    raise await self._http_error(response)
+        async with self._upstream_errors(), session.post(url, json=payload, headers=self._headers(),
+                                                         timeout=self._request_timeout(stream=True)) as response:
+            if response.status >= 400:
+                raise await self._http_error(response)
+            try:
                 async for data in sse_data(response.content):
                     if data.strip() == "[DONE]":
                         return
@@ -365,14 +359,20 @@ class ProviderRuntime(ChatModel):
                         # Servers that fail after the headers report the error in-band.
                         raise self._in_band_error(event)
                     yield event
+            except ValueError:  # aiohttp: a line longer than its buffer
+                raise self._bad_reply("a stream line too long to read") from None
+
+    @contextlib.asynccontextmanager
+    async def _upstream_errors(self) -> AsyncIterator[None]:
+        """Timeouts and connection failures become KasetErrors; KasetErrors pass through."""
+        try:
+            yield
         except KasetError:
             raise
         except TimeoutError:
             raise self._timeout_error() from None
         except aiohttp.ClientError as exc:
             raise self._connection_error(exc) from None
-        except ValueError:  # aiohttp: a line longer than its buffer
-            raise self._bad_reply("a stream line too long to read") from None
 
     def _require_session(self) -> aiohttp.ClientSession:
         if self._session is None:
