@@ -39,6 +39,7 @@ from kaset.metrics import Metrics
 from kaset.pipelines.advice import AdviceService
 from kaset.pipelines.describe import DescribeService
 from kaset.pipelines.diagnose import DiagnosisService
+from kaset.quotas.enforcer import QuotaEnforcer
 from kaset.registry.catalog import Catalog
 from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository
@@ -89,6 +90,14 @@ async def _load_models(manager: ModelManager, model_ids: list[str], on_load: Loa
             on_load(model_id, done, len(model_ids), time.perf_counter() - started)
 
 
+def quota_enforcer(settings: Settings, metrics: Metrics) -> QuotaEnforcer:
+    return QuotaEnforcer(
+        key_defaults=settings.default_key_limits.to_limits(), user_defaults=settings.default_user_limits.to_limits(),
+        storage_url=settings.resolved_limits_storage_url, on_storage_error=settings.limits_on_storage_error,
+        retry_s=settings.limits_storage_retry_s, lease_s=settings.limits_lease_s, headers=settings.limits_headers,
+        metrics=metrics, redis_prefix=settings.redis_prefix)
+
+
 def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _print_admin_key,
                on_load: LoadReporter | None = None) -> FastAPI:
     settings = settings or Settings()
@@ -115,8 +124,9 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
         advisor = AdviceService(manager)
         diagnoser = DiagnosisService(manager, advisor.entries)
         describer = DescribeService(manager, vision_models=settings.describe_models)
+        quotas = quota_enforcer(settings, telemetry.metrics)
         app.state.services = Services(settings=settings, db=db, keys=identity.keys, models=manager, advisor=advisor,
-                                      diagnoser=diagnoser, describer=describer, identity=identity)
+                                      diagnoser=diagnoser, describer=describer, identity=identity, quotas=quotas)
         telemetry.start(db, settings, manager)
         # Load in the background: /health/live answers at once, /health/ready once loaded.
         loader = asyncio.create_task(_load_models(manager, settings.models, on_load))
@@ -126,6 +136,7 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
             loader.cancel()
             await telemetry.stop()
             await manager.close()
+            await quotas.close()
             await identity.close()
             await db.close()
 

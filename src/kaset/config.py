@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import platformdirs
 import yaml
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from kaset.quotas.policy import LimitsModel
 
 
 def default_data_dir() -> Path:
@@ -47,6 +49,36 @@ class Settings(BaseSettings):
     # How often a server checks the database for revoked keys and changed users (the path that
     # makes `kaset keys revoke` take effect without Redis, and the backstop when Redis is down).
     auth_poll_interval_s: float = 0.5
+
+    # Namespace of every Redis key and channel Kaset uses: deployments sharing one Redis (or
+    # tests) keep apart by giving each its own.
+    redis_prefix: str = "kaset:"
+    # HS256 signing secret for sign-in tokens (>= 32 bytes). None: generated once into
+    # <data_dir>/jwt_secret (0600). Replicas must share one: set it for a distributed deployment.
+    jwt_secret: SecretStr | None = None
+    access_token_ttl_s: int = 15 * 60
+    refresh_token_ttl_s: int = 7 * 24 * 3600
+    # How often a server checks the database for revoked keys and changed users (the path that
+    # makes `kaset keys revoke` take effect without Redis, and the backstop when Redis is down).
+    auth_poll_interval_s: float = 0.5
+
+    # Per-key and per-user limits (kaset.quotas). Defaults apply to keys and users whose own
+    # `limits` are not set; each is JSON, e.g. '{"requests_per_minute": 600, "tokens_per_day": 200000}'.
+    # Unset: no limits beyond a key's or user's own.
+    default_key_limits: LimitsModel = Field(default_factory=LimitsModel)
+    default_user_limits: LimitsModel = Field(default_factory=LimitsModel)
+    # Where counters live: "memory://" (one process), or a Redis URL so replicas share budgets.
+    # None: redis_url when set, else memory.
+    limits_storage_url: str | None = None
+    # When that Redis is unreachable: "local" keeps enforcing every limit per replica from memory
+    # (logged, flagged by the x-kaset-limits: local header and a metric) and tries Redis again
+    # every limits_storage_retry_s; "reject" answers 503 instead. Never unlimited.
+    limits_on_storage_error: Literal["local", "reject"] = "local"
+    limits_storage_retry_s: float = 5.0
+    # x-ratelimit-limit/remaining/reset on successful responses too (one more storage read each).
+    limits_headers: bool = True
+    # A concurrency slot whose gateway died mid-request is freed after this long.
+    limits_lease_s: float = 600.0
 
     # Input limits: beyond them a request gets 413/400 before any model sees it.
     max_upload_bytes: int = 25 * 1024 * 1024
@@ -91,6 +123,10 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [m.strip() for m in value.split(",") if m.strip()]
         return value
+
+    @property
+    def resolved_limits_storage_url(self) -> str:
+        return self.limits_storage_url or self.redis_url or "memory://"
 
     @property
     def resolved_models_dir(self) -> Path:

@@ -107,6 +107,45 @@ class Overloaded(KasetError):
     code = "overloaded"
 
 
+class RateLimited(KasetError):
+    """A caller's own limit or quota ran out (requests per minute, concurrency, a daily budget).
+
+    `limit` is the rate-limit headers' value set: x-ratelimit-limit / -remaining / -reset
+    describe the limit that refused the request, and Retry-After says when to come back.
+    """
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float, limit: int, remaining: int = 0,
+                 scope: str = "", param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message, param=param, code=code)
+        self.retry_after = retry_after
+        self.limit = limit
+        self.remaining = remaining
+        self.scope = scope
+
+    @property
+    def headers(self) -> dict[str, str]:
+        seconds = str(max(1, -int(-self.retry_after // 1)))
+        return {"Retry-After": seconds, "x-ratelimit-limit": str(self.limit),
+                "x-ratelimit-remaining": str(max(self.remaining, 0)), "x-ratelimit-reset": seconds}
+
+
+class LimitsUnavailable(KasetError):
+    """The shared rate-limit store is unreachable and the server is set to refuse rather than
+    serve unmetered (KASET_LIMITS_ON_STORAGE_ERROR=reject)."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "limits_unavailable"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+
 class ChecksumMismatch(KasetError):
     """A model file does not match the sha256 recorded in the catalog."""
 

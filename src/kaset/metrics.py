@@ -82,6 +82,8 @@ class Metrics:
         self.models: ModelManager | None = None
         self.request_log: RequestLog | None = None
         self.in_flight = 0
+        # Set by kaset.quotas while its shared (Redis) storage is unreachable.
+        self.limits_degraded = False
         self._requests: dict[tuple[str, str, int], int] = {}
         self._duration: dict[str, _Histogram] = {}
         self._overhead: dict[str, _Histogram] = {}
@@ -201,6 +203,9 @@ class _KasetCollector(Collector):
         for (limit, scope), count in m._limit_rejections.items():
             rejections.add_metric([limit, scope], count)
         yield rejections
+        yield GaugeMetricFamily("kaset_limits_storage_degraded", "1 while the shared rate-limit storage (Redis) is "
+                                "unreachable and limits are enforced per replica (or requests refused).",
+                                value=int(m.limits_degraded))
         yield from _model_families(m)
         yield from _request_log_families(m.request_log)
 

@@ -7,9 +7,7 @@ no model files and start in a second.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import jwt
 import pytest
@@ -20,69 +18,9 @@ from kaset.app import create_app
 from kaset.auth.tokens import ALGORITHM, ISSUER
 from kaset.cli import app as cli_app
 from kaset.config import Settings
+from tests.fixtures.gateway import CHAT, Gateway, error_of, gw
 
-CHAT = {"model": "echo", "messages": [{"role": "user", "content": "hello rice"}]}
-
-
-class Gateway:
-    def __init__(self, client: TestClient, admin_key: str, data_dir: Path) -> None:
-        self.client = client
-        self.admin_key = admin_key
-        self.data_dir = data_dir
-        self._n = 0
-
-    def call(self, method: str, path: str, credential: str | None = None, **kwargs: Any) -> Any:
-        headers = dict(kwargs.pop("headers", {}))
-        if credential is not None:
-            headers["Authorization"] = f"Bearer {credential}"
-        return self.client.request(method, path, headers=headers, **kwargs)
-
-    def admin(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.call(method, path, self.admin_key, **kwargs)
-
-    def user(self, role: str, password: str | None = None) -> dict[str, Any]:
-        self._n += 1
-        body: dict[str, Any] = {"username": f"{role}-{self._n}", "role": role}
-        if password:
-            body["password"] = password
-        response = self.admin("POST", "/v1/admin/users", json=body)
-        assert response.status_code == 201, response.text
-        return dict(response.json())
-
-    def key(self, user_id: int, **fields: Any) -> dict[str, Any]:
-        response = self.admin("POST", "/v1/admin/keys", json={"user_id": user_id, **fields})
-        assert response.status_code == 201, response.text
-        return dict(response.json())
-
-    def chat(self, credential: str, model: str = "echo") -> Any:
-        return self.call("POST", "/v1/chat/completions", credential, json={**CHAT, "model": model})
-
-    def sign_in(self, username: str, password: str) -> dict[str, Any]:
-        response = self.call("POST", "/v1/auth/token", json={"username": username, "password": password})
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    data_dir = tmp_path_factory.mktemp("admin-data")
-    settings = Settings(data_dir=data_dir, models_dir=data_dir / "models", models=["echo"], redis_url=None,
-                        database_url=None, jwt_secret=None)
-    announced: list[str] = []
-    with TestClient(create_app(settings, announce_key=announced.append), raise_server_exceptions=False) as client:
-        assert len(announced) == 1
-        deadline = time.monotonic() + 30
-        while client.get("/health/ready").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        yield Gateway(client, announced[0], data_dir)
-
-
-def _error(response: Any) -> dict[str, Any]:
-    body = response.json()
-    assert set(body) == {"error"} and {"message", "type", "param", "code"} <= set(body["error"]), body
-    return dict(body["error"])
-
+__all__ = ["gw"]
 
 # --- users and roles ----------------------------------------------------------------------------
 
@@ -92,7 +30,7 @@ def test_admin_manages_users(gw: Gateway) -> None:
     assert (dev["role"], dev["active"], dev["has_password"]) == ("developer", True, False)
     assert dev["username"] in [u["username"] for u in gw.admin("GET", "/v1/admin/users").json()["data"]]
     response = gw.admin("POST", "/v1/admin/users", json={"username": dev["username"].upper(), "role": "consumer"})
-    assert response.status_code == 409 and _error(response)["code"] == "conflict"
+    assert response.status_code == 409 and error_of(response)["code"] == "conflict"
     assert gw.admin("POST", "/v1/admin/users", json={"username": "x", "role": "root"}).status_code == 422
     assert gw.admin("POST", "/v1/admin/users", json={"username": "bad name!", "role": "consumer"}).status_code == 400
     patched = gw.admin("PATCH", f"/v1/admin/users/{dev['id']}", json={"role": "consumer", "password": "pass-word-1"})
@@ -104,7 +42,7 @@ def test_the_last_admin_cannot_be_removed(gw: Gateway) -> None:
     me = gw.call("GET", "/v1/admin/users", gw.admin_key).json()["data"][0]
     assert me["username"] == "admin"
     response = gw.admin("DELETE", f"/v1/admin/users/{me['id']}")
-    assert response.status_code == 409 and "last active admin" in _error(response)["message"]
+    assert response.status_code == 409 and "last active admin" in error_of(response)["message"]
     assert gw.admin("PATCH", f"/v1/admin/users/{me['id']}", json={"role": "developer"}).status_code == 409
 
 
@@ -119,7 +57,7 @@ def test_admin_routes_refuse_other_roles(gw: Gateway, role: str) -> None:
                              ("GET", "/v1/admin/audit")):
             response = gw.call(method, path, credential, json={"role": "admin"})
             assert response.status_code == 403, (method, path, response.text)
-            assert _error(response)["code"] == "insufficient_role"
+            assert error_of(response)["code"] == "insufficient_role"
         own = gw.call("GET", "/v1/keys", credential)
         assert own.status_code == (200 if role == "developer" else 403)
         assert gw.chat(credential).status_code == 200  # every role may call models
@@ -128,7 +66,7 @@ def test_admin_routes_refuse_other_roles(gw: Gateway, role: str) -> None:
 def test_admin_routes_need_credentials(gw: Gateway) -> None:
     for path in ("/v1/admin/users", "/v1/admin/keys", "/v1/keys"):
         response = gw.call("GET", path)
-        assert response.status_code == 401 and _error(response)["code"] == "missing_api_key"
+        assert response.status_code == 401 and error_of(response)["code"] == "missing_api_key"
 
 
 # --- keys -------------------------------------------------------------------------------------
@@ -145,7 +83,7 @@ def test_key_lifecycle_through_the_admin_api(gw: Gateway) -> None:
     revoked = gw.admin("DELETE", f"/v1/admin/keys/{created['id']}")
     assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"
     response = gw.chat(created["key"])
-    assert response.status_code == 401 and _error(response)["code"] == "api_key_revoked"
+    assert response.status_code == 401 and error_of(response)["code"] == "api_key_revoked"
     assert gw.admin("DELETE", f"/v1/admin/keys/{created['id']}").status_code == 404
     by_name = gw.admin("POST", "/v1/admin/keys", json={"username": consumer["username"]})
     assert by_name.status_code == 201 and by_name.json()["user_id"] == consumer["id"]
@@ -163,7 +101,7 @@ def test_expired_key_is_refused_with_a_clear_message(gw: Gateway) -> None:
     time.sleep(1.1)
     response = gw.chat(key)
     assert response.status_code == 401
-    error = _error(response)
+    error = error_of(response)
     assert error["code"] == "api_key_expired" and "expired on" in error["message"]
 
 
@@ -213,7 +151,7 @@ def test_allowlist_403_names_the_model(gw: Gateway) -> None:
     ):
         response = gw.call(method, path, key, **kwargs)
         assert response.status_code == 403, (path, response.text)
-        error = _error(response)
+        error = error_of(response)
         assert error["code"] == "model_not_allowed" and error["param"] == "model"
         assert "may use: echo" in error["message"]
     assert gw.call("POST", "/v1/embeddings", key, json={"model": "echo", "input": "rice"}).status_code == 200
@@ -247,7 +185,7 @@ def test_sign_in_failures(gw: Gateway) -> None:
                  {"username": "no-such-user", "password": "pass-word-1"},
                  {"username": "' OR 1=1 --", "password": "' OR 1=1 --"}):
         response = gw.call("POST", "/v1/auth/token", json=body)
-        assert response.status_code == 401 and _error(response)["message"] == "Incorrect username or password."
+        assert response.status_code == 401 and error_of(response)["message"] == "Incorrect username or password."
     assert gw.call("POST", "/v1/auth/token", json={"username": "x"}).status_code == 422
     assert gw.call("POST", "/v1/auth/token", content=b"{not json", headers={"content-type": "application/json"}
                    ).status_code == 400
@@ -261,8 +199,8 @@ def test_expired_access_token_and_role_read_live(gw: Gateway) -> None:
     expired = jwt.encode({"iss": ISSUER, "sub": str(user["id"]), "typ": "access", "iat": now - 1000, "exp": now - 1},
                          secret, algorithm=ALGORITHM)
     response = gw.chat(expired)
-    assert response.status_code == 401 and _error(response)["code"] == "token_expired"
-    assert "/v1/auth/refresh" in _error(response)["message"]
+    assert response.status_code == 401 and error_of(response)["code"] == "token_expired"
+    assert "/v1/auth/refresh" in error_of(response)["message"]
     # A token that claims admin for a developer gets the developer's live role.
     claims_admin = jwt.encode({"iss": ISSUER, "sub": str(user["id"]), "typ": "access", "iat": now, "exp": now + 60,
                                "role": "admin"}, secret, algorithm=ALGORITHM)
@@ -294,7 +232,7 @@ def test_hostile_authorization_headers_get_a_clean_401(gw: Gateway, header: str 
     for path in ("/v1/chat/completions", "/v1/admin/users", "/v1/keys"):
         response = gw.client.post(path, json=CHAT, headers={"Authorization": header})
         assert response.status_code == 401, (header[:40], path, response.text[:200])
-        assert _error(response)["type"] == "authentication_error"
+        assert error_of(response)["type"] == "authentication_error"
 
 
 def test_sql_ish_and_huge_values_elsewhere_do_not_break_anything(gw: Gateway) -> None:
@@ -410,9 +348,10 @@ def test_two_gateways_on_postgresql_and_redis_share_revocation(monkeypatch: pyte
     import asyncio
 
     from kaset.store.db import Database
-    from tests.auth.conftest import REDIS_URL, SECRET, _redis_unreachable, throwaway_pg_database
+    from tests.auth.conftest import SECRET, throwaway_pg_database
+    from tests.fixtures.redis import REDIS_URL, redis_unreachable
 
-    reason = _redis_unreachable()
+    reason = redis_unreachable()
     if reason:
         pytest.skip(reason)
     with throwaway_pg_database() as pg_url:

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from redis.asyncio import Redis
 
 from kaset.auth.identity import Identity
 from kaset.auth.principal import Actor
 from kaset.store.db import Database
+from tests.fixtures.redis import redis_prefix, redis_url
+
+__all__ = ["redis_prefix", "redis_url"]
 
 PG_DSN = os.environ.get("KASET_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("KASET_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 SECRET = "test-secret-" + "0123456789abcdef" * 3
 ACTOR = Actor.system("test")
 
@@ -41,21 +42,6 @@ def _pg_unreachable() -> str | None:
         asyncio.run(_pg_execute("SELECT 1"))
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         return f"PostgreSQL at {PG_DSN} is unreachable ({exc}); start it (.ci/run) to run this test"
-    return None
-
-
-def _redis_unreachable() -> str | None:
-    async def ping() -> None:
-        client = Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-        try:
-            await client.ping()
-        finally:
-            await client.aclose()
-
-    try:
-        asyncio.run(ping())
-    except Exception as exc:
-        return f"Redis at {REDIS_URL} is unreachable ({exc}); start it (.ci/run) to run this test"
     return None
 
 
@@ -103,25 +89,3 @@ async def identity(db: Database) -> AsyncIterator[Identity]:
     ident = Identity(db, jwt_secret=SECRET)
     yield ident
     await ident.close()
-
-
-@pytest.fixture
-def redis_url() -> str:
-    reason = _redis_unreachable()
-    if reason:
-        pytest.skip(reason)
-    return REDIS_URL
-
-
-@pytest.fixture
-async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
-    """A key prefix (and channel) of this test's own, so runs sharing the Redis never interfere."""
-    prefix = f"kaset-test:{secrets.token_hex(6)}:"
-    yield prefix
-    client = Redis.from_url(redis_url)
-    try:
-        names = [name async for name in client.scan_iter(match=prefix + "*")]
-        if names:
-            await client.delete(*names)
-    finally:
-        await client.aclose()

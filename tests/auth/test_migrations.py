@@ -64,19 +64,19 @@ async def _check_upgraded(db: Database) -> None:
 
 async def test_upgrade_0001_to_0002_on_sqlite(tmp_path: Path) -> None:
     db = await _legacy_database(f"sqlite+aiosqlite:///{tmp_path / 'legacy.db'}")
-    await db.upgrade("0002")  # this step alone: the identity code needs nothing later
-    await _check_upgraded(db)
-    await db.upgrade()  # and the later migrations apply on top of it
+    await db.upgrade("0002")  # this step alone, then the later migrations on top of its data
+    await db.upgrade()
     assert not await db.pending_migrations()
+    await _check_upgraded(db)
     await db.close()
 
 
 async def test_upgrade_0001_to_0002_on_postgresql(pg_url: str) -> None:
     db = await _legacy_database(pg_url)
     await db.upgrade("0002")
-    await _check_upgraded(db)
     await db.upgrade()
     assert not await db.pending_migrations()
+    await _check_upgraded(db)
     async with db.engine.connect() as conn:
         columns = {c["name"] for c in await conn.run_sync(lambda sync: sa.inspect(sync).get_columns("api_keys"))}
         fks = await conn.run_sync(lambda sync: sa.inspect(sync).get_foreign_keys("api_keys"))

@@ -16,6 +16,7 @@ from kaset.errors import AuthenticationFailed, PermissionDenied, UnsupportedMedi
 from kaset.pipelines.advice import AdviceService
 from kaset.pipelines.describe import DescribeService
 from kaset.pipelines.diagnose import DiagnosisService
+from kaset.quotas.enforcer import ADMISSION_SCOPE_KEY, QuotaEnforcer, route_budgets
 from kaset.registry.manager import ModelManager
 from kaset.store.db import Database
 
@@ -33,6 +34,8 @@ class Services:
     describer: DescribeService
     # Users, keys, sign-in tokens; `keys` is `identity.keys`, kept for existing callers.
     identity: Identity
+    # Per-key and per-user rate limits, concurrency and daily budgets.
+    quotas: QuotaEnforcer
 
 
 async def services(request: Request) -> Services:
@@ -58,6 +61,12 @@ async def authenticate(request: Request) -> Principal | None:
     if principal.allowed_models is not None:
         for name in await _requested_models(request):
             ensure_allowed(principal, name, svc.models.catalog)
+    route = request.scope.get("route")
+    admission = await svc.quotas.admit(principal, route_budgets(getattr(route, "path", "")))
+    if admission is not None:
+        # The gateway middleware adds its headers to the response and settles it when the
+        # response is done (slots back, units charged to the daily budgets).
+        request.scope[ADMISSION_SCOPE_KEY] = admission
     return principal
 
 

@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kaset.api.telemetry import Telemetry
 from kaset.ids import new_id
 from kaset.metrics import current_metrics
+from kaset.quotas.enforcer import ADMISSION_SCOPE_KEY
 from kaset.registry.manager import inference_seconds
 from kaset.usage import RequestUsage, current_usage
 
@@ -66,6 +67,9 @@ class GatewayMiddleware:
                 headers.append(OVERHEAD_HEADER, f"{max(overhead_ms, 0.0):.3f}")
                 status = message["status"]
                 model_header = headers.get("x-kaset-model")
+                admission = scope.get(ADMISSION_SCOPE_KEY)
+                if admission is not None and admission.headers:
+                    message["headers"] = [*message["headers"], *admission.headers]
             await send(message)
 
         if telemetry is None:
@@ -73,6 +77,9 @@ class GatewayMiddleware:
                 await self.app(scope, receive, send_with_headers)
             finally:
                 inference_seconds.reset(token)
+                admission = scope.get(ADMISSION_SCOPE_KEY)
+                if admission is not None:  # no usage is recorded without telemetry: slots only
+                    await admission.enforcer.finish(admission, RequestUsage())
             return
 
         usage = RequestUsage()
@@ -89,6 +96,9 @@ class GatewayMiddleware:
             # After the last body byte: streamed responses have recorded their units by now.
             telemetry.finish(scope, request_id, started_at, time.perf_counter() - started, bucket[0], status,
                              model_header, usage)
+            admission = scope.get(ADMISSION_SCOPE_KEY)
+            if admission is not None:
+                await admission.enforcer.finish(admission, usage)
 
 
 async def _send_too_large(send: Send, size: int, limit: int, request_id: str) -> None:

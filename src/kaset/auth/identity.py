@@ -40,6 +40,7 @@ class Identity:
                         "refuse them unless they share it", settings.data_dir / SECRET_FILE)
         return cls(db, jwt_secret=load_secret(secret, settings.data_dir) if sign_in else None,
                    cache_ttl_s=settings.key_cache_ttl_s, redis_url=settings.redis_url,
+                   redis_prefix=settings.redis_prefix + "auth:",
                    access_ttl_s=settings.access_token_ttl_s, refresh_ttl_s=settings.refresh_token_ttl_s,
                    poll_interval_s=settings.auth_poll_interval_s)
 

@@ -22,6 +22,7 @@ from kaset.auth import audit
 from kaset.auth.cache import AuthCache
 from kaset.auth.principal import Actor, Principal, utc
 from kaset.errors import AuthenticationFailed, InvalidRequest, NotFound
+from kaset.quotas.policy import Limits
 from kaset.store.db import Database
 from kaset.store.tables import ApiKey, User
 
@@ -45,6 +46,7 @@ class KeyInfo:
     expires_at: datetime | None
     created_at: datetime | None
     revoked_at: datetime | None
+    limits: Limits | None = None
 
     @property
     def name(self) -> str:
@@ -74,7 +76,7 @@ def hash_key(key: str) -> str:
 def _info(row: ApiKey, user: User) -> KeyInfo:
     return KeyInfo(row.id, row.prefix, row.label, row.user_id, user.username, user.role,
                    list(row.allowed_models) if row.allowed_models is not None else None,
-                   utc(row.expires_at), utc(row.created_at), utc(row.revoked_at))
+                   utc(row.expires_at), utc(row.created_at), utc(row.revoked_at), Limits.from_dict(row.limits))
 
 
 def clean_allowlist(models: Iterable[str] | None) -> list[str] | None:
@@ -98,7 +100,8 @@ class KeyStore:
         self._cache = self.cache.keys
 
     async def create(self, user_id: int, *, actor: Actor, label: str = "", allowed_models: Iterable[str] | None = None,
-                     expires_at: datetime | None = None, key: str | None = None) -> tuple[str, KeyInfo]:
+                     expires_at: datetime | None = None, key: str | None = None,
+                     limits: Limits | None = None) -> tuple[str, KeyInfo]:
         """Create a key for a user; returns the plain key (show it once) and its record."""
         allowlist = clean_allowlist(allowed_models)
         if expires_at is not None:
@@ -114,12 +117,14 @@ class KeyStore:
             if user is None or user.disabled_at is not None:
                 raise NotFound(f"No active user with id {user_id}.", param="user_id")
             row = ApiKey(key_hash=hash_key(key), prefix=key[:10], user_id=user_id, label=label,
-                         allowed_models=allowlist, expires_at=expires_at)
+                         allowed_models=allowlist, expires_at=expires_at,
+                         limits=limits.to_dict() if limits is not None else None)
             session.add(row)
             await session.flush()
             audit.record(session, actor, "key.create", "key", row.id, {
                 "user_id": user_id, "username": user.username, "label": label, "prefix": row.prefix,
-                "allowed_models": allowlist, "expires_at": expires_at.isoformat() if expires_at else None})
+                "allowed_models": allowlist, "expires_at": expires_at.isoformat() if expires_at else None,
+                "limits": limits.to_dict() if limits is not None else None})
             await session.refresh(row)
             info = _info(row, user)
         return key, info
@@ -158,6 +163,21 @@ class KeyStore:
                 raise NotFound(f"No active key with id {key_id}.")
             audit.record(session, actor, "key.revoke", "key", key_id)
         await self.cache.invalidate(key_hashes=revoked)
+        return await self.get(key_id)
+
+    async def set_limits(self, key_id: int, limits: Limits | None, *, actor: Actor,
+                         owner_id: int | None = None) -> KeyInfo:
+        """Set a key's limits (None: the server's defaults); every replica sees them within 1 s."""
+        async with self.db.sessions() as session, session.begin():
+            row = await session.get(ApiKey, key_id)
+            if row is None or row.revoked_at is not None or (owner_id is not None and row.user_id != owner_id):
+                raise NotFound(f"No active key with id {key_id}.")
+            before = row.limits
+            row.limits = limits.to_dict() if limits is not None else None
+            row.updated_at = func.now()  # the poll's change feed
+            audit.record(session, actor, "key.limits", "key", key_id, {"from": before, "to": row.limits})
+            key_hash = row.key_hash
+        await self.cache.invalidate(key_hashes=[key_hash])
         return await self.get(key_id)
 
     async def verify(self, key: str) -> Principal:
@@ -202,7 +222,8 @@ class KeyStore:
         return Principal(user_id=user.id, username=user.username, role=user.role, key_id=row.id,
                          key_prefix=row.prefix, label=row.label,
                          allowed_models=frozenset(row.allowed_models) if row.allowed_models is not None else None,
-                         expires_at=utc(row.expires_at))
+                         expires_at=utc(row.expires_at), limits=Limits.from_dict(row.limits),
+                         user_limits=Limits.from_dict(user.limits))
 
 
 def _expired(principal: Principal) -> AuthenticationFailed:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from kaset.quotas.policy import Limits
+
 ROLES = ("admin", "developer", "consumer")
 Role = Literal["admin", "developer", "consumer"]
 
@@ -33,6 +35,9 @@ class Principal:
     # Model ids/aliases the key may call; None means every model (always None for JWTs).
     allowed_models: frozenset[str] | None = None
     expires_at: datetime | None = None
+    # The key's own limits and its owner's (None: the server's defaults; see kaset.quotas).
+    limits: Limits | None = None
+    user_limits: Limits | None = None
 
     @property
     def id(self) -> int | None:
@@ -55,6 +60,8 @@ class Principal:
             "u": self.user_id, "n": self.username, "r": self.role, "k": self.key_id, "p": self.key_prefix,
             "l": self.label, "a": sorted(self.allowed_models) if self.allowed_models is not None else None,
             "e": self.expires_at.isoformat() if self.expires_at else None,
+            "q": self.limits.to_dict() if self.limits is not None else None,
+            "uq": self.user_limits.to_dict() if self.user_limits is not None else None,
         }, separators=(",", ":"))
 
     @classmethod
@@ -65,7 +72,8 @@ class Principal:
         return cls(user_id=int(data["u"]), username=str(data["n"]), role=str(data["r"]),
                    key_id=None if data.get("k") is None else int(data["k"]), key_prefix=str(data.get("p", "")),
                    label=str(data.get("l", "")), allowed_models=frozenset(allowed) if allowed is not None else None,
-                   expires_at=datetime.fromisoformat(expires) if expires else None)
+                   expires_at=datetime.fromisoformat(expires) if expires else None,
+                   limits=Limits.from_dict(data.get("q")), user_limits=Limits.from_dict(data.get("uq")))
 
 
 @dataclass(frozen=True, slots=True)

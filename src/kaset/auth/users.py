@@ -18,6 +18,7 @@ from kaset.auth.cache import AuthCache
 from kaset.auth.passwords import check_policy, hash_password, verify_password
 from kaset.auth.principal import ROLES, Actor, Principal, utc
 from kaset.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound
+from kaset.quotas.policy import Limits
 from kaset.store.db import Database
 from kaset.store.tables import ApiKey, User
 
@@ -32,6 +33,7 @@ class UserInfo:
     has_password: bool
     created_at: datetime | None
     disabled_at: datetime | None
+    limits: Limits | None = None
 
     @property
     def active(self) -> bool:
@@ -40,7 +42,7 @@ class UserInfo:
 
 def _info(row: User) -> UserInfo:
     return UserInfo(row.id, row.username, row.role, row.password_hash is not None, utc(row.created_at),
-                    utc(row.disabled_at))
+                    utc(row.disabled_at), Limits.from_dict(row.limits))
 
 
 def clean_username(username: str) -> str:
@@ -71,16 +73,19 @@ class UserStore:
         self.db = db
         self.cache = cache
 
-    async def create(self, username: str, role: str, *, actor: Actor, password: str | None = None) -> UserInfo:
+    async def create(self, username: str, role: str, *, actor: Actor, password: str | None = None,
+                     limits: Limits | None = None) -> UserInfo:
         name, role = clean_username(username), check_role(role)
         password_hash = await _hash(password) if password is not None else None
         try:
             async with self.db.sessions() as session, session.begin():
-                row = User(username=name, role=role, password_hash=password_hash)
+                row = User(username=name, role=role, password_hash=password_hash,
+                            limits=limits.to_dict() if limits is not None else None)
                 session.add(row)
                 await session.flush()
                 audit.record(session, actor, "user.create", "user", row.id,
-                             {"username": name, "role": role, "password": password is not None})
+                             {"username": name, "role": role, "password": password is not None,
+                              "limits": row.limits})
                 await session.refresh(row)
         except IntegrityError:
             raise Conflict(f"A user named '{name}' already exists.", param="username") from None
@@ -112,8 +117,9 @@ class UserStore:
         return _info(row)
 
     async def update(self, user_id: int, *, actor: Actor, role: str | None = None, password: str | None = None,
-                     disabled: bool | None = None) -> UserInfo:
-        """Change a role, set a password, disable or re-enable. Disabling revokes the user's keys."""
+                     disabled: bool | None = None, set_limits: bool = False, limits: Limits | None = None) -> UserInfo:
+        """Change a role, set a password, disable or re-enable, set limits (`set_limits`; None: the server's
+        defaults). Disabling revokes the user's keys."""
         if role is not None:
             check_role(role)
         password_hash = await _hash(password) if password is not None else None
@@ -132,6 +138,9 @@ class UserStore:
             if password_hash is not None:
                 changes["password"] = "changed"
                 row.password_hash = password_hash
+            if set_limits and Limits.from_dict(row.limits) != limits:
+                changes["limits"] = {"from": row.limits, "to": limits.to_dict() if limits is not None else None}
+                row.limits = limits.to_dict() if limits is not None else None
             revoked: list[str] = []
             if disabled is True and row.disabled_at is None:
                 changes["disabled"] = True
@@ -144,7 +153,7 @@ class UserStore:
             if not changes:
                 return _info(row)
             affected: list[str] = []
-            if "role" in changes or "disabled" in changes:
+            if "role" in changes or "disabled" in changes or "limits" in changes:
                 row.updated_at = func.now()  # the poll's change feed
                 # Every cached copy of this user's keys (in Redis too) holds the old role or state.
                 affected = list(await session.scalars(select(ApiKey.key_hash).where(ApiKey.user_id == user_id)))
@@ -189,7 +198,8 @@ class UserStore:
             row = await session.get(User, user_id)
         if row is None or row.disabled_at is not None:
             raise AuthenticationFailed("This account is disabled or no longer exists.", code="account_disabled")
-        principal = Principal(user_id=row.id, username=row.username, role=row.role)
+        principal = Principal(user_id=row.id, username=row.username, role=row.role,
+                              user_limits=Limits.from_dict(row.limits))
         if self.cache.generation == generation:
             self.cache.users[user_id] = (principal, self.cache.deadline(principal))
         return principal

@@ -27,6 +27,8 @@ class User(Base):
     updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
     # Users are disabled rather than deleted, so keys and audit rows keep pointing at someone.
     disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # kaset.quotas.Limits as a dict; None: the server's default user limits.
+    limits: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
 
 
 class ApiKey(Base):
@@ -45,6 +47,8 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # kaset.quotas.Limits as a dict; None: the server's default key limits.
+    limits: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
     # See User.updated_at.
     updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
 

@@ -21,6 +21,7 @@ from kaset.api.schemas.admin import (
     CreateUser,
     KeyList,
     KeyObject,
+    UpdateKey,
     UpdateUser,
     UserList,
     UserObject,
@@ -28,6 +29,7 @@ from kaset.api.schemas.admin import (
 from kaset.auth import audit
 from kaset.auth.principal import Actor, Principal
 from kaset.errors import InvalidRequest
+from kaset.quotas.policy import Limits, LimitsModel
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 own_keys = APIRouter(prefix="/v1/keys", tags=["keys"], dependencies=[Depends(require_key_manager)])
@@ -47,9 +49,15 @@ def _expiry(body: CreateOwnKey) -> datetime | None:
     return body.expires_at
 
 
+def _limits(model: LimitsModel | None) -> Limits | None:
+    limits = model.to_limits() if model is not None else None
+    return None if limits is None or limits.empty else limits
+
+
 async def _create_key(svc: Services, actor: Actor, user_id: int, body: CreateOwnKey) -> Response:
     key, info = await svc.identity.keys.create(user_id, actor=actor, label=body.label,
-                                               allowed_models=body.allowed_models, expires_at=_expiry(body))
+                                               allowed_models=body.allowed_models, expires_at=_expiry(body),
+                                               limits=_limits(body.limits))
     created = CreatedKey(**KeyObject.of(info).model_dump(), key=key)
     return json_response(created, status_code=201, headers={"Cache-Control": "no-store"})
 
@@ -66,7 +74,7 @@ async def list_users(include_disabled: bool = False, svc: Services = Depends(ser
 async def create_user(body: CreateUser, request: Request, principal: Principal = Depends(require_admin),
                       svc: Services = Depends(services)) -> UserObject:
     user = await svc.identity.users.create(body.username, body.role, password=body.password,
-                                           actor=_actor(request, principal))
+                                           limits=_limits(body.limits), actor=_actor(request, principal))
     return UserObject.of(user)
 
 
@@ -79,6 +87,7 @@ async def get_user(user_id: int, svc: Services = Depends(services)) -> UserObjec
 async def update_user(user_id: int, body: UpdateUser, request: Request, principal: Principal = Depends(require_admin),
                       svc: Services = Depends(services)) -> UserObject:
     user = await svc.identity.users.update(user_id, role=body.role, password=body.password, disabled=body.disabled,
+                                           set_limits="limits" in body.model_fields_set, limits=_limits(body.limits),
                                            actor=_actor(request, principal))
     return UserObject.of(user)
 
@@ -115,6 +124,14 @@ async def get_key(key_id: int, svc: Services = Depends(services)) -> KeyObject:
     return KeyObject.of(await svc.identity.keys.get(key_id))
 
 
+@router.patch("/keys/{key_id}", response_model=KeyObject)
+async def update_key(key_id: int, body: UpdateKey, request: Request, principal: Principal = Depends(require_admin),
+                     svc: Services = Depends(services)) -> KeyObject:
+    """Set a key's limits; every gateway replica applies them within a second."""
+    info = await svc.identity.keys.set_limits(key_id, _limits(body.limits), actor=_actor(request, principal))
+    return KeyObject.of(info)
+
+
 @router.delete("/keys/{key_id}", response_model=KeyObject)
 async def revoke_key(key_id: int, request: Request, principal: Principal = Depends(require_admin),
                      svc: Services = Depends(services)) -> KeyObject:
@@ -147,6 +164,16 @@ async def create_own_key(body: CreateOwnKey, request: Request, principal: Princi
                          svc: Services = Depends(services)) -> Response:
     """A new key for yourself. The key is in this response only."""
     return await _create_key(svc, _actor(request, principal), principal.user_id, body)
+
+
+@own_keys.patch("/{key_id}", response_model=KeyObject)
+async def update_own_key(key_id: int, body: UpdateKey, request: Request,
+                         principal: Principal = Depends(require_key_manager),
+                         svc: Services = Depends(services)) -> KeyObject:
+    """Set limits on one of your keys (your account's own limits still apply on top)."""
+    info = await svc.identity.keys.set_limits(key_id, _limits(body.limits), owner_id=principal.user_id,
+                                              actor=_actor(request, principal))
+    return KeyObject.of(info)
 
 
 @own_keys.delete("/{key_id}", response_model=KeyObject)

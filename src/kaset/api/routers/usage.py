@@ -101,3 +101,17 @@ async def usage(
         totals=UsageUnits(**_units(totals(rows))), truncated=truncated,
     )
     return json_response(report)
+
+
+@router.get("/v1/limits")
+async def my_limits(request: Request, svc: Services = Depends(services)) -> dict[str, Any]:
+    """The caller's limits (key and account), what remains of each and when it resets.
+
+    This request itself counts against the per-minute rate like any other."""
+    caller = getattr(request.state, "key", None)
+    if caller is None:
+        return {"object": "limits", "limited": False, "shared": svc.quotas.shared, "degraded": svc.quotas.degraded,
+                "scopes": {}}
+    scopes = await svc.quotas.status(caller)
+    return {"object": "limits", "limited": bool(scopes), "shared": svc.quotas.shared,
+            "degraded": svc.quotas.degraded, "scopes": scopes}

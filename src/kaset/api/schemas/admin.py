@@ -10,11 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from kaset.auth.audit import AuditRecord
 from kaset.auth.keys import KeyInfo
 from kaset.auth.users import UserInfo
+from kaset.quotas.policy import LimitsModel
 
 RoleName = Literal["admin", "developer", "consumer"]
 # A week short of ten years: "never" is what null is for.
 MAX_EXPIRES_IN_S = 3650 * 24 * 3600
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -55,11 +55,14 @@ class UserObject(BaseModel):
     active: bool
     created_at: datetime | None
     disabled_at: datetime | None
+    limits: LimitsModel | None = Field(default=None, description="Requests per minute, concurrent requests and "
+                                       "daily budgets; null: the server's defaults.")
 
     @classmethod
     def of(cls, user: UserInfo) -> UserObject:
         return cls(id=user.id, username=user.username, role=user.role, has_password=user.has_password,
-                   active=user.active, created_at=user.created_at, disabled_at=user.disabled_at)
+                   active=user.active, created_at=user.created_at, disabled_at=user.disabled_at,
+                   limits=LimitsModel.of(user.limits))
 
 
 class UserList(BaseModel):
@@ -72,12 +75,16 @@ class CreateUser(_Strict):
     role: RoleName = "consumer"
     password: str | None = Field(default=None, min_length=1, max_length=1024,
                                  description="Needed only to sign in for tokens; API keys work without one.")
+    limits: LimitsModel | None = Field(default=None, description="Requests per minute, concurrent requests and "
+                                       "daily budgets; null: the server's defaults.")
 
 
 class UpdateUser(_Strict):
     role: RoleName | None = None
     password: str | None = Field(default=None, min_length=1, max_length=1024)
     disabled: bool | None = Field(default=None, description="true disables the user and revokes their keys.")
+    limits: LimitsModel | None = Field(default=None, description="Replaces the user's limits; null: back to the "
+                                       "server's defaults; absent: unchanged.")
 
 
 # --- keys -------------------------------------------------------------------------------------
@@ -96,12 +103,15 @@ class KeyObject(BaseModel):
     created_at: datetime | None
     revoked_at: datetime | None
     status: Literal["active", "expired", "revoked"]
+    limits: LimitsModel | None = Field(default=None, description="Requests per minute, concurrent requests and "
+                                       "daily budgets; null: the server's defaults.")
 
     @classmethod
     def of(cls, info: KeyInfo) -> KeyObject:
         return cls(id=info.id, prefix=info.prefix, label=info.label, user_id=info.user_id, username=info.username,
                    role=info.role, allowed_models=info.allowed_models, expires_at=info.expires_at,
-                   created_at=info.created_at, revoked_at=info.revoked_at, status=info.status)
+                   created_at=info.created_at, revoked_at=info.revoked_at, status=info.status,
+                   limits=LimitsModel.of(info.limits))
 
 
 class CreatedKey(KeyObject):
@@ -119,11 +129,17 @@ class CreateOwnKey(_Strict):
                                              description="Model ids or aliases; null (default) allows every model.")
     expires_in: int | None = Field(default=None, gt=0, le=MAX_EXPIRES_IN_S, description="Seconds from now.")
     expires_at: datetime | None = Field(default=None, description="Alternative to expires_in.")
+    limits: LimitsModel | None = Field(default=None, description="Requests per minute, concurrent requests and "
+                                       "daily budgets; null: the server's defaults.")
 
 
 class CreateKey(CreateOwnKey):
     user_id: int | None = Field(default=None, description="The owner; or give username.")
     username: str | None = None
+
+
+class UpdateKey(_Strict):
+    limits: LimitsModel | None = Field(description="Replaces the key's limits; null: back to the server's defaults.")
 
 
 # --- audit ------------------------------------------------------------------------------------

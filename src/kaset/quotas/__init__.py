@@ -1,0 +1,1 @@
+"""Per-key and per-user limits: request rate, concurrency and daily budgets (see enforcer.py)."""

@@ -1,0 +1,363 @@
+"""Enforcing per-key and per-user limits with the `limits` library.
+
+One `QuotaEnforcer` per app (built in the lifespan). Before a request runs, `admit` takes a
+concurrency slot, counts the request against the per-minute rate (moving window: exact, so
+two replicas sharing Redis let a 100-per-minute key through 100 times, not 200) and checks
+that the day's budgets the route draws on are not spent. When the request is done,
+`Admission.finish` gives the slot back and charges the units it used (tokens, audio seconds,
+images) to the daily budgets (fixed 24-hour windows starting at the first use). Budgets are
+charged after the fact because a request's size is known only then: the request that crosses
+a budget completes, the next one is refused.
+
+Storage: `limits`' memory storage in the embedded mode; its Redis storage (redis-py) when
+`KASET_LIMITS_STORAGE_URL` or `KASET_REDIS_URL` is set, so replicas share one budget.
+If Redis cannot be reached the policy is explicit (`KASET_LIMITS_ON_STORAGE_ERROR`):
+`local` (the default) keeps enforcing every limit per replica from memory, logs a warning,
+marks responses `x-kaset-limits: local` and sets the `kaset_limits_storage_degraded` gauge
+until Redis answers again (checked every `limits_storage_retry_s`); `reject` answers 503.
+Never a silent unlimited mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerMinute
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+from limits.errors import StorageError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from kaset.auth.principal import Principal
+from kaset.errors import LimitsUnavailable, RateLimited
+from kaset.ids import new_id
+from kaset.metrics import Metrics
+from kaset.quotas.concurrency import ConcurrencySlots, MemorySlots, RedisSlots
+from kaset.quotas.policy import NO_LIMITS, Limits
+from kaset.usage import RequestUsage
+
+log = logging.getLogger(__name__)
+
+STORAGE_ERRORS = (StorageError, RedisError, OSError)
+# Where `authenticate` leaves the request's Admission for the gateway middleware.
+ADMISSION_SCOPE_KEY = "kaset.admission"
+# Daily budgets and the usage unit that draws on each.
+BUDGETS = ("tokens_per_day", "audio_seconds_per_day", "images_per_day")
+_BUDGET_NOUN = {"tokens_per_day": "tokens", "audio_seconds_per_day": "seconds of audio",
+                "images_per_day": "images"}
+# Which budgets a route draws on, by path prefix: a request is refused only when a budget it
+# would use is spent (an exhausted token budget does not block transcription).
+_ROUTE_BUDGETS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("/v1/chat/", ("tokens_per_day", "images_per_day")),
+    ("/v1/completions", ("tokens_per_day",)),
+    ("/v1/embeddings", ("tokens_per_day",)),
+    ("/v1/advice", ("tokens_per_day",)),
+    ("/v1/audio/", ("audio_seconds_per_day",)),
+    ("/v1/diagnose", ("images_per_day",)),
+    ("/v1/describe-image", ("images_per_day", "tokens_per_day")),
+    ("/v2/models/", ("images_per_day",)),
+)
+
+
+def route_budgets(path: str) -> tuple[str, ...]:
+    for prefix, budgets in _ROUTE_BUDGETS:
+        if path.startswith(prefix):
+            return budgets
+    return ()
+
+
+def units_used(usage: RequestUsage, budget: str) -> int:
+    if budget == "tokens_per_day":
+        return usage.prompt_tokens + usage.completion_tokens
+    if budget == "audio_seconds_per_day":
+        return math.ceil(usage.audio_seconds)
+    return usage.images
+
+
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    kind: str  # "key" or "user", for messages and metrics
+    id: str  # "k12" / "u3": the storage identifier
+    limits: Limits
+
+
+class _Backend:
+    """A storage and the three mechanisms on it: per-minute rates, daily budgets, slots."""
+
+    def __init__(self, storage: Storage, slots: ConcurrencySlots, name: str) -> None:
+        self.storage = storage
+        self.rates = MovingWindowRateLimiter(storage)
+        self.budgets = FixedWindowRateLimiter(storage)
+        self.slots = slots
+        self.name = name
+
+
+@dataclass
+class Admission:
+    """A request let in: its slots, and the budgets to charge when it is done."""
+
+    enforcer: QuotaEnforcer
+    backend: _Backend
+    scopes: tuple[_Scope, ...]
+    leases: list[str] = field(default_factory=list)  # scope ids holding a slot
+    lease: str = ""
+    # Response headers (the per-minute limit of the tightest scope) as raw ASGI pairs.
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+class QuotaEnforcer:
+    def __init__(self, *, key_defaults: Limits = NO_LIMITS, user_defaults: Limits = NO_LIMITS,
+                 storage_url: str | None = None, on_storage_error: str = "local", retry_s: float = 5.0,
+                 lease_s: float = 600.0, headers: bool = True, metrics: Metrics | None = None,
+                 redis_timeout_s: float = 0.25, redis_prefix: str = "kaset:") -> None:
+        self.key_defaults = key_defaults
+        self.user_defaults = user_defaults
+        self.on_storage_error = on_storage_error
+        self.retry_s = retry_s
+        self.headers = headers
+        self.metrics = metrics
+        self._local = _Backend(MemoryStorage(), MemorySlots(), "memory")
+        self._shared: _Backend | None = None
+        self._redis: Redis | None = None
+        if storage_url and not storage_url.startswith("memory"):
+            url = storage_url if storage_url.startswith("async+") else "async+" + storage_url
+            storage = RedisStorage(url, implementation="redispy", wrap_exceptions=True,
+                                   key_prefix=redis_prefix + "limits", socket_timeout=redis_timeout_s,
+                                   socket_connect_timeout=redis_timeout_s)
+            self._redis = Redis.from_url(storage_url.removeprefix("async+"), socket_timeout=redis_timeout_s,
+                                         socket_connect_timeout=redis_timeout_s)
+            slots = RedisSlots(self._redis, prefix=redis_prefix + "conc:", lease_s=lease_s)
+            self._shared = _Backend(storage, slots, "redis")
+        self._down_until = 0.0
+        self._degraded = False
+        # Effective scopes per principal: principals are immutable and cached by the key cache,
+        # so this is one dict lookup per request after the first.
+        self._plans: dict[Principal, tuple[_Scope, ...]] = {}
+
+    @property
+    def shared(self) -> bool:
+        return self._shared is not None
+
+    @property
+    def degraded(self) -> bool:
+        """The shared storage failed and requests are metered per replica (or refused)."""
+        return self._degraded
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    def plan(self, principal: Principal) -> tuple[_Scope, ...]:
+        scopes = self._plans.get(principal)
+        if scopes is None:
+            found: list[_Scope] = []
+            if principal.key_id is not None:
+                key_limits = (principal.limits or NO_LIMITS).over(self.key_defaults)
+                if not key_limits.empty:
+                    found.append(_Scope("key", f"k{principal.key_id}", key_limits))
+            user_limits = (principal.user_limits or NO_LIMITS).over(self.user_defaults)
+            if not user_limits.empty:
+                found.append(_Scope("user", f"u{principal.user_id}", user_limits))
+            scopes = tuple(found)
+            if len(self._plans) > 10_000:
+                self._plans.clear()
+            self._plans[principal] = scopes
+        return scopes
+
+    # --- admission -----------------------------------------------------------------------------
+
+    async def admit(self, principal: Principal, budgets: Iterable[str] = ()) -> Admission | None:
+        """Let the request in, or raise RateLimited (429) / LimitsUnavailable (503).
+
+        None when nothing limits this caller (no limits set, no defaults): the common embedded
+        case costs one dict lookup.
+        """
+        scopes = self.plan(principal)
+        if not scopes:
+            return None
+        backend = self._backend()
+        try:
+            return await self._admit(backend, scopes, tuple(budgets))
+        except STORAGE_ERRORS as exc:
+            if backend is self._local:
+                raise
+            self._storage_failed(exc)
+            return await self._admit(self._fallback(), scopes, tuple(budgets))
+
+    def _backend(self) -> _Backend:
+        if self._shared is None:
+            return self._local
+        if self._degraded and time.monotonic() < self._down_until:
+            return self._fallback()
+        return self._shared
+
+    def _fallback(self) -> _Backend:
+        if self.on_storage_error == "reject":
+            raise LimitsUnavailable(
+                "The rate-limit store (Redis) is unreachable and this server is set to refuse requests "
+                "rather than serve them unmetered. Try again shortly; operators: check Redis.")
+        return self._local
+
+    def _storage_failed(self, exc: BaseException) -> None:
+        self._down_until = time.monotonic() + self.retry_s
+        if not self._degraded:
+            self._degraded = True
+            if self.metrics is not None:
+                self.metrics.limits_degraded = True
+            policy = ("enforcing limits per replica from memory" if self.on_storage_error == "local"
+                      else "refusing requests with 503")
+            log.warning("rate-limit storage unreachable (%s: %s); %s until it answers again",
+                        type(exc).__name__, exc, policy)
+
+    def _storage_ok(self, backend: _Backend) -> None:
+        if self._degraded and backend is self._shared:
+            self._degraded = False
+            if self.metrics is not None:
+                self.metrics.limits_degraded = False
+            log.warning("rate-limit storage reachable again; limits are shared across replicas again")
+
+    async def _admit(self, backend: _Backend, scopes: tuple[_Scope, ...], budgets: tuple[str, ...]) -> Admission:
+        admission = Admission(self, backend, scopes, lease=new_id())
+        try:
+            for scope in scopes:
+                await self._take_slot(admission, scope)
+            header_item: tuple[RateLimitItem, _Scope] | None = None
+            for scope in scopes:
+                rpm = scope.limits.requests_per_minute
+                if rpm is None:
+                    continue
+                item = _per_minute(rpm)
+                if not await backend.rates.hit(item, scope.id):
+                    stats = await backend.rates.get_window_stats(item, scope.id)
+                    self._reject("requests_per_minute", scope)
+                    raise RateLimited(
+                        f"Rate limit reached for this {_whose(scope)}: {rpm} requests per minute. "
+                        f"Try again in {_seconds(stats.reset_time)}.",
+                        retry_after=stats.reset_time - time.time(), limit=rpm, remaining=stats.remaining,
+                        scope=scope.kind)
+                if header_item is None:
+                    header_item = (item, scope)
+            for scope in scopes:
+                for budget in budgets:
+                    amount: int | None = getattr(scope.limits, budget)
+                    if amount is None:
+                        continue
+                    item = _per_day(amount)
+                    if not await backend.budgets.test(item, scope.id, budget):
+                        stats = await backend.budgets.get_window_stats(item, scope.id, budget)
+                        self._reject(budget, scope)
+                        raise RateLimited(
+                            f"The daily budget of this {_whose(scope)} is spent: {amount} "
+                            f"{_BUDGET_NOUN[budget]} per day. It renews in {_seconds(stats.reset_time)}.",
+                            retry_after=stats.reset_time - time.time(), limit=amount, remaining=0,
+                            scope=scope.kind, code="daily_quota_exceeded")
+            if header_item is not None and self.headers:
+                item, scope = header_item
+                stats = await backend.rates.get_window_stats(item, scope.id)
+                admission.headers = _headers(item.amount, stats.remaining, stats.reset_time)
+            if backend is self._local and self._degraded:
+                admission.headers.append((b"x-kaset-limits", b"local"))
+        except BaseException:
+            await self._release(admission)
+            raise
+        self._storage_ok(backend)
+        return admission
+
+    async def _take_slot(self, admission: Admission, scope: _Scope) -> None:
+        limit = scope.limits.concurrent_requests
+        if limit is None:
+            return
+        if not await admission.backend.slots.acquire(scope.id, limit, admission.lease):
+            self._reject("concurrent_requests", scope)
+            raise RateLimited(
+                f"This {_whose(scope)} already has {limit} request{'s' if limit != 1 else ''} in progress, "
+                "its limit. Send the next one when one finishes.",
+                retry_after=1.0, limit=limit, remaining=0, scope=scope.kind, code="concurrency_limit_exceeded")
+        admission.leases.append(scope.id)
+
+    def _reject(self, limit: str, scope: _Scope) -> None:
+        if self.metrics is not None:
+            self.metrics.limit_rejected(limit, scope.kind)
+
+    # --- after the request -----------------------------------------------------------------------
+
+    async def finish(self, admission: Admission, usage: RequestUsage) -> None:
+        """Give back the request's slots and charge what it used. Never raises: the response is
+        already out, and a storage failure here must not turn into an error for anybody."""
+        try:
+            await self._release(admission)
+            for scope in admission.scopes:
+                for budget in BUDGETS:
+                    amount: int | None = getattr(scope.limits, budget)
+                    used = units_used(usage, budget) if amount is not None else 0
+                    if used > 0 and amount is not None:
+                        await admission.backend.budgets.hit(_per_day(amount), scope.id, budget, cost=used)
+        except STORAGE_ERRORS as exc:
+            if admission.backend is not self._local:
+                self._storage_failed(exc)
+            log.warning("could not record a request's usage against its limits: %s", exc)
+
+    async def _release(self, admission: Admission) -> None:
+        leases, admission.leases = admission.leases, []
+        for scope_id in leases:
+            try:
+                await admission.backend.slots.release(scope_id, admission.lease)
+            except STORAGE_ERRORS as exc:
+                # The lease expires on its own after lease_s.
+                log.warning("could not release a concurrency slot: %s", exc)
+
+    # --- introspection (admin API, tests) ----------------------------------------------------------
+
+    async def status(self, principal: Principal) -> dict[str, dict[str, dict[str, float | int]]]:
+        """For each limited scope of `principal`: each limit, what remains and when it resets."""
+        backend = self._backend()
+        out: dict[str, dict[str, dict[str, float | int]]] = {}
+        for scope in self.plan(principal):
+            entry: dict[str, dict[str, float | int]] = {}
+            if scope.limits.requests_per_minute is not None:
+                stats = await backend.rates.get_window_stats(_per_minute(scope.limits.requests_per_minute), scope.id)
+                entry["requests_per_minute"] = {"limit": scope.limits.requests_per_minute,
+                                                "remaining": stats.remaining, "reset_at": stats.reset_time}
+            if scope.limits.concurrent_requests is not None:
+                entry["concurrent_requests"] = {"limit": scope.limits.concurrent_requests,
+                                                "in_use": await backend.slots.in_use(scope.id)}
+            for budget in BUDGETS:
+                amount = getattr(scope.limits, budget)
+                if amount is not None:
+                    stats = await backend.budgets.get_window_stats(_per_day(amount), scope.id, budget)
+                    entry[budget] = {"limit": amount, "remaining": max(stats.remaining, 0),
+                                     "reset_at": stats.reset_time}
+            out[scope.kind] = entry
+        return out
+
+
+def _per_minute(amount: int) -> RateLimitItem:
+    return RateLimitItemPerMinute(amount, namespace="kaset-rpm")
+
+
+def _per_day(amount: int) -> RateLimitItem:
+    return RateLimitItemPerDay(amount, namespace="kaset-day")
+
+
+def _headers(limit: int, remaining: int, reset_at: float) -> list[tuple[bytes, bytes]]:
+    reset_in = max(0, math.ceil(reset_at - time.time()))
+    return [(b"x-ratelimit-limit", str(limit).encode()), (b"x-ratelimit-remaining", str(max(remaining, 0)).encode()),
+            (b"x-ratelimit-reset", str(reset_in).encode())]
+
+
+def _whose(scope: _Scope) -> str:
+    return "API key" if scope.kind == "key" else "account"
+
+
+def _seconds(reset_at: float) -> str:
+    seconds = max(1, math.ceil(reset_at - time.time()))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{math.ceil(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
