@@ -166,7 +166,8 @@ class DescribeService:
         """(classifier id, the labels worth mentioning, best first)."""
         model = await self.manager.get(self.classifier, "classify")
         classifier = model.as_(ImageClassifier)
-        probabilities = (await model.run(classifier.classify, [image]))[0]
+        # Through the batcher: concurrent describe and diagnose requests share one model call.
+        probabilities = (await model.batch("classify", [image]))[0]
         top = top_k(probabilities, classifier.labels, MAX_LABELS)
         return model.spec.id, [s for s in top if s.score >= MIN_LABEL_SCORE] or top[:1]
 
