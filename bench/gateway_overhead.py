@@ -168,6 +168,24 @@ def _cpu_seconds(pid: int) -> float:
     return float(times.user + times.system)
 
 
+# --- limits ---------------------------------------------------------------------------------
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+# A per-minute limit no run reaches and a concurrency limit above wrk's connections: every
+# request pays for the checks (a concurrency slot taken and given back, a moving-window hit,
+# the window read for the x-ratelimit-* headers) and none is refused.
+BENCH_LIMITS = {"requests_per_minute": 10_000_000, "concurrent_requests": 1000}
+
+
+def limits_env(mode: str) -> dict[str, str]:
+    if mode == "off":
+        return {}
+    env = {"KASET_DEFAULT_KEY_LIMITS": json.dumps(BENCH_LIMITS)}
+    if mode == "redis":
+        env |= {"KASET_LIMITS_STORAGE_URL": REDIS_URL, "KASET_REDIS_PREFIX": f"kaset-bench-{time.time_ns()}:"}
+    return env
+
+
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -179,6 +197,10 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     parser.add_argument("--duration", type=float, default=10.0, help="wrk seconds per round (default 10)")
     parser.add_argument("--wrk-warmup", type=float, default=2.0, help="wrk warmup seconds per round (default 2)")
+    parser.add_argument("--limits", choices=["off", "memory", "redis"], default="off",
+                        help="give every key a requests-per-minute and a concurrency limit (too high to refuse "
+                             "anything: the cost of checking them is measured), counted in memory or in Redis "
+                             f"at {REDIS_URL} (default off)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args()
 
@@ -197,7 +219,8 @@ def main() -> int:
         script = wrk_script(tmpdir)
         bare_port = free_port()
         servers = {
-            "kaset": kaset_server("kaset", free_port(), tmpdir / "data", models="echo"),
+            "kaset": kaset_server("kaset", free_port(), tmpdir / "data", models="echo",
+                                  extra_env=limits_env(args.limits)),
             "bare": Server("bare", [PYTHON, str(BENCH_DIR / "bare_app.py"), "--port", str(bare_port)], bare_port,
                            "/health/live"),
         }
