@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -20,6 +21,7 @@ from kaset.auth.keys import KeyInfo
 from kaset.auth.principal import Actor
 from kaset.config import Settings, load_settings
 from kaset.errors import KasetError
+from kaset.quotas.policy import Limits, LimitsModel
 from kaset.registry.catalog import Catalog, ModelSpec
 from kaset.registry.repository import ModelRepository, apt_get_line, missing_commands
 
@@ -298,6 +300,21 @@ def users_set_password(username: str, config: ConfigOption = None) -> None:
     console.print(f"password set for {username!r}")
 
 
+def _parse_limits(items: list[str]) -> Limits | None:
+    values: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise typer.BadParameter(f"{item!r}: expected NAME=N, e.g. requests_per_minute=100", param_hint="--limit")
+        values[name.strip()] = int(value)
+    if not values:
+        return None
+    try:
+        return LimitsModel(**values).to_limits()
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--limit") from None
+
+
 @keys_app.command("create")
 def keys_create(
     user: Annotated[str, typer.Option("--user", "-u", help="The owner's username.")],
@@ -305,20 +322,26 @@ def keys_create(
     allow_model: Annotated[list[str] | None, typer.Option(
         "--allow-model", help="A model id or alias the key may call; repeat for more (default: every model).")] = None,
     expires_in: Annotated[str | None, typer.Option(help="Lifetime: 3600, 15m, 12h, 30d, 2w (default: none).")] = None,
+    limit: Annotated[list[str] | None, typer.Option(
+        "--limit", help="NAME=N, repeatable: requests_per_minute, concurrent_requests, tokens_per_day, "
+                        "audio_seconds_per_day, images_per_day (default: the server's defaults).")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Create an API key for a user and print it (the only time it is shown)."""
     settings = _settings(config)
     expires_at = datetime.now(UTC) + parse_duration(expires_in) if expires_in else None
+    key_limits = _parse_limits(limit or [])
 
     async def action(ident: Identity) -> tuple[str, KeyInfo]:
         owner = await ident.users.by_username(user)
         return await ident.keys.create(owner.id, label=label, allowed_models=allow_model or None,
-                                       expires_at=expires_at, actor=Actor.cli())
+                                       expires_at=expires_at, limits=key_limits, actor=Actor.cli())
 
     key, info = _with_identity(settings, action)
     limits = f"; models: {', '.join(info.allowed_models)}" if info.allowed_models else ""
     until = f"; expires {info.expires_at:%Y-%m-%d %H:%M} UTC" if info.expires_at else ""
+    if info.limits is not None:
+        until += "; limits: " + ", ".join(f"{k}={v}" for k, v in info.limits.to_dict().items())
     err.print(f"created key {info.id} for {info.username} ({info.role}) {info.label!r}{limits}{until}; "
               "it is shown only now:")
     print(key)

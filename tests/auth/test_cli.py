@@ -13,6 +13,7 @@ from kaset.auth import audit
 from kaset.auth.identity import Identity
 from kaset.cli import app, parse_duration
 from kaset.errors import AuthenticationFailed
+from kaset.quotas.policy import Limits
 from kaset.store.db import Database
 from tests.auth.conftest import SECRET
 
@@ -43,8 +44,12 @@ def test_users_and_keys_commands(cli_env: Path) -> None:
     assert "role must be one of" in _run("users", "create", "carol", "--role", "user", code=1)
 
     out = _run("keys", "create", "--user", "alice", "--label", "phone app", "--allow-model", "echo",
-               "--allow-model", "whisper-1", "--expires-in", "30d")
+               "--allow-model", "whisper-1", "--expires-in", "30d", "--limit", "requests_per_minute=100",
+               "--limit", "tokens_per_day=50000")
+    assert "limits: requests_per_minute=100, tokens_per_day=50000" in out
     key = out.strip().splitlines()[-1]
+    assert "expected NAME=N" in _run("keys", "create", "--user", "alice", "--limit", "requests_per_minute", code=2)
+    assert "tokens_per_hour" in _run("keys", "create", "--user", "alice", "--limit", "tokens_per_hour=5", code=2)
     assert key.startswith("ksk-")
     assert "No user named 'nobody'" in _run("keys", "create", "--user", "nobody", code=1)
     assert "not a duration" in _run("keys", "create", "--user", "alice", "--expires-in", "soon", code=2)
@@ -59,6 +64,7 @@ def test_users_and_keys_commands(cli_env: Path) -> None:
         principal = await identity.authenticate(key)
         assert principal.allowed_models == frozenset({"echo", "whisper-1"}) and principal.expires_at is not None
         assert 29 * 86400 < (principal.expires_at.timestamp() - time.time()) <= 30 * 86400
+        assert principal.limits == Limits(requests_per_minute=100, tokens_per_day=50000)
         assert (await identity.tokens.login("alice", "hunter2hunter2")).access_token
         rows = await audit.entries(db)
         await db.close()
