@@ -1,7 +1,10 @@
 """What every external-provider runtime shares: its HTTP client, its key, its error mapping.
 
-A provider runtime (OpenAI-compatible servers, Gemini) is a `ChatModel` whose "weights" are
-somebody else's server. Its methods are blocking, like every runtime's: the model manager
+A provider runtime is a runtime whose "weights" are somebody else's server: a `ChatModel`
+for OpenAI-compatible servers and Gemini (`ProviderRuntime`), speech and translation for
+AI4Thai (`kaset.runtimes.ai4thai`). The HTTP plumbing below (`ProviderClient`: the loop
+thread, the session, the key, the error mapping) is independent of the task; `ProviderRuntime`
+adds the chat contract on top. Its methods are blocking, like every runtime's: the model manager
 runs them in the model's executor threads. The HTTP work, though, is done with aiohttp (the
 project's client for gateway-to-upstream hops), and an aiohttp `ClientSession` belongs to
 one event loop. The choices were:
@@ -24,7 +27,7 @@ Secrets: the key comes from the environment (`api_key_env`) or a file (`api_key_
 Docker or Kubernetes secret mount), never from the catalog itself, whose params may be shown
 to operators. It is sent in a header only (never in a URL, which access logs record), never
 logged, and scrubbed from any upstream text that reaches a client or a log line. Errors
-from the upstream become KasetErrors a client can act on (see `ProviderRuntime._http_error`).
+from the upstream become KasetErrors a client can act on (see `ProviderClient._http_error`).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
 import aiohttp
+from yarl import URL
 
 from kaset.errors import (
     InvalidRequest,
@@ -57,7 +61,7 @@ from kaset.errors import (
     UpstreamRateLimited,
     UpstreamTimeout,
 )
-from kaset.runtimes.base import ChatModel, Generation, GenerationChunk, GenerationParams
+from kaset.runtimes.base import ChatModel, Generation, GenerationChunk, GenerationParams, Runtime
 
 if TYPE_CHECKING:
     from kaset.registry.catalog import ModelSpec
@@ -124,24 +128,21 @@ class _LoopThread:
             self.loop.close()
 
 
-class ProviderRuntime(ChatModel):
-    """Base of the provider runtimes.
+class ProviderClient(Runtime):
+    """The HTTP side of a provider runtime, whatever its task: one event loop thread and one
+    aiohttp session per model, the key, and the mapping of upstream failures to KasetErrors.
 
-    params: base_url (required), model (the upstream model name, required), api_key_env (name
-    of the environment variable holding the key) or api_key_file (a file holding it), timeout_s
-    (default 60), vision (the model accepts images), context_length (informational, default
-    32768), trust_env (use HTTP(S)_PROXY from the environment, default false).
+    params: base_url (required), api_key_env (name of the environment variable holding the
+    key) or api_key_file (a file holding it), timeout_s (default 60), trust_env (use
+    HTTP(S)_PROXY from the environment, default false).
     """
 
     provider: ClassVar[str] = "provider"
-    default_vision: ClassVar[bool] = False
 
     def __init__(self, spec: ModelSpec, model_dir: Path | None) -> None:
         super().__init__(spec, model_dir)
         self.base_url = str(self.params.get("base_url") or "").rstrip("/")
-        self.upstream_model = str(self.params.get("model") or "")
         self.timeout_s = float(self.params.get("timeout_s", DEFAULT_TIMEOUT_S))
-        self.vision = bool(self.params.get("vision", self.default_vision))
         self._api_key: str | None = None
         self._runner: _LoopThread | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -182,8 +183,7 @@ class ProviderRuntime(ChatModel):
             )
         if not self.base_url.startswith(("http://", "https://")):
             raise ModelUnavailable(f"Model '{self.spec.id}': params.base_url must be an http(s) URL.")
-        if not self.upstream_model:
-            raise ModelUnavailable(f"Model '{self.spec.id}': params.model (the provider's model name) is missing.")
+        self._check_more_params()
         if self.timeout_s <= 0:
             raise ModelUnavailable(f"Model '{self.spec.id}': params.timeout_s must be positive.")
 
@@ -207,53 +207,18 @@ class ProviderRuntime(ChatModel):
             return value
         return None  # a local server (vLLM, Ollama) often needs no key
 
-    @property
-    def context_length(self) -> int:
-        return int(self.params.get("context_length", DEFAULT_CONTEXT_LENGTH))
-
     # --- what subclasses implement ----------------------------------------------------------
 
-    def _generate(self, messages: Messages, params: GenerationParams) -> Generation:
-        raise NotImplementedError
-
-    def _generate_stream(self, messages: Messages, params: GenerationParams) -> Iterator[GenerationChunk]:
-        raise NotImplementedError
+    def _check_more_params(self) -> None:
+        """Checks of the subclass's own params, run by `load()`; raise ModelUnavailable."""
 
     def _parse_error(self, body: Any) -> UpstreamErrorInfo:
         """The provider's error body, whatever its shape; `body` is parsed JSON or None."""
         return UpstreamErrorInfo()
 
-    # --- the ChatModel contract, plus images ------------------------------------------------
-
-    def chat(self, messages: list[dict[str, str]], params: GenerationParams) -> Generation:
-        return self._generate(list(messages), params)
-
-    def chat_stream(self, messages: list[dict[str, str]], params: GenerationParams) -> Iterator[GenerationChunk]:
-        return self._generate_stream(list(messages), params)
-
-    def chat_multimodal(self, messages: Messages, params: GenerationParams) -> Generation:
-        """Chat whose message contents may be lists of OpenAI parts (text, image_url)."""
-        self._check_images(messages)
-        return self._generate(messages, params)
-
-    def chat_multimodal_stream(self, messages: Messages, params: GenerationParams) -> Iterator[GenerationChunk]:
-        self._check_images(messages)
-        return self._generate_stream(messages, params)
-
-    def describe_image(self, image_jpeg: bytes, prompt: str, params: GenerationParams) -> Generation:
-        """Ask the provider about one JPEG photo, sent inline as a data URL part."""
-        messages: Messages = [{"role": "user", "content": [
-            {"type": "text", "text": prompt},
-            {"type": "image_url", "image_url": {"url": jpeg_data_url(image_jpeg)}},
-        ]}]
-        return self.chat_multimodal(messages, params)
-
-    def _check_images(self, messages: Messages) -> None:
-        if not self.vision and has_images(messages):
-            raise InvalidRequest(
-                f"The model '{self.spec.id}' is not configured to accept images (params.vision is false).",
-                param="messages",
-            )
+    def _unknown_route(self) -> str:
+        """What a 404 says the provider does not know, for the error message."""
+        return "the route"
 
     # --- running coroutines on the runtime's loop -------------------------------------------
 
@@ -262,15 +227,18 @@ class ProviderRuntime(ChatModel):
             raise ModelUnavailable(f"Model '{self.spec.id}' is not loaded.")
         return self._runner
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run a coroutine on the runtime's loop and wait for it (from an executor thread)."""
+    def _call(self, coro: Coroutine[Any, Any, T], wait_s: float | None = None) -> T:
+        """Run a coroutine on the runtime's loop and wait for it (from an executor thread).
+
+        `wait_s`: how long the coroutine may take, for one that makes several requests in a
+        row; default the model's timeout (one request)."""
         try:
             future = self._loop().submit(coro)
         except BaseException:
             coro.close()
             raise
         try:
-            return future.result(timeout=self.timeout_s + GRACE_S)
+            return future.result(timeout=(self.timeout_s if wait_s is None else wait_s) + GRACE_S)
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise self._timeout_error() from None
@@ -324,12 +292,22 @@ class ProviderRuntime(ChatModel):
             return aiohttp.ClientTimeout(total=None, connect=connect, sock_read=self.timeout_s)
         return aiohttp.ClientTimeout(total=self.timeout_s, connect=connect)
 
-    async def _post_json(self, url: str, payload: dict[str, Any]) -> dict[str, Any]:
+    @contextlib.asynccontextmanager
+    async def _open(self, method: str, url: str | URL, *, stream: bool = False,
+                    headers: dict[str, str] | None = None, **kwargs: Any) -> AsyncIterator[aiohttp.ClientResponse]:
+        """An upstream response whose status is below 400; errors, timeouts and connection
+        failures become KasetErrors. `headers` default to `_headers()` (with the key);
+        `kwargs` go to aiohttp (json, data, allow_redirects)."""
         session = self._require_session()
-        async with self._upstream_errors(), session.post(url, json=payload, headers=self._headers(),
-                                                         timeout=self._request_timeout(stream=False)) as response:
+        async with self._upstream_errors(), session.request(
+                method, url, headers=self._headers() if headers is None else headers,
+                timeout=self._request_timeout(stream=stream), **kwargs) as response:
             if response.status >= 400:
                 raise await self._http_error(response)
+            yield response
+
+    async def _post_json(self, url: str, payload: dict[str, Any]) -> dict[str, Any]:
+        async with self._open("POST", url, json=payload) as response:
             try:
                 body = await response.json(content_type=None)
             except ValueError:
@@ -340,11 +318,7 @@ class ProviderRuntime(ChatModel):
 
     async def _post_sse(self, url: str, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """POST and yield each server-sent event's JSON data, until the stream ends or `[DONE]`."""
-        session = self._require_session()
-        async with self._upstream_errors(), session.post(url, json=payload, headers=self._headers(),
-                                                         timeout=self._request_timeout(stream=True)) as response:
-            if response.status >= 400:
-                raise await self._http_error(response)
+        async with self._open("POST", url, json=payload, stream=True) as response:
             try:
                 async for data in sse_data(response.content):
                     if data.strip() == "[DONE]":
@@ -425,7 +399,7 @@ class ProviderRuntime(ChatModel):
         if status in (400, 422):
             return InvalidRequest(f"{who} refused the request: {message}", code="upstream_invalid_request")
         if status == 404:
-            return UpstreamError(f"{who} does not know the model '{self.upstream_model}' or the route ({message}). "
+            return UpstreamError(f"{who} does not know {self._unknown_route()} ({message}). "
                                  "An operator must check the model's catalog entry.")
         if status in (408, 504):
             return UpstreamTimeout(f"{who} timed out (HTTP {status}): {message}")
@@ -454,6 +428,72 @@ class ProviderRuntime(ChatModel):
     def _bad_reply(self, what: str) -> UpstreamError:
         log.warning("%s %s: %s sent %s", self.provider, self.spec.id, self.base_url, what)
         return UpstreamError(f"{self._who()} sent {what}.")
+
+
+class ProviderRuntime(ProviderClient, ChatModel):
+    """Base of the chat provider runtimes (OpenAI-compatible servers, Gemini).
+
+    params, besides ProviderClient's: model (the upstream model name, required), vision (the
+    model accepts images), context_length (informational, default 32768).
+    """
+
+    default_vision: ClassVar[bool] = False
+
+    def __init__(self, spec: ModelSpec, model_dir: Path | None) -> None:
+        super().__init__(spec, model_dir)
+        self.upstream_model = str(self.params.get("model") or "")
+        self.vision = bool(self.params.get("vision", self.default_vision))
+
+    def _check_more_params(self) -> None:
+        if not self.upstream_model:
+            raise ModelUnavailable(f"Model '{self.spec.id}': params.model (the provider's model name) is missing.")
+
+    def _unknown_route(self) -> str:
+        return f"the model '{self.upstream_model}' or the route"
+
+    @property
+    def context_length(self) -> int:
+        return int(self.params.get("context_length", DEFAULT_CONTEXT_LENGTH))
+
+    # --- what subclasses implement ----------------------------------------------------------
+
+    def _generate(self, messages: Messages, params: GenerationParams) -> Generation:
+        raise NotImplementedError
+
+    def _generate_stream(self, messages: Messages, params: GenerationParams) -> Iterator[GenerationChunk]:
+        raise NotImplementedError
+
+    # --- the ChatModel contract, plus images ------------------------------------------------
+
+    def chat(self, messages: list[dict[str, str]], params: GenerationParams) -> Generation:
+        return self._generate(list(messages), params)
+
+    def chat_stream(self, messages: list[dict[str, str]], params: GenerationParams) -> Iterator[GenerationChunk]:
+        return self._generate_stream(list(messages), params)
+
+    def chat_multimodal(self, messages: Messages, params: GenerationParams) -> Generation:
+        """Chat whose message contents may be lists of OpenAI parts (text, image_url)."""
+        self._check_images(messages)
+        return self._generate(messages, params)
+
+    def chat_multimodal_stream(self, messages: Messages, params: GenerationParams) -> Iterator[GenerationChunk]:
+        self._check_images(messages)
+        return self._generate_stream(messages, params)
+
+    def describe_image(self, image_jpeg: bytes, prompt: str, params: GenerationParams) -> Generation:
+        """Ask the provider about one JPEG photo, sent inline as a data URL part."""
+        messages: Messages = [{"role": "user", "content": [
+            {"type": "text", "text": prompt},
+            {"type": "image_url", "image_url": {"url": jpeg_data_url(image_jpeg)}},
+        ]}]
+        return self.chat_multimodal(messages, params)
+
+    def _check_images(self, messages: Messages) -> None:
+        if not self.vision and has_images(messages):
+            raise InvalidRequest(
+                f"The model '{self.spec.id}' is not configured to accept images (params.vision is false).",
+                param="messages",
+            )
 
 
 # --- helpers -----------------------------------------------------------------------------------
