@@ -18,6 +18,7 @@ RUNTIMES: dict[str, str] = {
     "echo": "kaset.runtimes.echo:EchoRuntime",
     "openai-compatible": "kaset.runtimes.openai_compatible:OpenAICompatibleRuntime",
     "gemini": "kaset.runtimes.gemini:GeminiRuntime",
+    "ai4thai": "kaset.runtimes.ai4thai:AI4ThaiRuntime",
 }
 
 
