@@ -43,6 +43,7 @@ from kaset.quotas.enforcer import QuotaEnforcer
 from kaset.registry.catalog import Catalog
 from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository
+from kaset.registry.routing import Router
 from kaset.store.db import Database
 from kaset.ui import pages
 
@@ -124,8 +125,13 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
         advisor = AdviceService(manager)
         diagnoser = DiagnosisService(manager, advisor.entries)
         describer = DescribeService(manager, vision_models=settings.describe_models)
+        routing = Router(manager, breaker_failures=settings.breaker_failures,
+                         breaker_cooldown_s=settings.breaker_cooldown_s, retry_backoff_s=settings.retry_backoff_s,
+                         retry_max_wait_s=settings.retry_max_wait_s)
+        telemetry.metrics.router = routing
         quotas = quota_enforcer(settings, telemetry.metrics)
         app.state.services = Services(settings=settings, db=db, keys=identity.keys, models=manager, advisor=advisor,
+                                      router=routing,
                                       diagnoser=diagnoser, describer=describer, identity=identity, quotas=quotas)
         telemetry.start(db, settings, manager)
         # Load in the background: /health/live answers at once, /health/ready once loaded.

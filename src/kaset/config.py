@@ -95,6 +95,17 @@ class Settings(BaseSettings):
     # From the environment: a comma-separated list or a JSON list.
     describe_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    # Routing (kaset.registry.routing; routes themselves are declared in catalog files). An
+    # upstream (a provider's base_url, else a model) that fails this many times in a row has
+    # its breaker opened: calls to it fail fast (routes move on to their fallbacks) for
+    # breaker_cooldown_s, then one trial call decides. 0 turns breakers off. Per process.
+    breaker_failures: int = Field(default=5, ge=0)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    # A route's retries wait about retry_backoff_s * 2^n (full jitter), at most retry_max_wait_s;
+    # an upstream's Retry-After longer than retry_max_wait_s moves on to the next fallback instead.
+    retry_backoff_s: float = Field(default=0.2, ge=0)
+    retry_max_wait_s: float = Field(default=5.0, ge=0)
+
     # Request log (kaset.store.request_log): rows are buffered in memory and written in batches
     # of up to flush_rows every flush_ms. While the database is unreachable at most
     # buffer_rows rows wait (about 300 bytes each); beyond that the oldest are dropped and counted.

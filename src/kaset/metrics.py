@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from kaset.registry.manager import ModelManager
+    from kaset.registry.routing import Router
     from kaset.store.request_log import RequestLog
     from kaset.usage import RequestUsage
 
@@ -81,6 +82,10 @@ class Metrics:
         # Set in the app's lifespan once they exist.
         self.models: ModelManager | None = None
         self.request_log: RequestLog | None = None
+        # Routing (kaset.registry.routing): breaker states are read from it at scrape time.
+        self.router: Router | None = None
+        self._fallbacks: dict[tuple[str, str, str, str], int] = {}
+        self._retries: dict[tuple[str, str], int] = {}
         self.in_flight = 0
         # Set by kaset.quotas while its shared (Redis) storage is unreachable.
         self.limits_degraded = False
@@ -152,6 +157,16 @@ class Metrics:
             self._model_bytes[key] = cached
         return cached
 
+    def fallback(self, route: str, from_model: str, to_model: str, reason: str) -> None:
+        """A routed call moved from one model to the next (`to_model` "none": none was left)."""
+        key = (route, from_model, to_model, reason)
+        self._fallbacks[key] = self._fallbacks.get(key, 0) + 1
+
+    def retry(self, model: str, reason: str) -> None:
+        """A routed idempotent call is tried again on the same model."""
+        key = (model, reason)
+        self._retries[key] = self._retries.get(key, 0) + 1
+
 
 def record_limit_rejection(limit: str, scope: str = "key") -> None:
     """Count a limit rejection for the app serving the current request (no-op outside one)."""
@@ -207,6 +222,7 @@ class _KasetCollector(Collector):
                                 "unreachable and limits are enforced per replica (or requests refused).",
                                 value=int(m.limits_degraded))
         yield from _model_families(m)
+        yield from _routing_families(m)
         yield from _request_log_families(m.request_log)
 
 
@@ -256,6 +272,26 @@ def _model_families(m: Metrics) -> Iterable[Metric]:
             folder = m.models.repository.path_for(spec)
         memory.add_metric([spec.id], m.model_bytes(spec.key, folder))
     return (count, in_flight, slots, memory)
+
+
+def _routing_families(m: Metrics) -> Iterable[Metric]:
+    from kaset.registry.routing import BREAKER_STATE_VALUES
+
+    breakers = GaugeMetricFamily("kaset_breaker_state", "Circuit breaker of each upstream that has failed at least "
+                                 "once, in this process: 0 closed, 1 open (failing fast), 2 half-open.",
+                                 labels=["upstream"])
+    for upstream, state in (m.router.breaker_states() if m.router is not None else []):
+        breakers.add_metric([upstream], BREAKER_STATE_VALUES[state])
+    fallbacks = CounterMetricFamily("kaset_fallbacks", "Routed calls that moved from one model to the next "
+                                    "(to_model \"none\": every candidate failed).",
+                                    labels=["route", "from_model", "to_model", "reason"])
+    for labels, n in m._fallbacks.items():
+        fallbacks.add_metric(list(labels), n)
+    retries = CounterMetricFamily("kaset_retries", "Routed idempotent calls tried again on the same model.",
+                                  labels=["model", "reason"])
+    for (model, reason), n in m._retries.items():
+        retries.add_metric([model, reason], n)
+    return (breakers, fallbacks, retries)
 
 
 def _request_log_families(log: RequestLog | None) -> Iterable[Metric]:

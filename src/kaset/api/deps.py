@@ -18,6 +18,7 @@ from kaset.pipelines.describe import DescribeService
 from kaset.pipelines.diagnose import DiagnosisService
 from kaset.quotas.enforcer import ADMISSION_SCOPE_KEY, QuotaEnforcer, route_budgets
 from kaset.registry.manager import ModelManager
+from kaset.registry.routing import Router
 from kaset.store.db import Database
 
 
@@ -32,6 +33,8 @@ class Services:
     advisor: AdviceService
     diagnoser: DiagnosisService
     describer: DescribeService
+    # Serves model names: routes (A/B, fallbacks, retries) and per-upstream circuit breakers.
+    router: Router
     # Users, keys, sign-in tokens; `keys` is `identity.keys`, kept for existing callers.
     identity: Identity
     # Per-key and per-user rate limits, concurrency and daily budgets.

@@ -154,6 +154,45 @@ class ModelSpec(BaseModel):
         return bool(self.files) or self.source.kind == "hub" or self.export is not None
 
 
+class RouteTarget(BaseModel):
+    """One model a route sends a share of its calls to (see `kaset.registry.routing`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # A model id, alias or id@version (never another route).
+    model: str
+    # Relative share of the route's calls; 0 keeps a target declared but idle.
+    weight: float = Field(default=1.0, ge=0)
+
+
+class RouteSpec(BaseModel):
+    """A public model name served by weighted targets (A/B, canary) with a fallback chain.
+
+    Declared in a catalog file's top-level `routes:` list. A route may take the name of a model
+    or alias: clients then keep calling that name while the route splits or guards it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    targets: list[RouteTarget] = Field(min_length=1)
+    # Tried in order after the chosen target fails (error, timeout, overload, open breaker).
+    fallbacks: list[str] = Field(default_factory=list)
+    # Extra attempts on the same model for idempotent calls, with backoff.
+    retries: int = Field(default=0, ge=0, le=5)
+    # Bound on each attempt (to the first chunk for a stream); past it the next model is tried.
+    timeout_s: float | None = Field(default=None, gt=0)
+    # Hash the caller's key (API key id or x-kaset-ab-key) to pick a target; else pick at random.
+    sticky: bool = True
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> RouteSpec:
+        if not any(t.weight > 0 for t in self.targets):
+            raise ValueError(f"route {self.name}: at least one target needs a weight above 0")
+        return self
+
+
 class Catalog:
     """All known models, looked up by id, alias, or `id@version`.
 
@@ -162,7 +201,7 @@ class Catalog:
     marked `preferred: true`, else the first one declared.
     """
 
-    def __init__(self, specs: Iterable[ModelSpec]) -> None:
+    def __init__(self, specs: Iterable[ModelSpec], routes: Iterable[RouteSpec] = ()) -> None:
         self._specs: dict[str, ModelSpec] = {}
         self._preferred: dict[str, str] = {}
         self._aliases: dict[str, str] = {}
@@ -181,14 +220,30 @@ class Catalog:
                 if alias in self._preferred or self._aliases.get(alias, spec.id) != spec.id:
                     raise ValueError(f"alias {alias!r} of {spec.id!r} clashes with another model or alias")
                 self._aliases[alias] = spec.id
+        self._routes: dict[str, RouteSpec] = {}
+        for route in routes:
+            if route.name in self._routes:
+                raise ValueError(f"route {route.name!r} is declared twice in the catalog")
+            for name in [t.model for t in route.targets] + route.fallbacks:
+                if self.get(name) is None:
+                    raise ValueError(f"route {route.name!r} names {name!r}, which is not a model in the catalog")
+            self._routes[route.name] = route
+
 
     @classmethod
     def load(cls, extra_dirs: Iterable[Path] = ()) -> Catalog:
         specs: list[ModelSpec] = []
+        routes: list[RouteSpec] = []
         for directory in (BUILTIN_CATALOG_DIR, *extra_dirs):
             for path in sorted(Path(directory).glob("*.yaml")):
                 specs.extend(_read_catalog_file(path))
-        return cls(specs)
+                routes.extend(_read_routes(path))
+        return cls(specs, routes)
+
+    @property
+    def routes(self) -> dict[str, RouteSpec]:
+        """Routes by public name (`kaset.registry.routing`)."""
+        return self._routes
 
     def __iter__(self) -> Iterator[ModelSpec]:
         return iter(self._specs.values())
@@ -245,3 +300,10 @@ def _read_catalog_file(path: Path) -> list[ModelSpec]:
         return [ModelSpec.model_validate(entry) for entry in entries]
     except ValueError as exc:
         raise ValueError(f"invalid catalog file {path}: {exc}") from exc
+
+def _read_routes(path: Path) -> list[RouteSpec]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        return [RouteSpec.model_validate(entry) for entry in data.get("routes", None) or []]
+    except ValueError as exc:
+        raise ValueError(f"invalid route in catalog file {path}: {exc}") from exc

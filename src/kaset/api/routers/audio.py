@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+import numpy as np
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from kaset import usage
@@ -22,11 +24,11 @@ from kaset.api.streaming import primed
 from kaset.errors import InvalidRequest, PayloadTooLarge
 from kaset.media.audio import AUDIO_MEDIA_TYPES, decode_audio, encode_audio, encode_stream
 from kaset.media.subtitles import to_srt, to_vtt
+from kaset.registry.manager import LoadedModel
+from kaset.registry.routing import caller_key
 from kaset.runtimes.base import Synthesizer, TranscribeOptions, Transcriber, Transcription
 
 router = APIRouter(tags=["audio"])
-
-MODEL_HEADER = "x-kaset-model"
 
 
 async def _read_upload(file: UploadFile, max_bytes: int) -> bytes:
@@ -42,8 +44,7 @@ async def _read_upload(file: UploadFile, max_bytes: int) -> bytes:
 
 
 def _render(result: Transcription, fmt: TranscriptionFormat, task: Literal["transcribe", "translate"],
-            model_id: str) -> Response:
-    headers = {MODEL_HEADER: model_id}
+            headers: dict[str, str]) -> Response:
     if fmt == "text":
         return PlainTextResponse(result.text, headers=headers)
     if fmt == "srt":
@@ -65,24 +66,33 @@ def _render(result: Transcription, fmt: TranscriptionFormat, task: Literal["tran
     return JSONResponse({"text": result.text}, headers=headers)
 
 
-async def _transcribe(svc: Services, file: UploadFile, model_name: str, options: TranscribeOptions,
-                      fmt: TranscriptionFormat) -> Response:
+async def _transcribe(svc: Services, request: Request, file: UploadFile, model_name: str,
+                      options: TranscribeOptions, fmt: TranscriptionFormat) -> Response:
     data = await _read_upload(file, svc.settings.max_upload_bytes)
-    model = await svc.models.get(model_name, "transcribe")
-    runtime = model.as_(Transcriber)
-    if options.task == "translate" and model.spec.languages == ["en"]:
-        # An English-only model understands English speech only, whose English translation
-        # is its transcript: answer rather than refuse stock `whisper-1` clients.
-        options.task = "transcribe"
-    # Decoding is media work, not the model's: it must not hold one of the model's slots.
-    audio, seconds = await asyncio.to_thread(decode_audio, data, svc.settings.max_audio_seconds)
-    result = await model.run(runtime.transcribe, audio, options)
-    usage.record(audio_seconds=seconds)
-    return _render(result, fmt, options.task, model.spec.id)
+    decoded: list[tuple[np.ndarray, float]] = []
+
+    async def run(model: LoadedModel) -> tuple[Transcription, TranscribeOptions]:
+        runtime = model.as_(Transcriber)
+        used = options
+        if options.task == "translate" and model.spec.languages == ["en"]:
+            # An English-only model understands English speech only, whose English translation
+            # is its transcript: answer rather than refuse stock `whisper-1` clients.
+            used = dataclasses.replace(options, task="transcribe")
+        if not decoded:  # once, whichever model of a route ends up serving
+            # Decoding is media work, not the model's: it must not hold one of the model's slots.
+            decoded.append(await asyncio.to_thread(decode_audio, data, svc.settings.max_audio_seconds))
+        return await model.run(runtime.transcribe, decoded[0][0], used), used
+
+    # Transcription is idempotent: a route's retries apply.
+    (result, used), spec = await svc.router.call(model_name, "transcribe", run,
+                                                 caller=lambda: caller_key(request), retry=True)
+    usage.record(audio_seconds=decoded[0][1])
+    return _render(result, fmt, used.task, svc.router.headers(model_name, spec))
 
 
 @router.post("/v1/audio/transcriptions", dependencies=[Depends(require_multipart)])
 async def transcriptions(
+    request: Request,
     file: Annotated[UploadFile, File(description="Audio: wav, mp3, flac, ogg, webm or m4a.")],
     model: Annotated[str, Form()],
     language: Annotated[str | None, Form()] = None,
@@ -96,11 +106,12 @@ async def transcriptions(
         language=language or None, prompt=prompt or None, temperature=temperature, task="transcribe",
         word_timestamps="word" in (timestamp_granularities or []),
     )
-    return await _transcribe(svc, file, model, options, response_format)
+    return await _transcribe(svc, request, file, model, options, response_format)
 
 
 @router.post("/v1/audio/translations", dependencies=[Depends(require_multipart)])
 async def translations(
+    request: Request,
     file: Annotated[UploadFile, File(description="Audio: wav, mp3, flac, ogg, webm or m4a.")],
     model: Annotated[str, Form()],
     prompt: Annotated[str | None, Form()] = None,
@@ -110,12 +121,12 @@ async def translations(
 ) -> Response:
     """Speech in any language the model knows, transcribed into English."""
     options = TranscribeOptions(prompt=prompt or None, temperature=temperature, task="translate")
-    return await _transcribe(svc, file, model, options, response_format)
+    return await _transcribe(svc, request, file, model, options, response_format)
 
 
 @router.post("/v1/audio/speech", dependencies=[Depends(require_json)],
              responses={200: {"content": {t: {} for t in AUDIO_MEDIA_TYPES.values()}}})
-async def speech(body: SpeechRequest, svc: Services = Depends(services)) -> Response:
+async def speech(body: SpeechRequest, request: Request, svc: Services = Depends(services)) -> Response:
     text = body.input.strip()
     if not text:
         raise InvalidRequest("'input' is empty; send the text to speak.", param="input")
@@ -124,21 +135,40 @@ async def speech(body: SpeechRequest, svc: Services = Depends(services)) -> Resp
             f"'input' has {len(text)} characters; the limit is {svc.settings.max_speech_chars}. "
             "Split the text into shorter requests.", param="input",
         )
-    model = await svc.models.get(body.model, "synthesize")
-    runtime = model.as_(Synthesizer)
     voice, speed, fmt = body.voice, body.speed, body.response_format
-    sample_rate = runtime.sample_rate(voice)
-    headers = {MODEL_HEADER: model.spec.id}
     usage.record(characters=len(text))
-    into = usage.current_usage.get()
-    if body.stream:
-        # Synthesis and encoding both run in the model's thread, a sentence at a time.
+
+    async def stream(model: LoadedModel) -> StreamingResponse:
+        runtime = model.as_(Synthesizer)
+        sample_rate = runtime.sample_rate(voice)
+        into = usage.current_usage.get()
+        # Synthesis and encoding both run in the model's thread, a sentence at a time. A route
+        # falls back only until the first chunk: then the response has started.
         chunks = await primed(model.stream(lambda: encode_stream(
             _count_seconds(runtime.synthesize(text, voice, speed), sample_rate, into), sample_rate, fmt)))
-        return StreamingResponse(chunks, media_type=AUDIO_MEDIA_TYPES[fmt], headers=headers)
-    audio = await model.run(lambda: encode_audio(
-        b"".join(_count_seconds(runtime.synthesize(text, voice, speed), sample_rate, into)), sample_rate, fmt))
-    return Response(audio, media_type=AUDIO_MEDIA_TYPES[fmt], headers=headers)
+        return StreamingResponse(chunks, media_type=AUDIO_MEDIA_TYPES[fmt],
+                                 headers=svc.router.headers(body.model, model.spec))
+
+    async def whole(model: LoadedModel) -> Response:
+        runtime = model.as_(Synthesizer)
+        sample_rate = runtime.sample_rate(voice)
+        # Counted per attempt, so an attempt that failed half-way (a route retried or fell back)
+        # adds no seconds to the request's usage.
+        spoken = usage.RequestUsage()
+        audio = await model.run(lambda: encode_audio(
+            b"".join(_count_seconds(runtime.synthesize(text, voice, speed), sample_rate, spoken)), sample_rate, fmt))
+        usage.record(audio_seconds=spoken.audio_seconds)
+        return Response(audio, media_type=AUDIO_MEDIA_TYPES[fmt], headers=svc.router.headers(body.model, model.spec))
+
+    def caller() -> str | None:
+        return caller_key(request)
+
+    if body.stream:
+        streamed, _ = await svc.router.call(body.model, "synthesize", stream, caller=caller)
+        return streamed
+    # The same text and voice give the same audio: a route's retries apply.
+    audio, _ = await svc.router.call(body.model, "synthesize", whole, caller=caller, retry=True)
+    return audio
 
 
 def _count_seconds(pcm_chunks: Iterable[bytes], sample_rate: int, into: usage.RequestUsage | None) -> Iterator[bytes]:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from kaset.api.deps import Services, require_json, services
@@ -35,13 +35,20 @@ from kaset.media.image import decode_image
 from kaset.pipelines.advice import Language
 from kaset.pipelines.describe import Description, encode_jpeg
 from kaset.registry.manager import LoadedModel
-from kaset.runtimes.base import ChatModel, GenerationChunk, GenerationParams
+from kaset.registry.routing import caller_key
+from kaset.runtimes.base import ChatModel, Generation, GenerationChunk, GenerationParams
 from kaset.runtimes.provider import VisionChat, jpeg_data_url
 from kaset.usage import record as record_usage
 
 router = APIRouter(tags=["chat"], dependencies=[Depends(require_json)])
 
 MODEL_HEADER = "x-kaset-model"
+
+
+def _deterministic(params: GenerationParams) -> bool:
+    """Whether a retry gives the answer the first attempt would have (temperature 0 or a seed):
+    only such non-streamed calls count as idempotent, so only they get a route's retries."""
+    return params.temperature == 0 or params.seed is not None
 
 
 def _message_text(message: ChatMessage, index: int) -> str:
@@ -140,43 +147,66 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
 
 
 async def _sse_response(model: LoadedModel, make_chunks: Callable[[], Iterator[GenerationChunk]],
-                        payloads: _ChatChunks | _CompletionChunks, include_usage: bool) -> StreamingResponse:
+                        payloads: _ChatChunks | _CompletionChunks, include_usage: bool,
+                        headers: dict[str, str]) -> StreamingResponse:
+    # Waits for the first chunk: until then a route may still fall back to another model.
     chunks = await primed(model.stream(make_chunks))
     return StreamingResponse(_stream_sse(chunks, payloads, include_usage), media_type="text/event-stream",
-                             headers={MODEL_HEADER: model.spec.id, "cache-control": "no-cache"})
+                             headers={**headers, "cache-control": "no-cache"})
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
 async def chat_completions(
-    body: ChatCompletionRequest, svc: Services = Depends(services)
+    body: ChatCompletionRequest, request: Request, svc: Services = Depends(services)
 ) -> Response:
-    model = await svc.models.get(body.model, "chat")
-    runtime = model.as_(ChatModel)
+    """The JSON's `model` is the name the client asked for (OpenAI clients expect it back); the
+    x-kaset-model header names the model that served (a route's target or fallback)."""
     params = GenerationParams(
         max_tokens=body.max_completion_tokens or body.max_tokens, temperature=body.temperature,
         top_p=body.top_p, stop=_stops(body.stop), seed=body.seed,
     )
     completion_id = f"chatcmpl-{new_id()}"
     created = int(time.time())
+
+    def caller() -> str | None:
+        return caller_key(request)
+
     images = _image_urls(body)
     if images:
         record_usage(images=len(images))
         reply = _ChatReply(body, completion_id, created)
-        if isinstance(model.runtime, VisionChat) and model.runtime.vision:
-            return await _chat_with_vision_model(body, model, params, reply, svc)
-        return await _chat_about_images(body, images, reply, svc)
-    messages = _to_messages(body, svc.settings.max_text_chars)
+
+        async def with_images(model: LoadedModel) -> Response:
+            if isinstance(model.runtime, VisionChat) and model.runtime.vision:
+                return await _chat_with_vision_model(body, model, params, reply, svc)
+            return await _chat_about_images(body, images, reply, svc)
+
+        answered, _ = await svc.router.call(body.model, "chat", with_images, caller=caller)
+        return answered
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _sse_response(model, lambda: runtime.chat_stream(messages, params),
-                                   _ChatChunks(completion_id, created, body.model), include_usage)
-    result = await model.run(runtime.chat, messages, params)
-    response = ChatCompletion(
+        chunks = _ChatChunks(completion_id, created, body.model)
+
+        async def stream(model: LoadedModel) -> StreamingResponse:
+            runtime = model.as_(ChatModel)
+            messages = _to_messages(body, svc.settings.max_text_chars)
+            return await _sse_response(model, lambda: runtime.chat_stream(messages, params), chunks, include_usage,
+                                       svc.router.headers(body.model, model.spec))
+
+        streamed, _ = await svc.router.call(body.model, "chat", stream, caller=caller)
+        return streamed
+
+    async def run(model: LoadedModel) -> Generation:
+        messages = _to_messages(body, svc.settings.max_text_chars)
+        return await model.run(model.as_(ChatModel).chat, messages, params)
+
+    result, spec = await svc.router.call(body.model, "chat", run, caller=caller, retry=_deterministic(params))
+    completion = ChatCompletion(
         id=completion_id, created=created, model=body.model,
         choices=[ChatChoice(message=AssistantMessage(content=result.text), finish_reason=result.finish_reason)],
         usage=_usage(result.prompt_tokens, result.completion_tokens),
     )
-    return json_response(response, headers={MODEL_HEADER: model.spec.id})
+    return json_response(completion, headers=svc.router.headers(body.model, spec))
 
 
 # --- image parts -------------------------------------------------------------------------------
@@ -287,12 +317,13 @@ async def _chat_with_vision_model(body: ChatCompletionRequest, model: LoadedMode
     runtime = model.runtime
     assert isinstance(runtime, VisionChat)
     messages = await _vision_messages(body, svc)
+    headers = svc.router.headers(body.model, model.spec)
     if body.stream:
         return await _sse_response(model, lambda: runtime.chat_multimodal_stream(messages, params), reply.chunks(),
-                                   reply.include_usage)
+                                   reply.include_usage, headers)
     result = await model.run(runtime.chat_multimodal, messages, params)
     return reply.json(result.text, result.finish_reason, result.prompt_tokens, result.completion_tokens,
-                      headers={MODEL_HEADER: model.spec.id})
+                      headers=headers)
 
 
 def _described_text(descriptions: list[Description]) -> str:
@@ -344,9 +375,7 @@ async def _chat_about_images(body: ChatCompletionRequest, images: list[tuple[int
 
 
 @router.post("/v1/completions", response_model=Completion)
-async def completions(body: CompletionRequest, svc: Services = Depends(services)) -> Response:
-    model = await svc.models.get(body.model, "chat")
-    runtime = model.as_(ChatModel)
+async def completions(body: CompletionRequest, request: Request, svc: Services = Depends(services)) -> Response:
     if isinstance(body.prompt, list):
         if len(body.prompt) != 1:
             raise InvalidRequest("Send one prompt per request.", param="prompt")
@@ -362,15 +391,30 @@ async def completions(body: CompletionRequest, svc: Services = Depends(services)
                               stop=_stops(body.stop), seed=body.seed)
     completion_id = f"cmpl-{new_id()}"
     created = int(time.time())
+
+    def caller() -> str | None:
+        return caller_key(request)
+
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _sse_response(model, lambda: runtime.complete_stream(prompt, params),
-                                   _CompletionChunks(completion_id, created, body.model), include_usage)
-    result = await model.run(runtime.complete, prompt, params)
+        chunks = _CompletionChunks(completion_id, created, body.model)
+
+        async def stream(model: LoadedModel) -> StreamingResponse:
+            runtime = model.as_(ChatModel)
+            return await _sse_response(model, lambda: runtime.complete_stream(prompt, params), chunks, include_usage,
+                                       svc.router.headers(body.model, model.spec))
+
+        streamed, _ = await svc.router.call(body.model, "chat", stream, caller=caller)
+        return streamed
+
+    async def run(model: LoadedModel) -> Generation:
+        return await model.run(model.as_(ChatModel).complete, prompt, params)
+
+    result, spec = await svc.router.call(body.model, "chat", run, caller=caller, retry=_deterministic(params))
     text = prompt + result.text if body.echo else result.text
     response = Completion(
         id=completion_id, created=created, model=body.model,
         choices=[CompletionChoice(text=text, finish_reason=result.finish_reason)],
         usage=_usage(result.prompt_tokens, result.completion_tokens),
     )
-    return json_response(response, headers={MODEL_HEADER: model.spec.id})
+    return json_response(response, headers=svc.router.headers(body.model, spec))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 
 import numpy as np
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from kaset import usage
@@ -13,6 +13,8 @@ from kaset.api.deps import Services, require_json, services
 from kaset.api.responses import json_response
 from kaset.api.schemas.embeddings import EmbeddingItem, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from kaset.errors import InvalidRequest, PayloadTooLarge
+from kaset.registry.manager import LoadedModel
+from kaset.registry.routing import caller_key
 from kaset.runtimes.base import Embedder, Embeddings
 
 router = APIRouter(tags=["embeddings"], dependencies=[Depends(require_json)])
@@ -45,15 +47,21 @@ def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse)
-async def create_embeddings(body: EmbeddingRequest, svc: Services = Depends(services)) -> Response:
+async def create_embeddings(body: EmbeddingRequest, request: Request,
+                            svc: Services = Depends(services)) -> Response:
     texts = _texts(body, svc.settings.max_embedding_inputs, svc.settings.max_text_chars)
-    model = await svc.models.get(body.model, "embed")
-    runtime = model.as_(Embedder)
-    if body.dimensions is not None and body.dimensions > runtime.dimensions:
-        raise InvalidRequest(f"This model has {runtime.dimensions} dimensions; cannot return {body.dimensions}.",
-                             param="dimensions")
-    # Per-text results, possibly from one call shared with concurrent requests.
-    per_text: list[Embeddings] = await model.batch("embed", texts)
+
+    async def embed(model: LoadedModel) -> list[Embeddings]:
+        runtime = model.as_(Embedder)
+        if body.dimensions is not None and body.dimensions > runtime.dimensions:
+            raise InvalidRequest(f"This model has {runtime.dimensions} dimensions; cannot return {body.dimensions}.",
+                                 param="dimensions")
+        # Per-text results, possibly from one call shared with concurrent requests.
+        return await model.batch("embed", texts)
+
+    # Embedding is idempotent: a route's retries apply.
+    per_text, spec = await svc.router.call(body.model, "embed", embed, caller=lambda: caller_key(request),
+                                           retry=True)
     vectors = np.concatenate([e.vectors for e in per_text])
     prompt_tokens = sum(e.prompt_tokens for e in per_text)
     usage.record(prompt_tokens=prompt_tokens)
@@ -66,4 +74,4 @@ async def create_embeddings(body: EmbeddingRequest, svc: Services = Depends(serv
         model=body.model,
         usage=EmbeddingUsage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens),
     )
-    return json_response(response, headers={"x-kaset-model": model.spec.id})
+    return json_response(response, headers=svc.router.headers(body.model, spec))

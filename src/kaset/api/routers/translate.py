@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from kaset import usage
@@ -10,13 +10,15 @@ from kaset.api.deps import Services, require_json, services
 from kaset.api.responses import json_response
 from kaset.api.schemas.translate import LanguagePair, LanguagePairs, TranslateRequest, TranslateResponse
 from kaset.errors import InvalidRequest, PayloadTooLarge
+from kaset.registry.manager import LoadedModel
+from kaset.registry.routing import caller_key
 from kaset.runtimes.base import Translator
 
 router = APIRouter(tags=["translation"])
 
 
 @router.post("/v1/translate", response_model=TranslateResponse, dependencies=[Depends(require_json)])
-async def translate(body: TranslateRequest, svc: Services = Depends(services)) -> Response:
+async def translate(body: TranslateRequest, request: Request, svc: Services = Depends(services)) -> Response:
     texts = [body.text] if isinstance(body.text, str) else body.text
     if not texts:
         raise InvalidRequest("'text' is empty; send a string or a list of strings.", param="text")
@@ -28,13 +30,17 @@ async def translate(body: TranslateRequest, svc: Services = Depends(services)) -
         raise PayloadTooLarge(f"The texts hold {total} characters; the limit is {svc.settings.max_text_chars}.",
                               param="text")
     name = body.model or svc.models.default_model("translate").id
-    model = await svc.models.get(name, "translate")
-    runtime = model.as_(Translator)
-    translations = await model.run(runtime.translate, texts, body.source.lower(), body.target.lower())
+
+    async def run(model: LoadedModel) -> list[str]:
+        runtime = model.as_(Translator)
+        return await model.run(runtime.translate, texts, body.source.lower(), body.target.lower())
+
+    # Translation is idempotent: a route's retries apply.
+    translations, spec = await svc.router.call(name, "translate", run, caller=lambda: caller_key(request), retry=True)
     usage.record(characters=total)
-    response = TranslateResponse(model=model.spec.id, source=body.source, target=body.target,
+    response = TranslateResponse(model=spec.id, source=body.source, target=body.target,
                                  translations=translations)
-    return json_response(response, headers={"x-kaset-model": model.spec.id})
+    return json_response(response, headers=svc.router.headers(name, spec))
 
 
 @router.get("/v1/translate/languages", response_model=LanguagePairs)
