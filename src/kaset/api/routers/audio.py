@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Annotated, Literal
 
 import numpy as np
@@ -24,8 +24,9 @@ from kaset.api.streaming import primed
 from kaset.errors import InvalidRequest, PayloadTooLarge
 from kaset.media.audio import AUDIO_MEDIA_TYPES, decode_audio, encode_audio, encode_stream
 from kaset.media.subtitles import to_srt, to_vtt
+from kaset.registry.catalog import ModelSpec
 from kaset.registry.manager import LoadedModel
-from kaset.registry.routing import caller_key
+from kaset.registry.routing import Router, caller_key
 from kaset.runtimes.base import Synthesizer, TranscribeOptions, Transcriber, Transcription
 
 router = APIRouter(tags=["audio"])
@@ -66,9 +67,11 @@ def _render(result: Transcription, fmt: TranscriptionFormat, task: Literal["tran
     return JSONResponse({"text": result.text}, headers=headers)
 
 
-async def _transcribe(svc: Services, request: Request, file: UploadFile, model_name: str,
-                      options: TranscribeOptions, fmt: TranscriptionFormat) -> Response:
-    data = await _read_upload(file, svc.settings.max_upload_bytes)
+async def transcribe_bytes(router: Router, data: bytes, model_name: str, options: TranscribeOptions,
+                           max_audio_seconds: float, caller: Callable[[], str | None] | None = None,
+                           ) -> tuple[Transcription, TranscribeOptions, ModelSpec, float]:
+    """Transcribe an audio file's bytes with the model (or route) `model_name`, without a request:
+    (transcription, the options used, the serving model, the audio's seconds). Async jobs call it too."""
     decoded: list[tuple[np.ndarray, float]] = []
 
     async def run(model: LoadedModel) -> tuple[Transcription, TranscribeOptions]:
@@ -80,13 +83,21 @@ async def _transcribe(svc: Services, request: Request, file: UploadFile, model_n
             used = dataclasses.replace(options, task="transcribe")
         if not decoded:  # once, whichever model of a route ends up serving
             # Decoding is media work, not the model's: it must not hold one of the model's slots.
-            decoded.append(await asyncio.to_thread(decode_audio, data, svc.settings.max_audio_seconds))
+            decoded.append(await asyncio.to_thread(decode_audio, data, max_audio_seconds))
         return await model.run(runtime.transcribe, decoded[0][0], used), used
 
     # Transcription is idempotent: a route's retries apply.
-    (result, used), spec = await svc.router.call(model_name, "transcribe", run,
-                                                 caller=lambda: caller_key(request), retry=True)
-    usage.record(audio_seconds=decoded[0][1])
+    (result, used), spec = await router.call(model_name, "transcribe", run, caller=caller, retry=True)
+    return result, used, spec, decoded[0][1]
+
+
+async def _transcribe(svc: Services, request: Request, file: UploadFile, model_name: str,
+                      options: TranscribeOptions, fmt: TranscriptionFormat) -> Response:
+    data = await _read_upload(file, svc.settings.max_upload_bytes)
+    result, used, spec, seconds = await transcribe_bytes(svc.router, data, model_name, options,
+                                                         svc.settings.max_audio_seconds,
+                                                         caller=lambda: caller_key(request))
+    usage.record(audio_seconds=seconds)
     return _render(result, fmt, used.task, svc.router.headers(model_name, spec))
 
 
