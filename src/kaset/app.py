@@ -28,6 +28,7 @@ from kaset.api.routers import (
     inference_v2,
     metrics,
     models,
+    repository,
     translate,
     usage,
 )
@@ -41,6 +42,7 @@ from kaset.pipelines.describe import DescribeService
 from kaset.pipelines.diagnose import DiagnosisService
 from kaset.quotas.enforcer import QuotaEnforcer
 from kaset.registry.catalog import Catalog
+from kaset.registry.lifecycle import LifecyclePolicy, start_idle_sweeper
 from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository
 from kaset.registry.routing import Router
@@ -84,7 +86,7 @@ async def _load_models(manager: ModelManager, model_ids: list[str], on_load: Loa
     for done, model_id in enumerate(model_ids, start=1):
         started = time.perf_counter()
         try:
-            await manager.load(model_id)
+            await manager.load(model_id, reason="startup")
         except KasetError as exc:
             log.error("could not load %s: %s", model_id, exc.message)
         if on_load is not None:
@@ -120,7 +122,8 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
         identity.start()
         catalog = Catalog.load(settings.catalog_dirs)
         manager = ModelManager(catalog, ModelRepository(settings.resolved_models_dir),
-                               lazy_load=settings.lazy_load, warmup=settings.warmup)
+                               lazy_load=settings.lazy_load, warmup=settings.warmup,
+                               policy=LifecyclePolicy.from_settings(settings), observer=telemetry.metrics)
         settings.models = startup_models(settings, catalog, manager.repository)
         advisor = AdviceService(manager)
         diagnoser = DiagnosisService(manager, advisor.entries)
@@ -136,10 +139,15 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
         telemetry.start(db, settings, manager)
         # Load in the background: /health/live answers at once, /health/ready once loaded.
         loader = asyncio.create_task(_load_models(manager, settings.models, on_load))
+        # Unloads models idle past their TTL (none when no model has one).
+        sweeper = start_idle_sweeper(manager)
         try:
             yield
         finally:
             loader.cancel()
+            if sweeper is not None:
+                sweeper.cancel()
+                await asyncio.gather(sweeper, return_exceptions=True)
             await telemetry.stop()
             await manager.close()
             await quotas.close()
@@ -173,5 +181,6 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
     app.include_router(auth.router)
     app.include_router(admin.router)
     app.include_router(admin.own_keys)
+    app.include_router(repository.router)
     app.include_router(pages.router)
     return app

@@ -36,6 +36,20 @@ class Settings(BaseSettings):
     lazy_load: bool = True
     warmup: bool = True
 
+    # Model lifecycle (kaset.registry.lifecycle; catalog entries override per model with
+    # idle_unload_s, max_queue and pinned). Unload a model after this many seconds without a
+    # call; 0 or unset: never.
+    model_idle_unload_s: float | None = Field(default=None, ge=0)
+    # Memory all loaded models may take together (MB). Loading past it first unloads the least
+    # recently used idle unpinned models, else is refused with 503. 0 or unset: no budget.
+    model_memory_budget_mb: float | None = Field(default=None, ge=0)
+    # Models never unloaded for idleness or room (ids, aliases or id@version; from the
+    # environment a comma-separated list or a JSON list).
+    pinned_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Calls that may wait for a busy model beyond the ones it runs, for models whose catalog
+    # entry sets no max_queue; more get 429 with Retry-After. Unset: 32 per max_concurrent.
+    model_max_queue: int | None = Field(default=None, ge=0)
+
     auth_enabled: bool = True
     key_cache_ttl_s: float = 300.0
     # Shared state for several gateway replicas (verified-key cache, revocation pub/sub), e.g.
@@ -126,7 +140,7 @@ class Settings(BaseSettings):
             return [m.strip() for m in value.split(",") if m.strip()]
         return value
 
-    @field_validator("describe_models", mode="before")
+    @field_validator("describe_models", "pinned_models", mode="before")
     @classmethod
     def _split_describe_models(cls, value: Any) -> Any:
         if isinstance(value, str):

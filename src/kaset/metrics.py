@@ -12,16 +12,16 @@ Other parts of Kaset count through this module too:
 
 * rate limits and queues: `record_limit_rejection("requests_per_minute")`, or
   `metrics.limit_rejected(...)` outside a request;
-* dynamic batching: `record_batch_size(model_id, size)` / `metrics.batch_size(...)`.
+* dynamic batching: `record_batch_size(model_id, size)` / `metrics.batch_size(...)`;
+* the model lifecycle: the `ModelManager` is handed the app's `Metrics` as its observer
+  (`kaset.registry.lifecycle.LifecycleObserver`): loads, unloads, batch sizes, full queues.
 """
 
 from __future__ import annotations
 
 import contextvars
-import os
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -97,7 +97,9 @@ class Metrics:
         self._units: dict[str, list[float]] = {}
         self._limit_rejections: dict[tuple[str, str], int] = {}
         self._batches: dict[str, _Histogram] = {}
-        self._model_bytes: dict[str, float] = {}
+        # (model, reason) -> count; reasons in kaset.registry.lifecycle.LOAD_REASONS / UNLOAD_REASONS.
+        self._model_loads: dict[tuple[str, str], int] = {}
+        self._model_unloads: dict[tuple[str, str], int] = {}
         self.registry.register(_KasetCollector(self))
         # Process RSS, CPU seconds, open files: read from /proc at scrape time only.
         ProcessCollector(registry=self.registry)
@@ -140,22 +142,21 @@ class Metrics:
         self._limit_rejections[key] = self._limit_rejections.get(key, 0) + 1
 
     def batch_size(self, model: str, size: int) -> None:
-        """One batch run by a dynamically batched model."""
+        """One model call of a dynamically batched model, holding `size` items."""
         hist = self._batches.get(model)
         if hist is None:
             hist = self._batches[model] = _Histogram(BATCH_BUCKETS)
         hist.observe(size)
 
-    # --- scrape-time helpers -----------------------------------------------------------------
+    def model_loaded(self, model: str, reason: str, seconds: float) -> None:
+        """A model finished loading: at startup, on a request's demand, or by an admin."""
+        key = (model, reason)
+        self._model_loads[key] = self._model_loads.get(key, 0) + 1
 
-    def model_bytes(self, key: str, folder: Path | None) -> float:
-        """Size of a model's installed files: a cheap estimate of the memory its weights take
-        (most runtimes load or map the whole file). Computed once per model and cached."""
-        cached = self._model_bytes.get(key)
-        if cached is None:
-            cached = float(_folder_size(folder)) if folder is not None else 0.0
-            self._model_bytes[key] = cached
-        return cached
+    def model_unloaded(self, model: str, reason: str) -> None:
+        """A model was unloaded: idle, lru (evicted for room), admin, or budget (too big)."""
+        key = (model, reason)
+        self._model_unloads[key] = self._model_unloads.get(key, 0) + 1
 
     def fallback(self, route: str, from_model: str, to_model: str, reason: str) -> None:
         """A routed call moved from one model to the next (`to_model` "none": none was left)."""
@@ -182,17 +183,6 @@ def record_batch_size(model: str, size: int) -> None:
         metrics.batch_size(model, size)
 
 
-def _folder_size(folder: Path) -> int:
-    total = 0
-    for root, _, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(root, name))
-            except OSError:
-                continue
-    return total
-
-
 class _KasetCollector(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self.m = metrics
@@ -209,7 +199,7 @@ class _KasetCollector(Collector):
         yield _histograms("kaset_gateway_overhead_seconds", "Request time not spent inside a model: the gateway's "
                           "own cost (the x-kaset-overhead-ms header).", "route", m._overhead)
         yield _histograms("kaset_inference_seconds", "Time inside the model per request.", "model", m._inference)
-        yield _histograms("kaset_batch_size", "Requests per batch of dynamically batched models.", "model",
+        yield _histograms("kaset_batch_size", "Items per model call of dynamically batched models.", "model",
                           m._batches)
         yield GaugeMetricFamily("kaset_requests_in_flight", "HTTP requests being served now.", value=m.in_flight)
         yield from _unit_families(m._units)
@@ -258,20 +248,37 @@ def _unit_families(units: dict[str, list[float]]) -> Iterable[Metric]:
 def _model_families(m: Metrics) -> Iterable[Metric]:
     loaded = m.models.loaded() if m.models is not None else []
     count = GaugeMetricFamily("kaset_models_loaded", "Models loaded in this process.", value=len(loaded))
-    in_flight = GaugeMetricFamily("kaset_model_in_flight", "Calls running in or waiting for a model's executor "
-                                  "(its queue depth).", labels=["model"])
+    in_flight = GaugeMetricFamily("kaset_model_in_flight", "Calls running in or waiting for a model (executor "
+                                  "or dynamic batcher).", labels=["model"])
+    queued = GaugeMetricFamily("kaset_model_queue_depth", "Calls (requests, for batched models) waiting beyond "
+                               "what a model's running calls hold.", labels=["model"])
+    max_queue = GaugeMetricFamily("kaset_model_max_queue", "Calls that may wait for a model; more get 429.",
+                                  labels=["model"])
     slots = GaugeMetricFamily("kaset_model_max_concurrent", "Calls a model runs at once.", labels=["model"])
-    memory = GaugeMetricFamily("kaset_model_memory_estimate_bytes", "Size of a loaded model's files: an estimate "
-                               "of the memory its weights take.", labels=["model"])
+    memory = GaugeMetricFamily("kaset_model_memory_estimate_bytes", "Memory a loaded model took, measured at load: "
+                               "the process's RSS growth while it loaded, or its files' size if larger.",
+                               labels=["model"])
+    # Labelled by the name clients use: the id, or id@version for a non-preferred version.
     for model in loaded:
-        spec = model.spec
-        in_flight.add_metric([spec.id], model.in_flight)
-        slots.add_metric([spec.id], spec.max_concurrent)
-        folder = None
-        if spec.needs_install and m.models is not None:
-            folder = m.models.repository.path_for(spec)
-        memory.add_metric([spec.id], m.model_bytes(spec.key, folder))
-    return (count, in_flight, slots, memory)
+        name = model.name or model.spec.id
+        in_flight.add_metric([name], model.in_flight)
+        queued.add_metric([name], model.queued)
+        max_queue.add_metric([name], model.max_queue)
+        slots.add_metric([name], model.spec.max_concurrent)
+        memory.add_metric([name], model.memory_bytes)
+    budget = GaugeMetricFamily("kaset_model_memory_budget_bytes", "Memory all loaded models may take together "
+                               "(KASET_MODEL_MEMORY_BUDGET_MB); 0: no budget.",
+                               value=m.models.policy.memory_budget_bytes if m.models is not None else 0)
+    loads = CounterMetricFamily("kaset_model_loads", "Model loads by reason: startup, request (lazy, on first "
+                                "use), admin (repository API).", labels=["model", "reason"])
+    for (model_name, reason), n in m._model_loads.items():
+        loads.add_metric([model_name, reason], n)
+    unloads = CounterMetricFamily("kaset_model_unloads", "Model unloads by reason: idle (TTL), lru (evicted to make "
+                                  "room under the memory budget), admin, budget (did not fit after loading).",
+                                  labels=["model", "reason"])
+    for (model_name, reason), n in m._model_unloads.items():
+        unloads.add_metric([model_name, reason], n)
+    return (count, in_flight, queued, max_queue, slots, memory, budget, loads, unloads)
 
 
 def _routing_families(m: Metrics) -> Iterable[Metric]:

@@ -25,7 +25,9 @@ loop. If a merged call raises, each of its requests is retried alone, so one bad
 fails only its own request (with its own error) and not its batch-mates.
 
 Per-call statistics (`BatchStats`: a histogram of items per call, bounded by
-`max_batch_size`, plus counters) are kept for the metrics endpoint to export.
+`max_batch_size`, plus counters) are kept for GET /v1/models; `on_call`, if given, hears of
+every model call (items, seconds) as it ends, which feeds the `kaset_batch_size` histogram and
+the model's mean call time (its Retry-After estimate when its queue is full).
 """
 
 from __future__ import annotations
@@ -148,7 +150,8 @@ class DynamicBatcher:
     """Merges concurrent calls of one model; see the module docstring for the policy."""
 
     def __init__(self, name: str, runtime: Runtime, executor: Executor, *, max_batch_size: int,
-                 max_wait_ms: float, max_concurrent: int = 1) -> None:
+                 max_wait_ms: float, max_concurrent: int = 1,
+                 on_call: Callable[[int, float], None] | None = None) -> None:
         if max_batch_size < 1 or max_wait_ms < 0 or max_concurrent < 1:
             raise ValueError("max_batch_size and max_concurrent must be at least 1, max_wait_ms at least 0")
         self.name = name
@@ -157,6 +160,7 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
         self.max_concurrent = max_concurrent
+        self.on_call = on_call
         self.stats = BatchStats(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
         self._queues: dict[str, deque[_Request]] = {}
         self._queued_items: dict[str, int] = {}
@@ -291,7 +295,10 @@ class DynamicBatcher:
         try:
             results = await loop.run_in_executor(self.executor, call, self.runtime, items)
         finally:
-            self.stats.record_call(len(items), loop.time() - started)
+            seconds = loop.time() - started
+            self.stats.record_call(len(items), seconds)
+            if self.on_call is not None:
+                self.on_call(len(items), seconds)
         if len(results) != len(items):
             raise RuntimeError(f"model {self.name}: {len(results)} results for {len(items)} items")
         return results

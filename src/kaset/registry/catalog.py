@@ -129,6 +129,13 @@ class ModelSpec(BaseModel):
     export: ExportSpec | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     max_concurrent: int = Field(default=1, ge=1)
+    # Lifecycle (kaset.registry.lifecycle). Calls allowed to wait beyond the running ones
+    # (None: the server's default, 32 per max_concurrent); more are refused with 429.
+    max_queue: int | None = Field(default=None, ge=0)
+    # Unload after this many seconds without a call (None: the server's default; 0: never).
+    idle_unload_s: float | None = Field(default=None, ge=0)
+    # Never unloaded for idleness or to make room under the memory budget.
+    pinned: bool = False
     # Only for runtimes whose calls take a list (classify, embed).
     batching: BatchingSpec | None = None
     # Part of the default pack that `make run` prepares.

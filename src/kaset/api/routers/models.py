@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
 
 from kaset.api.deps import Services, services
-from kaset.api.schemas.models import BatchingInfo, ModelList, ModelObject
+from kaset.api.schemas.models import BatchingInfo, ModelObject
 from kaset.errors import ModelNotFound
 from kaset.registry.catalog import ModelSpec
 from kaset.registry.manager import ModelManager
@@ -13,21 +16,51 @@ from kaset.registry.manager import ModelManager
 router = APIRouter(tags=["models"])
 
 
-def _model_object(manager: ModelManager, spec: ModelSpec, name: str | None = None) -> ModelObject:
+class LifecycleInfo(BaseModel):
+    """Where the model is in its lifecycle (kaset.registry.lifecycle)."""
+
+    state: str
+    pinned: bool = Field(description="Never unloaded for idleness or to make room under the memory budget.")
+    max_concurrent: int
+    max_queue: int = Field(description="Calls that may wait beyond the running ones; more get 429.")
+    idle_unload_s: float = Field(description="Unloaded after this many seconds without a call; 0: never.")
+    memory_mb: float | None = Field(description="Memory measured at its (last) load: RSS growth while loading, "
+                                                "or its files' size if larger.")
+    loaded_at: float | None = None
+    last_used: float | None = Field(default=None, description="Epoch seconds of its last call or lookup.")
+    in_flight: int = Field(description="Calls running or waiting.")
+    queued: int = Field(description="Calls waiting beyond what the running calls hold.")
+    mean_call_ms: float | None = None
+    reason: str | None = Field(default=None, description="Why it is not loaded: its load failure, or what "
+                                                         "unloaded it (idle, lru, admin, budget).")
+
+
+class ModelDetail(ModelObject):
+    lifecycle: LifecycleInfo | None = None
+
+
+class ModelDetailList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelDetail]
+
+
+def _model_object(manager: ModelManager, spec: ModelSpec, name: str | None = None) -> ModelDetail:
     loaded = {m.spec.key: m for m in manager.loaded()}
     created = int(loaded[spec.key].loaded_at) if spec.key in loaded else 0
     batcher = loaded[spec.key].batcher if spec.key in loaded else None
     canonical = manager.catalog.name_of(spec)
-    return ModelObject(
+    status = manager.status(spec)
+    return ModelDetail(
         id=name or canonical, created=created, tasks=list(spec.tasks), runtime=spec.runtime, version=spec.version,
-        languages=spec.languages, license=spec.license, state=manager.state(spec), aliases=spec.aliases,
+        languages=spec.languages, license=spec.license, state=status.state, aliases=spec.aliases,
         alias_of=canonical if name and name != canonical else None,
         batching=BatchingInfo(**batcher.stats.snapshot()) if batcher is not None else None,
+        lifecycle=LifecycleInfo(**vars(status)),
     )
 
 
-@router.get("/v1/models", response_model=ModelList)
-async def list_models(svc: Services = Depends(services)) -> ModelList:
+@router.get("/v1/models", response_model=ModelDetailList)
+async def list_models(svc: Services = Depends(services)) -> ModelDetailList:
     """Models a client can call now: loaded ones and installed ones that load on first use.
 
     Aliases are listed too, so clients that pick a model by OpenAI's names find them.
@@ -37,11 +70,11 @@ async def list_models(svc: Services = Depends(services)) -> ModelList:
         data.append(_model_object(svc.models, spec))
         if svc.models.catalog.is_preferred(spec):
             data.extend(_model_object(svc.models, spec, alias) for alias in spec.aliases)
-    return ModelList(data=data)
+    return ModelDetailList(data=data)
 
 
-@router.get("/v1/models/{model_id:path}", response_model=ModelObject)
-async def get_model(model_id: str, svc: Services = Depends(services)) -> ModelObject:
+@router.get("/v1/models/{model_id:path}", response_model=ModelDetail)
+async def get_model(model_id: str, svc: Services = Depends(services)) -> ModelDetail:
     spec = svc.models.resolve(model_id)
     if spec not in svc.models.available():
         raise ModelNotFound(f"The model '{model_id}' is not installed on this server.", param="model")
