@@ -32,10 +32,13 @@ from kaset.api.routers import (
     translate,
     usage,
 )
+from kaset.api.routers import jobs as job_routes
 from kaset.api.telemetry import Telemetry
 from kaset.auth.identity import Identity
 from kaset.config import Settings
 from kaset.errors import KasetError
+from kaset.jobs.kinds import JobContext
+from kaset.jobs.runner import start_jobs
 from kaset.metrics import Metrics
 from kaset.pipelines.advice import AdviceService
 from kaset.pipelines.describe import DescribeService
@@ -141,9 +144,12 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
         loader = asyncio.create_task(_load_models(manager, settings.models, on_load))
         # Unloads models idle past their TTL (none when no model has one).
         sweeper = start_idle_sweeper(manager)
+        # Durable async jobs: the embedded runner, or Celery's queue when a broker is set.
+        app.state.jobs = jobs = start_jobs(settings, db, JobContext(settings, routing, diagnoser))
         try:
             yield
         finally:
+            await jobs.stop()  # first: running jobs are handed back before their models close
             loader.cancel()
             if sweeper is not None:
                 sweeper.cancel()
@@ -174,6 +180,7 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
     for router in (chat.router, embeddings.router, audio.router, models.router, translate.router, advice.router,
                    diagnose.router, describe.router, inference_v2.router, usage.router):
         app.include_router(router, dependencies=secured)
+    app.include_router(job_routes.router, dependencies=secured)
     app.include_router(health.router)
     app.include_router(metrics.router)
     # After the model routes: routes are matched in order at a few µs each, and these are rare.

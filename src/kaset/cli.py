@@ -93,6 +93,28 @@ def serve(
                 log_level=settings.log_level, loop="uvloop", http="httptools", access_log=False)
 
 
+@app.command("jobs-worker")
+def jobs_worker(
+    config: ConfigOption = None,
+    models: Annotated[str | None, typer.Option(
+        "--models", help="Comma-separated model ids to load before taking jobs (others load on first use).")] = None,
+    queue: Annotated[str | None, typer.Option(help="Queue to consume (default: KASET_JOBS_QUEUE).")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+) -> None:
+    """Run async jobs from the queue (Celery; needs KASET_JOBS_BROKER_URL), one at a time."""
+    settings = _settings(config, models=models, jobs_queue=queue, log_level=log_level)
+    if models is None:
+        settings.models = []  # models load on a job's first use
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not settings.jobs_broker_url:
+        err.print("[red]No broker: set KASET_JOBS_BROKER_URL (e.g. amqp://guest:guest@127.0.0.1:5672// or "
+                  "redis://127.0.0.1:6379/0).[/] Without one the server runs jobs itself (the embedded mode).")
+        raise typer.Exit(2)
+    from kaset.jobs.celery_app import run_worker
+
+    run_worker(settings, loglevel=settings.log_level.upper())
+
+
 # --- models -----------------------------------------------------------------------------------
 
 

@@ -55,15 +55,6 @@ class Settings(BaseSettings):
     # Shared state for several gateway replicas (verified-key cache, revocation pub/sub), e.g.
     # redis://127.0.0.1:6379/0. None: everything stays in process (the embedded mode).
     redis_url: str | None = None
-    # HS256 signing secret for sign-in tokens (>= 32 bytes). None: generated once into
-    # <data_dir>/jwt_secret (0600). Replicas must share one: set it for a distributed deployment.
-    jwt_secret: SecretStr | None = None
-    access_token_ttl_s: int = 15 * 60
-    refresh_token_ttl_s: int = 7 * 24 * 3600
-    # How often a server checks the database for revoked keys and changed users (the path that
-    # makes `kaset keys revoke` take effect without Redis, and the backstop when Redis is down).
-    auth_poll_interval_s: float = 0.5
-
     # Namespace of every Redis key and channel Kaset uses: deployments sharing one Redis (or
     # tests) keep apart by giving each its own.
     redis_prefix: str = "kaset:"
@@ -130,6 +121,26 @@ class Settings(BaseSettings):
     # Raw request-log rows older than this are deleted (hourly, in small batches); daily
     # rollups are kept. 0 keeps raw rows forever.
     log_retention_days: int = 30
+
+    # Durable async jobs (kaset.jobs, docs/jobs.md). Without a broker an in-process runner runs
+    # them (the embedded mode); with KASET_JOBS_BROKER_URL (amqp://... or redis://...) the API
+    # enqueues them for `kaset jobs-worker` processes (Celery). The database is the source of truth.
+    jobs_broker_url: str | None = None
+    jobs_queue: str = "kaset-jobs"
+    # Run the embedded runner in this process (no broker set). Off: jobs wait for a runner elsewhere.
+    jobs_runner: bool = True
+    # Jobs one embedded runner runs at once.
+    job_concurrency: int = Field(default=1, ge=1)
+    job_poll_interval_s: float = Field(default=1.0, gt=0)
+    # A job in progress whose runner has not reported for this long is taken back (its runner died).
+    job_stale_s: float = Field(default=60.0, gt=0)
+    # Finished jobs (result, error, files) are kept this long, then deleted.
+    job_result_ttl_s: float = Field(default=7 * 24 * 3600, gt=0)
+    job_cleanup_interval_s: float = Field(default=300.0, gt=0)
+    job_max_images: int = Field(default=64, ge=1)
+    # Webhook deliveries: attempts (with backoff) and the timeout of each.
+    job_webhook_attempts: int = Field(default=3, ge=1)
+    job_webhook_timeout_s: float = Field(default=10.0, gt=0)
 
     log_level: str = "info"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, func
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -70,3 +70,35 @@ class AuditEntry(Base):
     target_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class Job(Base):
+    """A durable async job (kaset.jobs): its input files live under <data_dir>/jobs/<id>/, never here."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_created_at", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    # pending | in_progress | completed | failed | canceled
+    status: Mapped[str] = mapped_column(String(20))
+    # Whose job: the user (any of their keys or sign-ins sees it); the key used, for the record.
+    owner_user_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    owner_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The job's options (model, language, response format, ...), not its input data.
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    webhook_url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    result: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+    # {"message", "type", "code", "param"} when failed.
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Bumped by every claim: the final write must name the attempt that claimed the job, so a
+    # runner whose job was taken back (it looked dead, or was canceled) can never write.
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    # Who runs it (host:pid:...), and when it last said it is still running.
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # finished_at + KASET_JOB_RESULT_TTL_S: the periodic cleanup deletes the row and its files after.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)

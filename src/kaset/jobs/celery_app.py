@@ -1,0 +1,175 @@
+"""The distributed mode: Celery carries job ids from the API to `kaset jobs-worker` processes.
+
+The message is only a job id; the database stays the source of truth. Settings that make a
+job survive a worker's death:
+- task_acks_late: a message is acknowledged after the task ran, so when a worker dies mid-job
+  (SIGKILL, OOM, power) the broker delivers it again: RabbitMQ as soon as the worker's
+  connection closes, Redis after its visibility timeout;
+- task_reject_on_worker_lost: when a pool child process dies, its message is rejected with
+  requeue instead of acknowledged;
+- worker_prefetch_multiplier=1: a worker holds one message beyond the one it runs, never a
+  batch another worker could have taken.
+A redelivered message may meet a job its first worker still runs (network split): the claim
+bumps the attempt, and only the attempt that claimed last can write the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from celery import Celery, Task
+
+from kaset.config import Settings
+from kaset.jobs.kinds import JobContext
+from kaset.jobs.runner import execute, worker_id
+from kaset.jobs.store import JobStore
+from kaset.jobs.webhooks import WebhookSender
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "kaset.jobs.run"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("kaset", broker=settings.jobs_broker_url, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=settings.jobs_queue,
+        task_ignore_result=True,  # results live in the jobs table
+        broker_connection_retry_on_startup=True,
+        # Redis redelivers an unacknowledged message after this long (AMQP on connection loss).
+        broker_transport_options={"visibility_timeout": max(3600, int(settings.job_stale_s * 4))},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+class JobQueue:
+    """The API side: publish a job id for a worker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = make_celery(settings)
+
+    async def enqueue(self, job_id: str) -> None:
+        await asyncio.to_thread(self.app.send_task, TASK_NAME, args=[job_id], queue=self.settings.jobs_queue)
+
+    def close(self) -> None:
+        self.app.close()
+
+
+class WorkerState:
+    """One per worker process: its own event loop thread, database, models and services."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.worker = worker_id("celery")
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="kaset-jobs-loop", daemon=True)
+        self._thread.start()
+        self.run(self._open())
+
+    def run(self, coro: Any) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result()
+
+    async def _open(self) -> None:
+        from kaset.pipelines.advice import AdviceService
+        from kaset.pipelines.diagnose import DiagnosisService
+        from kaset.registry.catalog import Catalog
+        from kaset.registry.lifecycle import LifecyclePolicy
+        from kaset.registry.manager import ModelManager
+        from kaset.registry.repository import ModelRepository
+        from kaset.registry.routing import Router
+        from kaset.store.db import Database
+
+        settings = self.settings
+        self.db = Database(settings.resolved_database_url)
+        if self.db.is_sqlite:
+            await self.db.upgrade()
+        self.store = JobStore(self.db, settings.data_dir, settings.job_result_ttl_s)
+        # Models load on a job's first use (lazy) and stay loaded for the next jobs.
+        self.manager = ModelManager(Catalog.load(settings.catalog_dirs), ModelRepository(settings.resolved_models_dir),
+                                    lazy_load=True, warmup=settings.warmup,
+                                    policy=LifecyclePolicy.from_settings(settings))
+        for model_id in settings.models or []:
+            await self.manager.load(model_id)
+        advisor = AdviceService(self.manager)
+        router = Router(self.manager, breaker_failures=settings.breaker_failures,
+                        breaker_cooldown_s=settings.breaker_cooldown_s, retry_backoff_s=settings.retry_backoff_s,
+                        retry_max_wait_s=settings.retry_max_wait_s)
+        self.ctx = JobContext(settings=settings, router=router,
+                              diagnoser=DiagnosisService(self.manager, advisor.entries))
+        self.webhooks = WebhookSender(settings.job_webhook_attempts, settings.job_webhook_timeout_s)
+
+    async def handle(self, job_id: str, redelivered: bool) -> str:
+        """"done", "discarded", "skipped" (nothing to do) or "busy" (another worker looks alive on it)."""
+        job = await self.store.claim(job_id, self.worker, stale_s=self.settings.job_stale_s, take_over=redelivered)
+        if job is None:
+            current = await self.store.get(job_id)
+            if current is not None and current.status == "in_progress":
+                return "busy"
+            log.info("job %s: %s; nothing to do", job_id, "gone" if current is None else current.status)
+            return "skipped"
+        log.info("job %s (%s) attempt %d: running%s", job.id, job.kind, job.attempt,
+                 " (redelivered)" if redelivered else "")
+        written = await execute(self.store, self.ctx, job, self.webhooks, self.settings.job_stale_s)
+        return "done" if written else "discarded"
+
+    async def _close(self) -> None:
+        await self.webhooks.close()
+        await self.manager.close()
+        await self.db.close()
+
+    def close(self) -> None:
+        self.run(self._close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+_state: WorkerState | None = None
+_state_lock = threading.Lock()
+
+
+def worker_app(settings: Settings) -> Celery:
+    """The Celery app `kaset jobs-worker` runs: one task, which runs the job with the same code
+    the embedded runner uses."""
+    app = make_celery(settings)
+
+    def state() -> WorkerState:
+        global _state
+        with _state_lock:
+            if _state is None:
+                _state = WorkerState(settings)
+            return _state
+
+    @app.task(name=TASK_NAME, bind=True, max_retries=None)
+    def run(self: Task, job_id: str) -> str:
+        delivery = self.request.delivery_info or {}
+        outcome: str = state().run(state().handle(job_id, bool(delivery.get("redelivered"))))
+        if outcome == "busy":
+            # Its runner still reports: try again once it would look stale if it died.
+            raise self.retry(countdown=settings.job_stale_s)
+        return outcome
+
+    return app
+
+
+def run_worker(settings: Settings, *, concurrency_note: str = "solo", loglevel: str = "INFO") -> None:
+    """`kaset jobs-worker`: a Celery worker in this process (the solo pool: jobs run here, one at a
+    time, with models loaded once; run more workers for more jobs at once)."""
+    global _state
+    app = worker_app(settings)
+    _state = WorkerState(settings)  # database and the --models loaded before taking work
+    try:
+        app.worker_main(["worker", f"--pool={concurrency_note}", f"--loglevel={loglevel}",
+                         f"--queues={settings.jobs_queue}", f"--hostname=kaset-jobs@{_state.worker}",
+                         "--without-gossip", "--without-mingle", "--without-heartbeat"])
+    finally:
+        _state.close()
