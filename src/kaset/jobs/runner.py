@@ -42,6 +42,7 @@ async def execute(store: JobStore, ctx: JobContext, job: JobRecord, webhooks: We
     if not written:
         log.info("job %s attempt %d: canceled or taken back meanwhile; its outcome is discarded", job.id, job.attempt)
         return False
+    log.info("job %s attempt %d: stored (%s)", job.id, job.attempt, "failed" if error is not None else "completed")
     if job.webhook_url and webhooks is not None:
         done = await store.get(job.id)
         if done is not None:
