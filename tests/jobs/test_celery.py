@@ -180,8 +180,38 @@ def test_celery_mode_submit_cancel_retry(tmp_path: Path, job_models: Path, pg: s
 def test_unreachable_broker_is_503_and_the_job_fails(tmp_path: Path, job_models: Path) -> None:
     settings = job_settings(tmp_path, job_models, jobs_broker_url="amqp://guest:guest@127.0.0.1:1//")
     with gateway(settings) as g:
-        response = g.client.post("/v1/jobs", json={"kind": "transcribe", "model": "whisper-1", "file": "UklGRg=="})
+        wav = base64.b64encode(b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 300).decode()
+        response = g.client.post("/v1/jobs", json={"kind": "transcribe", "model": "whisper-1", "file": wav})
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "queue_unreachable"
         jobs = g.client.get("/v1/jobs").json()["data"]
         assert jobs[0]["status"] == "failed" and "queue is unreachable" in jobs[0]["error"]["message"]
+
+
+def test_redis_broker(tmp_path: Path, job_models: Path, pg: str) -> None:
+    """The same worker with Redis as the broker instead of RabbitMQ."""
+    from tests.fixtures.redis import REDIS_URL, redis_unreachable
+
+    reason = redis_unreachable()
+    if reason:
+        pytest.skip(reason)
+    queue = f"kaset-jobs-test-{secrets.token_hex(4)}"
+    settings = job_settings(tmp_path, job_models, database_url=pg, jobs_broker_url=REDIS_URL, jobs_queue=queue)
+    env = _env(tmp_path, job_models, pg, queue)
+    env["KASET_JOBS_BROKER_URL"] = REDIS_URL
+    worker = Worker(env, tmp_path / "worker.log")
+    try:
+        with gateway(settings) as g:
+            cat = base64.b64encode(jpeg(photo("chelsea"))).decode()
+            job = g.client.post("/v1/jobs", json={"kind": "diagnose", "images": [cat, cat]})
+            assert job.status_code == 202, job.text
+            done = _wait(g, job.json()["id"], lambda j: j["status"] in ("completed", "failed"), 120, "redis job")
+            assert done["status"] == "completed", (done, worker.text())
+            assert len(g.client.get(f"/v1/jobs/{done['id']}/result").json()["data"]) == 2
+    finally:
+        worker.stop()
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        client.delete(queue)
+        client.close()

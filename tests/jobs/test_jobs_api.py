@@ -19,6 +19,8 @@ from tests.fixtures.images import jpeg, mango_like_leaf, photo
 from tests.jobs.conftest import Gateway, gateway, job_settings, speech_wav
 
 SENTENCE = "Water the rice field in the morning."
+# A WAV header with nothing valid after it: it passes the submission's cheap check, then fails to decode.
+CORRUPT_WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 300
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +107,7 @@ def test_diagnose_multipart_files(gw: Gateway) -> None:
 
 
 def test_corrupt_audio_fails_with_a_clear_message_and_retry(gw: Gateway) -> None:
-    response = submit_transcribe(gw, b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 300)
+    response = submit_transcribe(gw, CORRUPT_WAV)
     assert response.status_code == 202, response.text  # not decoded up front: accepted, then failed
     done = gw.wait(response.json()["id"])
     assert done["status"] == "failed" and done["error"]["message"]
@@ -113,12 +115,32 @@ def test_corrupt_audio_fails_with_a_clear_message_and_retry(gw: Gateway) -> None
     assert result.status_code == 400, result.text
     error = result.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
-    assert error["message"].startswith("The job failed: ") and "audio" in error["message"].lower()
+    assert error["message"].startswith("The job failed: Could not decode the audio"), error
     # Retry: failed -> pending -> run again (the same input fails the same way, on attempt 2).
     retried = gw.client.post(f"/v1/jobs/{done['id']}/retry")
     assert retried.status_code == 202 and retried.json()["status"] in ("pending", "in_progress", "failed")
     again = gw.wait(done["id"])
     assert again["status"] == "failed" and again["attempt"] == 2
+
+
+def test_retry_after_a_transient_failure_completes(tmp_path: Path, job_models: Path) -> None:
+    """The model is not installed when the job runs (it fails with the reason); once it is, retry works."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "piper-joe").symlink_to(job_models / "piper-joe")
+    with gateway(job_settings(tmp_path / "data", models)) as g:
+        response = submit_transcribe(g, speech_wav(g.client, SENTENCE))
+        assert response.status_code == 202, response.text
+        failed = g.wait(response.json()["id"])
+        assert failed["status"] == "failed" and "install" in failed["error"]["message"].lower(), failed
+        result = g.client.get(f"/v1/jobs/{failed['id']}/result")
+        # The model's 404 would read as "no such job" here: a failed job that named a missing model is a 400.
+        assert result.status_code == 400 and result.json()["error"]["code"] == "model_not_found", result.text
+        (models / "whisper-tiny.en").symlink_to(job_models / "whisper-tiny.en")
+        assert g.client.post(f"/v1/jobs/{failed['id']}/retry").status_code == 202
+        done = g.wait(failed["id"])
+        assert done["status"] == "completed" and done["attempt"] == 2 and done["error"] is None, done
+        assert "rice" in g.client.get(f"/v1/jobs/{failed['id']}/result").json()["text"].lower()
 
 
 def test_cancel_and_retry_state_transitions(idle: Gateway) -> None:
@@ -199,6 +221,8 @@ def test_expired_result_is_404_then_deleted_with_its_files(tmp_path: Path, job_m
     ({"data": {"kind": "transcribe", "model": "whisper-1"}, "files": {"image": ("a.jpg", b"x", "image/jpeg")}}, 400,
      "one audio file"),
     ({"json": {"kind": "transcribe", "model": "whisper-1"}}, 400, "needs the audio"),
+    ({"data": {"kind": "transcribe", "model": "whisper-1"}, "files": {"file": ("a.mp3", b"hello" * 50, "audio/mpeg")}},
+     415, "not a recognised audio format"),
     ({"json": {"kind": "transcribe", "file": "UklGRg=="}}, 400, "needs 'model'"),
     ({"data": {"kind": "transcribe", "model": "whisper-1"}, "files": {"file": ("a.wav", b"", "audio/wav")}}, 400,
      "empty"),
@@ -255,9 +279,9 @@ def test_webhook_on_completion_and_failure(gw: Gateway) -> None:
     try:
         url = f"http://127.0.0.1:{server.server_port}/hook"
         ok = submit_transcribe(gw, speech_wav(gw.client, SENTENCE), webhook_url=url).json()
-        bad = submit_transcribe(gw, b"garbage, not audio" * 10, webhook_url=url).json()
+        bad = submit_transcribe(gw, CORRUPT_WAV, webhook_url=url).json()
         # A webhook nobody answers does not hold the runner up.
-        dead = submit_transcribe(gw, b"garbage, not audio" * 10, webhook_url="http://127.0.0.1:9/none").json()
+        dead = submit_transcribe(gw, CORRUPT_WAV, webhook_url="http://127.0.0.1:9/none").json()
         for job in (ok, bad, dead):
             gw.wait(job["id"])
         deadline = time.monotonic() + 20

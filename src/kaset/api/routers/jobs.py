@@ -36,6 +36,7 @@ from kaset.errors import (
 from kaset.jobs import KINDS
 from kaset.jobs.runner import Jobs
 from kaset.jobs.store import JobRecord, new_job_id
+from kaset.media.audio import SUPPORTED_INPUT_FORMATS, sniff_container
 
 router = APIRouter(tags=["jobs"])
 
@@ -176,6 +177,9 @@ async def _parse(request: Request, svc: Services) -> tuple[str, dict[str, Any], 
         if not body.model:
             raise InvalidRequest("A transcribe job needs 'model' (e.g. whisper-1).", param="model")
         check_model_allowed(request, body.model)
+        if sniff_container(files[0]) is None:  # cheap: the first bytes; decoding is the job's work
+            raise UnsupportedMediaType("The file is not a recognised audio format. Supported formats: "
+                                       + ", ".join(SUPPORTED_INPUT_FORMATS) + ".", param="file")
         params: dict[str, Any] = {
             "model": body.model, "language": body.language or None, "prompt": body.prompt or None,
             "response_format": body.response_format, "temperature": body.temperature,
@@ -272,6 +276,9 @@ async def get_result(request: Request, job_id: str) -> Response:
     if job.status == "failed":
         error = dict(job.error or {})
         status = int(error.pop("status", 500) or 500)
+        if status == 404:
+            # 404 on this route means "no such job"; a job that named a missing model is a bad request.
+            status = 400
         envelope = {"message": f"The job failed: {error.get('message', 'no reason recorded')}",
                     "type": error.get("type", "server_error"), "param": error.get("param"),
                     "code": error.get("code") or "job_failed"}
@@ -308,6 +315,8 @@ async def retry(request: Request, job_id: str) -> Response:
     try:
         await jobs.submitted(job_id)
     except Exception as exc:
-        raise Overloaded(f"The job queue is unreachable ({type(exc).__name__}); the job stays pending and is "
-                         "not queued. Try again later.", code="queue_unreachable") from exc
+        message = f"The job queue is unreachable ({type(exc).__name__}); the job was not queued. Retry it later."
+        await jobs.store.fail(job_id, {"message": message, "type": "server_error", "param": None,
+                                       "code": "queue_unreachable", "status": 503})
+        raise Overloaded(message, code="queue_unreachable") from exc
     return json_response(JobObject.of(await _visible_job(request, job_id)), status_code=202)
