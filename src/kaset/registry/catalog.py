@@ -236,7 +236,6 @@ class Catalog:
                     raise ValueError(f"route {route.name!r} names {name!r}, which is not a model in the catalog")
             self._routes[route.name] = route
 
-
     @classmethod
     def load(cls, extra_dirs: Iterable[Path] = ()) -> Catalog:
         specs: list[ModelSpec] = []
@@ -307,6 +306,7 @@ def _read_catalog_file(path: Path) -> list[ModelSpec]:
         return [ModelSpec.model_validate(entry) for entry in entries]
     except ValueError as exc:
         raise ValueError(f"invalid catalog file {path}: {exc}") from exc
+
 
 def _read_routes(path: Path) -> list[RouteSpec]:
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
