@@ -183,3 +183,26 @@ def test_an_idle_model_is_unloaded_by_the_running_app_and_comes_back(lifecycle_c
     text = client.get("/metrics").text
     assert series(text, 'kaset_model_unloads_total{model="efficientnet-lite0",reason="idle"}') >= 1
     assert series(text, 'kaset_model_loads_total{model="efficientnet-lite0",reason="request"}') >= 2
+
+
+def test_a_startup_model_unloaded_for_idleness_keeps_the_server_ready(
+        tmp_path: Path, installed: Callable[[str], object], models_dir: Path) -> None:
+    """Readiness must survive the idle TTL: a replica reported unready gets no traffic, and then
+    nothing would ever ask it to reload the model."""
+    installed("efficientnet-lite0")
+    settings = Settings(data_dir=tmp_path, models_dir=models_dir, models=["efficientnet-lite0"],
+                        model_idle_unload_s=0.3)
+    announced: list[str] = []
+    with TestClient(create_app(settings, announce_key=announced.append), raise_server_exceptions=False) as client:
+        client.headers["Authorization"] = f"Bearer {announced[0]}"
+        deadline = time.monotonic() + 60
+        while client.get("/health/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        while (ready := client.get("/health/ready")).json()["models"]["efficientnet-lite0"] in (
+                "loaded", "standby (unloading)"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["models"]["efficientnet-lite0"] == "standby (idle)"
+        assert client.get("/v2/health/ready").status_code == 200

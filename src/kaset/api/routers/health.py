@@ -11,12 +11,28 @@ from kaset.api.deps import Services, services
 router = APIRouter(tags=["health"])
 
 
+# A start-up model unloaded on purpose (idle TTL, LRU eviction, an admin) still counts as
+# ready: it reloads on its next request. Were it not, an idle replica would fail readiness,
+# get no traffic, and never be asked to reload it.
+STANDBY_REASONS = frozenset({"idle", "lru", "admin"})
+
+
 def _readiness(svc: Services) -> tuple[bool, dict[str, str]]:
     states: dict[str, str] = {}
+    ready = True
     for name in svc.settings.models or []:
         spec = svc.models.catalog.get(name)
-        states[name] = svc.models.state(spec) if spec else "unknown"
-    return all(state == "loaded" for state in states.values()), states
+        if spec is None:
+            states[name], ready = "unknown", False
+            continue
+        state = svc.models.state(spec)
+        reason = svc.models.unload_reason(spec)
+        if state == "unloading" or (state == "installed" and reason in STANDBY_REASONS):
+            states[name] = f"standby ({reason or 'unloading'})"
+        else:
+            states[name] = state
+            ready = ready and state == "loaded"
+    return ready, states
 
 
 @router.get("/health/live")
