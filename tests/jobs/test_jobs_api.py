@@ -19,6 +19,9 @@ from tests.fixtures.images import jpeg, mango_like_leaf, photo
 from tests.jobs.conftest import Gateway, gateway, job_settings, speech_wav
 
 SENTENCE = "Water the rice field in the morning."
+PARAGRAPH = ("Water the rice field in the morning. Check the young plants for yellow leaves and brown spots. "
+             "If the leaves have grey spots shaped like an eye, the plants may have rice blast. "
+             "Keep the water level steady and do not use too much nitrogen fertilizer this season.")
 # A WAV header with nothing valid after it: it passes the submission's cheap check, then fails to decode.
 CORRUPT_WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 300
 
@@ -313,17 +316,46 @@ def test_restart_resumes_a_job_left_in_progress(tmp_path: Path, job_models: Path
         assert "rice" in second.client.get(f"/v1/jobs/{job['id']}/result").json()["text"].lower()
 
 
+def _wait_running(g: Gateway, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = g.client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] != "pending":
+            return dict(job)
+        assert time.monotonic() < deadline, job
+        time.sleep(0.01)
+
+
 def test_shutdown_mid_job_hands_it_back(tmp_path: Path, job_models: Path) -> None:
-    settings = job_settings(tmp_path, job_models)
+    settings = job_settings(tmp_path, job_models, job_stale_s=60)
     with gateway(settings) as first:
-        wav = speech_wav(first.client, SENTENCE)
-        job = submit_transcribe(first, wav * 1).json()
-        first.wait(job["id"], ("in_progress", "completed"))
+        wav = speech_wav(first.client, PARAGRAPH)
+        job = submit_transcribe(first, wav).json()
+        running = _wait_running(first, job["id"])
+        assert running["status"] == "in_progress", running
         key = first.key
-    status = asyncio.run(_status(settings.resolved_database_url, job["id"]))
-    assert status in ("pending", "completed")  # handed back at shutdown, or it had finished
+    # Handed back at shutdown: pending at once, not after job_stale_s.
+    assert asyncio.run(_status(settings.resolved_database_url, job["id"])) == "pending"
     with gateway(settings, key=key) as second:
-        assert second.wait(job["id"])["status"] == "completed"
+        done = second.wait(job["id"])
+        assert done["status"] == "completed" and done["attempt"] == 2, done
+
+
+def test_cancel_of_a_running_job_stops_waiting_for_it(tmp_path: Path, job_models: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    with gateway(job_settings(tmp_path, job_models, job_stale_s=0.4)) as g:
+        job = submit_transcribe(g, speech_wav(g.client, PARAGRAPH)).json()
+        assert _wait_running(g, job["id"])["status"] == "in_progress"
+        with caplog.at_level("INFO", logger="kaset.jobs.runner"):
+            assert g.client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "canceled"
+            # The runner notices at its next heartbeat and takes the next job.
+            after = submit_transcribe(g, speech_wav(g.client, SENTENCE)).json()
+            assert g.wait(after["id"])["status"] == "completed"
+        assert g.client.get(f"/v1/jobs/{job['id']}").json()["status"] == "canceled"
+        assert g.client.get(f"/v1/jobs/{job['id']}/result").status_code == 409
+        messages = " ".join(r.getMessage() for r in caplog.records)
+        assert f"job {job['id']} attempt 1: canceled or taken back" in messages, messages
+        assert f"job {job['id']} attempt 1: stored" not in messages
 
 
 async def _status(url: str, job_id: str) -> str | None:

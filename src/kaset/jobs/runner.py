@@ -9,7 +9,7 @@ import logging
 import os
 import secrets
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kaset.api.schemas.jobs import webhook_payload
 from kaset.config import Settings
@@ -32,9 +32,18 @@ async def execute(store: JobStore, ctx: JobContext, job: JobRecord, webhooks: We
                   stale_s: float) -> bool:
     """Run a claimed job and write its outcome, fenced by its attempt. True if this attempt's
     outcome was stored; False if the job was canceled or taken back meanwhile (discarded)."""
-    beat = asyncio.create_task(_heartbeat(store, job, stale_s))
+    work = asyncio.create_task(run_job(ctx, job, store.folder(job.id)))
+    lost = asyncio.Event()
+    beat = asyncio.create_task(_heartbeat(store, job, stale_s, work, lost))
     try:
-        result, error = await run_job(ctx, job, store.folder(job.id))
+        result, error = await work
+    except asyncio.CancelledError:
+        if not lost.is_set():
+            raise  # the runner is stopping
+        # Canceled (or taken back) while running: stop waiting for it. A model call already in a
+        # thread finishes there, but its outcome goes nowhere.
+        log.info("job %s attempt %d: canceled or taken back while running; stopped", job.id, job.attempt)
+        return False
     finally:
         beat.cancel()
         await asyncio.gather(beat, return_exceptions=True)
@@ -50,13 +59,19 @@ async def execute(store: JobStore, ctx: JobContext, job: JobRecord, webhooks: We
     return True
 
 
-async def _heartbeat(store: JobStore, job: JobRecord, stale_s: float) -> None:
+async def _heartbeat(store: JobStore, job: JobRecord, stale_s: float, work: asyncio.Task[Any],
+                     lost: asyncio.Event) -> None:
     while True:
         await asyncio.sleep(max(stale_s / 4, 0.05))
         try:
-            await store.heartbeat({job.id: job.attempt})
+            ours = await store.heartbeat(job.id, job.attempt)
         except Exception as exc:  # the database may be away for a moment; the next beat retries
             log.warning("job %s: heartbeat failed (%s)", job.id, exc)
+            continue
+        if not ours:
+            lost.set()
+            work.cancel()
+            return
 
 
 class JobRunner:

@@ -130,15 +130,13 @@ class JobStore:
             row = await session.get(Job, job_id, populate_existing=True)
             return JobRecord.of(row) if row is not None else None
 
-    async def heartbeat(self, jobs: dict[str, int]) -> None:
-        """Say these (id → attempt) are still running."""
-        if not jobs:
-            return
-        t = now()
+    async def heartbeat(self, job_id: str, attempt: int) -> bool:
+        """Say attempt `attempt` of a job is still running: False if the job is no longer its own
+        (canceled, or taken back), so the runner can stop waiting for it."""
         async with self.db.sessions() as session, session.begin():
-            for job_id, attempt in jobs.items():
-                await session.execute(update(Job).where(Job.id == job_id, Job.status == "in_progress",
-                                                        Job.attempt == attempt).values(heartbeat_at=t))
+            done = await session.execute(update(Job).where(Job.id == job_id, Job.status == "in_progress",
+                                                           Job.attempt == attempt).values(heartbeat_at=now()))
+            return _count(done) == 1
 
     async def finish(self, job_id: str, attempt: int, *, result: Any = None,
                      error: dict[str, Any] | None = None) -> bool:
