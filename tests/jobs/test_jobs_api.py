@@ -367,3 +367,35 @@ async def _status(url: str, job_id: str) -> str | None:
         return job.status if job else None
     finally:
         await db.close()
+
+
+def test_embedded_runner_on_postgresql_resumes_after_a_crash(tmp_path: Path, job_models: Path) -> None:
+    """The embedded mode on the real PostgreSQL: a job a dead process left in progress completes."""
+    from tests.auth.conftest import throwaway_pg_database
+
+    with throwaway_pg_database() as url:
+        async def migrate() -> None:
+            db = Database(url)
+            await db.upgrade()
+            await db.close()
+
+        asyncio.run(migrate())
+        settings = job_settings(tmp_path, job_models, database_url=url, jobs_runner=False)
+        with gateway(settings) as first:
+            job = submit_transcribe(first, speech_wav(first.client, SENTENCE)).json()
+            key = first.key
+        assert asyncio.run(_claim(url, job["id"])) == 1  # a runner took it, then died
+        with gateway(job_settings(tmp_path, job_models, database_url=url, job_stale_s=1.0), key=key) as second:
+            done = second.wait(job["id"])
+            assert done["status"] == "completed" and done["attempt"] == 2, done
+
+
+async def _claim(url: str, job_id: str) -> int:
+    from kaset.jobs.store import JobStore
+
+    db = Database(url)
+    try:
+        job = await JobStore(db, Path("/nonexistent"), 60).claim(job_id, "dies")
+        return job.attempt if job else 0
+    finally:
+        await db.close()
