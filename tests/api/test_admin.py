@@ -157,6 +157,14 @@ def test_allowlist_403_names_the_model(gw: Gateway) -> None:
     assert gw.call("POST", "/v1/embeddings", key, json={"model": "echo", "input": "rice"}).status_code == 200
 
 
+def test_model_list_shows_only_what_a_key_may_call(gw: Gateway) -> None:
+    key = gw.key(gw.user("consumer")["id"], allowed_models=["echo"])["key"]
+    listed = {m["id"] for m in gw.call("GET", "/v1/models", key).json()["data"]}
+    assert listed == {"echo"}
+    everything = {m["id"] for m in gw.admin("GET", "/v1/models").json()["data"]}
+    assert "echo" in everything and len(everything) > 1, everything  # espeak-ng, apertium (system engines)
+
+
 # --- sign-in tokens -------------------------------------------------------------------------------
 
 

@@ -270,6 +270,16 @@ def test_plain_model_names_are_unchanged(gateway: TestClient) -> None:
     assert gateway.post("/v1/chat/completions", json=_chat("echo@2", "v2")).headers["x-kaset-model"] == "echo@2"
 
 
+def test_routes_are_listed_as_models(gateway: TestClient) -> None:
+    listed = {m["id"]: m for m in gateway.get("/v1/models").json()["data"]}
+    ab = listed["chat-ab"]
+    assert ab["route"] == {"targets": {"echo@1": 90, "echo@2": 10}, "fallbacks": [], "retries": 0}
+    assert "chat" in ab["tasks"]
+    one = gateway.get("/v1/models/embed-route").json()
+    assert one["id"] == "embed-route" and one["route"]["fallbacks"] == ["e5-small", "echo"]
+    assert listed["echo"]["route"] is None
+
+
 # --- the other model APIs ------------------------------------------------------------------------------
 
 

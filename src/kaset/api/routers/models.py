@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from kaset.api.deps import Services, services
 from kaset.api.schemas.models import BatchingInfo, ModelObject
+from kaset.auth.allowlist import allows
+from kaset.auth.principal import Principal
 from kaset.errors import ModelNotFound
-from kaset.registry.catalog import ModelSpec
+from kaset.registry.catalog import ModelSpec, RouteSpec
 from kaset.registry.manager import ModelManager
 
 router = APIRouter(tags=["models"])
@@ -35,8 +37,18 @@ class LifecycleInfo(BaseModel):
                                                          "unloaded it (idle, lru, admin, budget).")
 
 
+class RouteInfo(BaseModel):
+    """A catalog route (kaset.registry.routing): a public name served by weighted targets."""
+
+    targets: dict[str, float] = Field(description="Model -> weight.")
+    fallbacks: list[str]
+    retries: int
+
+
 class ModelDetail(ModelObject):
     lifecycle: LifecycleInfo | None = None
+    route: RouteInfo | None = Field(default=None, description="Set when this name is a route; the other fields "
+                                                              "describe its first target.")
 
 
 class ModelDetailList(BaseModel):
@@ -59,22 +71,48 @@ def _model_object(manager: ModelManager, spec: ModelSpec, name: str | None = Non
     )
 
 
+def _route_object(manager: ModelManager, route: RouteSpec) -> ModelDetail | None:
+    spec = manager.catalog.get(route.targets[0].model)
+    if spec is None:
+        return None
+    detail = _model_object(manager, spec, route.name)
+    detail.alias_of = None
+    detail.route = RouteInfo(targets={t.model: t.weight for t in route.targets}, fallbacks=route.fallbacks,
+                             retries=route.retries)
+    return detail
+
+
 @router.get("/v1/models", response_model=ModelDetailList)
-async def list_models(svc: Services = Depends(services)) -> ModelDetailList:
+async def list_models(request: Request, svc: Services = Depends(services)) -> ModelDetailList:
     """Models a client can call now: loaded ones and installed ones that load on first use.
 
-    Aliases are listed too, so clients that pick a model by OpenAI's names find them.
+    Aliases and catalog routes are listed too, so clients that pick a model by OpenAI's names
+    find them. A key with a model allowlist sees only the names it may call.
     """
+    principal: Principal | None = getattr(request.state, "key", None)
+    allowed = principal.allowed_models if principal is not None else None
+    catalog = svc.models.catalog
     data = []
     for spec in svc.models.available():
         data.append(_model_object(svc.models, spec))
-        if svc.models.catalog.is_preferred(spec):
+        if catalog.is_preferred(spec):
             data.extend(_model_object(svc.models, spec, alias) for alias in spec.aliases)
+    listed = {d.id for d in data}
+    for route in catalog.routes.values():
+        if route.name not in listed and (detail := _route_object(svc.models, route)) is not None:
+            data.append(detail)
+    if allowed is not None:
+        data = [d for d in data if allows(allowed, d.id, catalog)]
     return ModelDetailList(data=data)
 
 
 @router.get("/v1/models/{model_id:path}", response_model=ModelDetail)
 async def get_model(model_id: str, svc: Services = Depends(services)) -> ModelDetail:
+    route = svc.models.catalog.routes.get(model_id)
+    if route is not None and svc.models.catalog.get(model_id) is None:
+        detail = _route_object(svc.models, route)
+        if detail is not None:
+            return detail
     spec = svc.models.resolve(model_id)
     if spec not in svc.models.available():
         raise ModelNotFound(f"The model '{model_id}' is not installed on this server.", param="model")
