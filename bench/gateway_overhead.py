@@ -181,8 +181,11 @@ def limits_env(mode: str) -> dict[str, str]:
     if mode == "off":
         return {}
     env = {"KASET_DEFAULT_KEY_LIMITS": json.dumps(BENCH_LIMITS)}
-    if mode == "redis":
+    if mode.startswith("redis"):
         env |= {"KASET_LIMITS_STORAGE_URL": REDIS_URL, "KASET_REDIS_PREFIX": f"kaset-bench-{time.time_ns()}:"}
+    if mode == "redis-rpm":
+        env |= {"KASET_DEFAULT_KEY_LIMITS": json.dumps({"requests_per_minute": BENCH_LIMITS["requests_per_minute"]}),
+                "KASET_LIMITS_HEADERS": "false"}
     return env
 
 
@@ -197,10 +200,11 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     parser.add_argument("--duration", type=float, default=10.0, help="wrk seconds per round (default 10)")
     parser.add_argument("--wrk-warmup", type=float, default=2.0, help="wrk warmup seconds per round (default 2)")
-    parser.add_argument("--limits", choices=["off", "memory", "redis"], default="off",
-                        help="give every key a requests-per-minute and a concurrency limit (too high to refuse "
-                             "anything: the cost of checking them is measured), counted in memory or in Redis "
-                             f"at {REDIS_URL} (default off)")
+    parser.add_argument("--limits", choices=["off", "memory", "redis", "redis-rpm"], default="off",
+                        help="give every key a requests-per-minute and a concurrency limit, with x-ratelimit-* "
+                             "headers on every response (too high to refuse anything: the cost of checking them "
+                             f"is measured), counted in memory or in Redis at {REDIS_URL}; redis-rpm: only the "
+                             "per-minute limit and no headers on success, one Redis call per request (default off)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args()
 

@@ -1,13 +1,19 @@
 """Enforcing per-key and per-user limits with the `limits` library.
 
 One `QuotaEnforcer` per app (built in the lifespan). Before a request runs, `admit` takes a
-concurrency slot, counts the request against the per-minute rate (moving window: exact, so
-two replicas sharing Redis let a 100-per-minute key through 100 times, not 200) and checks
+concurrency slot, counts the request against the per-minute rate and checks
 that the day's budgets the route draws on are not spent. When the request is done,
 `Admission.finish` gives the slot back and charges the units it used (tokens, audio seconds,
 images) to the daily budgets (fixed 24-hour windows starting at the first use). Budgets are
 charged after the fact because a request's size is known only then: the request that crosses
 a budget completes, the next one is refused.
+
+The per-minute rate uses `limits`' sliding-window counter: O(1) time and memory per key (two
+counters, this minute's and the last one's weighted by their overlap with the last 60 s). The
+moving window would be exact, but it keeps one timestamp per request and reads them back with a
+binary search of LINDEXes, which at high limits cost more Redis CPU than the request itself.
+Within one window both count exactly: two replicas sharing Redis let a 100-per-minute key
+through 100 times, not 200.
 
 Storage: `limits`' memory storage in the embedded mode; its Redis storage (redis-py) when
 `KASET_LIMITS_STORAGE_URL` or `KASET_REDIS_URL` is set, so replicas share one budget.
@@ -28,7 +34,7 @@ from dataclasses import dataclass, field
 
 from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+from limits.aio.strategies import FixedWindowRateLimiter, SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -91,7 +97,7 @@ class _Backend:
 
     def __init__(self, storage: Storage, slots: ConcurrencySlots, name: str) -> None:
         self.storage = storage
-        self.rates = MovingWindowRateLimiter(storage)
+        self.rates = SlidingWindowCounterRateLimiter(storage)
         self.budgets = FixedWindowRateLimiter(storage)
         self.slots = slots
         self.name = name
@@ -138,6 +144,9 @@ class QuotaEnforcer:
         # Effective scopes per principal: principals are immutable and cached by the key cache,
         # so this is one dict lookup per request after the first.
         self._plans: dict[Principal, tuple[_Scope, ...]] = {}
+        # RateLimitItems by amount: building one per request costs more than the memory check.
+        self._minute_items: dict[int, RateLimitItem] = {}
+        self._day_items: dict[int, RateLimitItem] = {}
 
     @property
     def shared(self) -> bool:
@@ -231,7 +240,7 @@ class QuotaEnforcer:
                 rpm = scope.limits.requests_per_minute
                 if rpm is None:
                     continue
-                item = _per_minute(rpm)
+                item = self._per_minute(rpm)
                 if not await backend.rates.hit(item, scope.id):
                     stats = await backend.rates.get_window_stats(item, scope.id)
                     self._reject("requests_per_minute", scope)
@@ -247,7 +256,7 @@ class QuotaEnforcer:
                     amount: int | None = getattr(scope.limits, budget)
                     if amount is None:
                         continue
-                    item = _per_day(amount)
+                    item = self._per_day(amount)
                     if not await backend.budgets.test(item, scope.id, budget):
                         stats = await backend.budgets.get_window_stats(item, scope.id, budget)
                         self._reject(budget, scope)
@@ -280,6 +289,18 @@ class QuotaEnforcer:
                 retry_after=1.0, limit=limit, remaining=0, scope=scope.kind, code="concurrency_limit_exceeded")
         admission.leases.append(scope.id)
 
+    def _per_minute(self, amount: int) -> RateLimitItem:
+        item = self._minute_items.get(amount)
+        if item is None:
+            item = self._minute_items[amount] = RateLimitItemPerMinute(amount, namespace="kaset-rpm")
+        return item
+
+    def _per_day(self, amount: int) -> RateLimitItem:
+        item = self._day_items.get(amount)
+        if item is None:
+            item = self._day_items[amount] = RateLimitItemPerDay(amount, namespace="kaset-day")
+        return item
+
     def _reject(self, limit: str, scope: _Scope) -> None:
         if self.metrics is not None:
             self.metrics.limit_rejected(limit, scope.kind)
@@ -296,7 +317,7 @@ class QuotaEnforcer:
                     amount: int | None = getattr(scope.limits, budget)
                     used = units_used(usage, budget) if amount is not None else 0
                     if used > 0 and amount is not None:
-                        await admission.backend.budgets.hit(_per_day(amount), scope.id, budget, cost=used)
+                        await admission.backend.budgets.hit(self._per_day(amount), scope.id, budget, cost=used)
         except STORAGE_ERRORS as exc:
             if admission.backend is not self._local:
                 self._storage_failed(exc)
@@ -319,9 +340,10 @@ class QuotaEnforcer:
         out: dict[str, dict[str, dict[str, float | int]]] = {}
         for scope in self.plan(principal):
             entry: dict[str, dict[str, float | int]] = {}
-            if scope.limits.requests_per_minute is not None:
-                stats = await backend.rates.get_window_stats(_per_minute(scope.limits.requests_per_minute), scope.id)
-                entry["requests_per_minute"] = {"limit": scope.limits.requests_per_minute,
+            rpm = scope.limits.requests_per_minute
+            if rpm is not None:
+                stats = await backend.rates.get_window_stats(self._per_minute(rpm), scope.id)
+                entry["requests_per_minute"] = {"limit": rpm,
                                                 "remaining": stats.remaining, "reset_at": stats.reset_time}
             if scope.limits.concurrent_requests is not None:
                 entry["concurrent_requests"] = {"limit": scope.limits.concurrent_requests,
@@ -329,19 +351,11 @@ class QuotaEnforcer:
             for budget in BUDGETS:
                 amount = getattr(scope.limits, budget)
                 if amount is not None:
-                    stats = await backend.budgets.get_window_stats(_per_day(amount), scope.id, budget)
+                    stats = await backend.budgets.get_window_stats(self._per_day(amount), scope.id, budget)
                     entry[budget] = {"limit": amount, "remaining": max(stats.remaining, 0),
                                      "reset_at": stats.reset_time}
             out[scope.kind] = entry
         return out
-
-
-def _per_minute(amount: int) -> RateLimitItem:
-    return RateLimitItemPerMinute(amount, namespace="kaset-rpm")
-
-
-def _per_day(amount: int) -> RateLimitItem:
-    return RateLimitItemPerDay(amount, namespace="kaset-day")
 
 
 def _headers(limit: int, remaining: int, reset_at: float) -> list[tuple[bytes, bytes]]:
