@@ -51,6 +51,8 @@ from kaset.registry.repository import ModelRepository
 from kaset.registry.routing import Router
 from kaset.store.db import Database
 from kaset.ui import pages
+from kaset.workers.pool import WorkerPool
+from kaset.workers.proxy import Forwarded, forwarded_handler
 
 log = logging.getLogger("kaset")
 
@@ -128,6 +130,11 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
                                lazy_load=settings.lazy_load, warmup=settings.warmup,
                                policy=LifecyclePolicy.from_settings(settings), observer=telemetry.metrics)
         settings.models = startup_models(settings, catalog, manager.repository)
+        # Models served by worker processes (docs/workers.md): requests for them are forwarded.
+        workers = None
+        if settings.worker_urls or settings.worker_registry == "redis":
+            workers = WorkerPool(settings, catalog, telemetry.metrics.registry)
+            await workers.start()
         advisor = AdviceService(manager)
         diagnoser = DiagnosisService(manager, advisor.entries)
         describer = DescribeService(manager, vision_models=settings.describe_models)
@@ -138,7 +145,8 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
         quotas = quota_enforcer(settings, telemetry.metrics)
         app.state.services = Services(settings=settings, db=db, keys=identity.keys, models=manager, advisor=advisor,
                                       router=routing,
-                                      diagnoser=diagnoser, describer=describer, identity=identity, quotas=quotas)
+                                      diagnoser=diagnoser, describer=describer, identity=identity, quotas=quotas,
+                                      workers=workers)
         telemetry.start(db, settings, manager)
         # Load in the background: /health/live answers at once, /health/ready once loaded.
         loader = asyncio.create_task(_load_models(manager, settings.models, on_load))
@@ -155,6 +163,8 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
                 sweeper.cancel()
                 await asyncio.gather(sweeper, return_exceptions=True)
             await telemetry.stop()
+            if workers is not None:
+                await workers.close()
             await manager.close()
             await quotas.close()
             await identity.close()
@@ -168,6 +178,7 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_exception_handler(Forwarded, forwarded_handler)
     # One metrics registry per app: nothing global, so apps in one process never mix counts.
     telemetry = Telemetry(Metrics())
     app.state.metrics = telemetry.metrics

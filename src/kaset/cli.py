@@ -115,6 +115,35 @@ def jobs_worker(
     run_worker(settings, loglevel=settings.log_level.upper())
 
 
+@app.command("worker")
+def worker(
+    models: Annotated[str, typer.Option("--models", help="Comma-separated model ids this worker serves.")],
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8001,
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    config: ConfigOption = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+) -> None:
+    """Run a model worker: the model routes for these models only, behind a gateway (docs/workers.md)."""
+    from kaset.workers.app import max_concurrent_override, run_worker
+
+    settings = _settings(config, host=host, port=port, log_level=log_level)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    catalog = _catalog(settings)
+    try:
+        for name in names:
+            catalog.resolve(name)
+        max_concurrent_override()
+    except (KasetError, ValueError) as exc:
+        err.print(f"[red]{getattr(exc, 'message', exc)}[/]")
+        raise typer.Exit(2) from exc
+    if not names:
+        err.print("[red]--models names no model[/]")
+        raise typer.Exit(2)
+    console.print(f"[bold green]Kaset worker[/] on http://{settings.host}:{settings.port} serving {', '.join(names)}")
+    run_worker(settings, names)
+
+
 # --- models -----------------------------------------------------------------------------------
 
 

@@ -142,6 +142,27 @@ class Settings(BaseSettings):
     job_webhook_attempts: int = Field(default=3, ge=1)
     job_webhook_timeout_s: float = Field(default=10.0, gt=0)
 
+    # Workers (kaset.workers, docs/workers.md). Gateway side: models served by worker processes
+    # (`kaset worker`) found at these base URLs (comma-separated or a JSON list) or announced in
+    # Redis (worker_registry "redis", using redis_url and redis_prefix); requests naming those
+    # models are forwarded to the least busy ready replica.
+    worker_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    worker_registry: Literal["static", "redis"] = "static"
+    # Shared secret between gateway and workers (Bearer). Set: a worker refuses calls without it.
+    worker_token: SecretStr | None = None
+    # A forwarded call with no reply byte for this long fails with 504.
+    worker_timeout_s: float = Field(default=120.0, gt=0)
+    # How often the gateway polls each worker's /health/ready (static discovery).
+    worker_poll_interval_s: float = Field(default=1.0, gt=0)
+    # Worker side: the URL announced in Redis (default http://<host>:<port>), heartbeat and TTL.
+    worker_advertise_url: str | None = None
+    worker_heartbeat_s: float = Field(default=2.0, gt=0)
+    worker_ttl_s: float = Field(default=6.0, gt=0)
+    # Gateway side: while Redis is unreachable, the last known workers are kept this long.
+    worker_registry_grace_s: float = Field(default=30.0, ge=0)
+    # Worker side: on SIGTERM, how long in-flight calls may take before the worker stops anyway.
+    worker_drain_s: float = Field(default=30.0, gt=0)
+
     log_level: str = "info"
 
     @field_validator("models", mode="before")
@@ -151,7 +172,7 @@ class Settings(BaseSettings):
             return [m.strip() for m in value.split(",") if m.strip()]
         return value
 
-    @field_validator("describe_models", "pinned_models", mode="before")
+    @field_validator("describe_models", "pinned_models", "worker_urls", mode="before")
     @classmethod
     def _split_describe_models(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -20,6 +20,8 @@ from kaset.quotas.enforcer import ADMISSION_SCOPE_KEY, QuotaEnforcer, route_budg
 from kaset.registry.manager import ModelManager
 from kaset.registry.routing import Router
 from kaset.store.db import Database
+from kaset.workers.pool import WorkerPool
+from kaset.workers.proxy import forward
 
 
 @dataclass
@@ -39,6 +41,8 @@ class Services:
     identity: Identity
     # Per-key and per-user rate limits, concurrency and daily budgets.
     quotas: QuotaEnforcer
+    # Models served by worker processes (kaset.workers); None when none are configured.
+    workers: WorkerPool | None = None
 
 
 async def services(request: Request) -> Services:
@@ -58,6 +62,8 @@ async def authenticate(request: Request) -> Principal | None:
     """
     svc: Services = request.app.state.services
     if not svc.settings.auth_enabled:
+        if svc.workers is not None:
+            await _to_worker(request, svc.workers)
         return None
     principal = await _principal(request, svc)
     request.state.key = principal
@@ -70,7 +76,16 @@ async def authenticate(request: Request) -> Principal | None:
         # The gateway middleware adds its headers to the response and settles it when the
         # response is done (slots back, units charged to the daily budgets).
         request.scope[ADMISSION_SCOPE_KEY] = admission
+    if svc.workers is not None:
+        await _to_worker(request, svc.workers)
     return principal
+
+
+async def _to_worker(request: Request, workers: WorkerPool) -> None:
+    """A call for a model served by workers is forwarded here, once the caller is admitted: the
+    worker's response is raised as `Forwarded` (kaset.workers.proxy) and sent as it is."""
+    if workers.models:
+        await forward(request, workers, await _requested_models(request))
 
 
 async def _principal(request: Request, svc: Services) -> Principal:

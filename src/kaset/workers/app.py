@@ -1,0 +1,257 @@
+"""The worker role: the same model routes as the gateway, serving only the models it was given.
+
+A worker trusts the gateway: no users, keys, limits or request log here (the gateway does all
+that). When `KASET_WORKER_TOKEN` is set every model route wants it as a Bearer token; probes and
+/metrics stay open. `MAX_CONCURRENT_INFERENCES` overrides each model's catalog `max_concurrent`.
+On SIGTERM the worker drains: readiness answers 503 at once, new calls get 503 with
+Retry-After, calls in flight finish (up to `KASET_WORKER_DRAIN_S`), then it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+
+import uvicorn
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from kaset import __version__
+from kaset.api.deps import Services
+from kaset.api.errors import install_error_handlers
+from kaset.api.middleware import GatewayMiddleware
+from kaset.api.routers import (
+    audio,
+    chat,
+    embeddings,
+    health,
+    inference_v2,
+    metrics,
+    models,
+    translate,
+)
+from kaset.api.telemetry import Telemetry
+from kaset.auth.identity import Identity
+from kaset.config import Settings
+from kaset.errors import AuthenticationFailed, KasetError
+from kaset.metrics import Metrics
+from kaset.pipelines.advice import AdviceService
+from kaset.pipelines.describe import DescribeService
+from kaset.pipelines.diagnose import DiagnosisService
+from kaset.quotas.enforcer import QuotaEnforcer
+from kaset.registry.catalog import Catalog
+from kaset.registry.lifecycle import LifecyclePolicy
+from kaset.registry.manager import ModelManager
+from kaset.registry.repository import ModelRepository
+from kaset.registry.routing import Router
+from kaset.store.db import Database
+
+log = logging.getLogger("kaset.worker")
+
+# Paths a draining worker still answers normally (probes, scrapes); /health/ready says 503.
+_OPEN_PATHS = frozenset({"/health/live", "/v2/health/live", "/metrics"})
+_READY_PATHS = frozenset({"/health/ready", "/v2/health/ready"})
+
+
+def max_concurrent_override() -> int | None:
+    """MAX_CONCURRENT_INFERENCES (as in the seeds): calls each model runs at once, if set."""
+    value = os.environ.get("MAX_CONCURRENT_INFERENCES", "").strip()
+    if not value:
+        return None
+    number = int(value)
+    if number < 1:
+        raise ValueError("MAX_CONCURRENT_INFERENCES must be at least 1")
+    return number
+
+
+@dataclass
+class DrainState:
+    draining: bool = False
+    in_flight: int = 0
+    # Set when the last call in flight of a draining worker is done.
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class DrainMiddleware:
+    """Counts calls in flight; while draining refuses new ones with 503 and Retry-After."""
+
+    def __init__(self, app: ASGIApp, state: DrainState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self.state.draining:
+            ready_probe = scope["path"] in _READY_PATHS
+            body = {"status": "draining"} if ready_probe else {"error": {
+                "message": "This worker is shutting down; retry on another replica.", "type": "server_error",
+                "param": None, "code": "worker_draining"}}
+            await JSONResponse(body, status_code=503, headers={"Retry-After": "1"})(scope, receive, send)
+            return
+        self.state.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.state.in_flight -= 1
+            if self.state.draining and self.state.in_flight == 0:
+                self.state.idle.set()
+
+
+def _token_guard(token: str | None):  # type: ignore[no-untyped-def]
+    expected = f"Bearer {token}".encode() if token else None
+
+    async def worker_auth(request: Request) -> None:
+        if expected is None:
+            return
+        got = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(got, expected):
+            raise AuthenticationFailed("This worker takes calls from its gateway only (worker token missing or "
+                                       "wrong).", code="invalid_worker_token")
+
+    return worker_auth
+
+
+async def _load_all(manager: ModelManager, names: list[str]) -> None:
+    for name in names:
+        try:
+            await manager.load(name, reason="startup")
+        except KasetError as exc:
+            log.error("could not load %s: %s", name, exc.message)
+
+
+def create_worker_app(settings: Settings, model_names: list[str]) -> FastAPI:
+    """A worker serving `model_names` (ids, aliases or id@version)."""
+    drain = DrainState()
+    token = settings.worker_token.get_secret_value() if settings.worker_token else None
+    concurrency = max_concurrent_override()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        catalog = Catalog.load(settings.catalog_dirs)
+        names = [catalog.name_of(catalog.resolve(n)) for n in model_names]
+        if concurrency is not None:
+            for name in names:
+                catalog.resolve(name).max_concurrent = concurrency
+        settings.models = names
+        settings.lazy_load = False  # a worker serves its models only
+        manager = ModelManager(catalog, ModelRepository(settings.resolved_models_dir), lazy_load=False,
+                               warmup=settings.warmup, policy=LifecyclePolicy.from_settings(settings),
+                               observer=telemetry.metrics)
+        # Never opened: the worker keeps no users, keys or logs. Services wants the objects.
+        db = Database("sqlite+aiosqlite:///:memory:")
+        identity = Identity.from_settings(settings, db, sign_in=False)
+        advisor = AdviceService(manager)
+        diagnoser = DiagnosisService(manager, advisor.entries)
+        routing = Router(manager, breaker_failures=settings.breaker_failures,
+                         breaker_cooldown_s=settings.breaker_cooldown_s, retry_backoff_s=settings.retry_backoff_s,
+                         retry_max_wait_s=settings.retry_max_wait_s)
+        telemetry.metrics.router = routing
+        telemetry.metrics.models = manager
+        quotas = QuotaEnforcer(storage_url="memory://", metrics=telemetry.metrics)
+        app.state.services = Services(settings=settings, db=db, keys=identity.keys, models=manager,
+                                      advisor=advisor, router=routing, diagnoser=diagnoser,
+                                      describer=DescribeService(manager, vision_models=settings.describe_models),
+                                      identity=identity, quotas=quotas)
+        loader = asyncio.create_task(_load_all(manager, names))
+        announcer = None
+        if settings.worker_registry == "redis":
+            from kaset.workers.registry import RedisAnnouncer
+
+            announcer = RedisAnnouncer(settings, names, lambda: health._readiness(app.state.services)[0]
+                                       and not drain.draining)
+            announcer.start()
+        try:
+            yield
+        finally:
+            loader.cancel()
+            if announcer is not None:
+                await announcer.close()
+            await manager.close()
+            await quotas.close()
+            await db.close()
+
+    app = FastAPI(title="Kaset worker", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    telemetry = Telemetry(Metrics())
+    app.state.metrics = telemetry.metrics
+    app.state.drain = drain
+    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_upload_bytes + 1024 * 1024,
+                       telemetry=telemetry)
+    app.add_middleware(DrainMiddleware, state=drain)
+    guard = [Depends(_token_guard(token))]
+    for router in (chat.router, embeddings.router, audio.router, models.router, translate.router,
+                   inference_v2.router):
+        app.include_router(router, dependencies=guard)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+
+    @app.post("/warmup", dependencies=guard)
+    async def warmup(request: Request) -> JSONResponse:
+        """Run each model's warmup now (load it first if needed); 200 with the time each took."""
+        svc: Services = request.app.state.services
+        timings: dict[str, float] = {}
+        loop = asyncio.get_running_loop()
+        for name in svc.settings.models or []:
+            loaded = await svc.models.load(name, reason="warmup")
+            started = loop.time()
+            await loaded.run(loaded.runtime.warmup)
+            timings[name] = round(loop.time() - started, 4)
+        return JSONResponse({"warmed": timings})
+
+    return app
+
+
+class WorkerServer(uvicorn.Server):
+    """uvicorn, with SIGTERM meaning: drain (readiness 503, refuse new calls), then stop."""
+
+    def __init__(self, config: uvicorn.Config, drain: DrainState, drain_s: float) -> None:
+        super().__init__(config)
+        self.drain = drain
+        self.drain_s = drain_s
+        self._drain_task: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and not self.drain.draining and not self.should_exit:
+            self.drain.draining = True
+            log.info("SIGTERM: draining (%d call(s) in flight, at most %g s)", self.drain.in_flight, self.drain_s)
+            loop = asyncio.get_event_loop()
+            loop.call_soon_threadsafe(self._start_drain)
+            return
+        super().handle_exit(sig, frame)
+
+    def _start_drain(self) -> None:
+        self._drain_task = asyncio.ensure_future(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        if self.drain.in_flight > 0:
+            try:
+                await asyncio.wait_for(self.drain.idle.wait(), self.drain_s)
+            except TimeoutError:
+                log.warning("drain: %d call(s) still in flight after %g s; stopping anyway",
+                            self.drain.in_flight, self.drain_s)
+        # A beat for the gateway's readiness poll to see 503 before the port closes.
+        await asyncio.sleep(0.2)
+        self.should_exit = True
+
+
+def run_worker(settings: Settings, model_names: list[str]) -> None:
+    app = create_worker_app(settings, model_names)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            loop="uvloop", http="httptools", access_log=False)
+    server = WorkerServer(config, app.state.drain, settings.worker_drain_s)
+    server.run()
+
+
+def describe(settings: Settings, model_names: list[str]) -> str:
+    return json.dumps({"models": model_names, "port": settings.port})
