@@ -1,0 +1,142 @@
+"""Worker faults: a replica killed mid-request, one never ready, a slow one, a draining one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fixtures.gateway_process import gateway_process
+from tests.fixtures.worker_process import worker_process
+from tests.workers.conftest import TOKEN, auth, gateway_env, stub_process, wait_replica
+
+
+@pytest.fixture
+def echo_env(models_dir: Path) -> dict[str, str]:
+    return {"KASET_MODELS_DIR": str(models_dir), "KASET_WORKER_TOKEN": TOKEN}
+
+
+def _gw(tmp_path: Path) -> Path:
+    path = tmp_path / "gw"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _hits(url: str) -> int:
+    return len(httpx.get(f"{url}/stub/hits", timeout=5).json())
+
+
+def test_idempotent_request_is_retried_when_a_replica_dies(tmp_path: Path, models_dir: Path,
+                                                           echo_env: dict[str, str]) -> None:
+    with worker_process(tmp_path, "echo", echo_env) as real, stub_process(tmp_path, "--delay", "30") as stub, \
+            gateway_process(_gw(tmp_path), gateway_env(models_dir, [real.url, stub.url])) as gateway:
+        wait_replica(gateway, real.url)
+        wait_replica(gateway, stub.url)
+
+        def embed(i: int) -> httpx.Response:
+            return httpx.post(f"{gateway}/v1/embeddings", headers=auth(), json={"model": "echo", "input": f"x{i}"},
+                              timeout=20)
+
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(embed, i) for i in range(4)]
+            deadline = time.monotonic() + 10
+            while _hits(stub.url) == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _hits(stub.url) >= 1  # some calls are hanging in the stub...
+            os.kill(stub.proc.pid, signal.SIGKILL)  # ...when it dies
+            started = time.monotonic()
+            responses = [f.result() for f in futures]
+        assert time.monotonic() - started < 10
+        assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
+        assert all(r.json()["object"] == "list" for r in responses)  # the real worker's answers
+
+
+def test_streamed_request_on_a_dying_replica_gets_a_clean_503(tmp_path: Path, models_dir: Path) -> None:
+    with stub_process(tmp_path, "--delay", "30") as stub, \
+            gateway_process(_gw(tmp_path), gateway_env(models_dir, [stub.url])) as gateway:
+        wait_replica(gateway, stub.url)
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(httpx.post, f"{gateway}/v1/chat/completions", headers=auth(), timeout=20,
+                                 json={"model": "echo", "stream": True, "messages": [{"role": "user", "content": "x"}]})
+            deadline = time.monotonic() + 10
+            while _hits(stub.url) == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.kill(stub.proc.pid, signal.SIGKILL)
+            response = future.result(timeout=15)
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "worker_unavailable"
+        assert response.headers["retry-after"] == "1"
+
+
+def test_replica_never_ready_gets_no_traffic(tmp_path: Path, models_dir: Path, echo_env: dict[str, str]) -> None:
+    with worker_process(tmp_path, "echo", echo_env) as real, stub_process(tmp_path, "--unready") as stub, \
+            gateway_process(_gw(tmp_path), gateway_env(models_dir, [real.url, stub.url])) as gateway:
+        wait_replica(gateway, real.url)
+        wait_replica(gateway, stub.url, ready=False)
+        for i in range(10):
+            r = httpx.post(f"{gateway}/v1/embeddings", headers=auth(), json={"model": "echo", "input": f"x{i}"})
+            assert r.status_code == 200, r.text
+        assert _hits(stub.url) == 0
+
+
+def test_only_unready_replicas_means_503(tmp_path: Path, models_dir: Path) -> None:
+    with stub_process(tmp_path, "--unready") as stub, \
+            gateway_process(_gw(tmp_path), gateway_env(models_dir, [stub.url])) as gateway:
+        wait_replica(gateway, stub.url, ready=False)
+        started = time.monotonic()
+        r = httpx.post(f"{gateway}/v1/embeddings", headers=auth(), json={"model": "echo", "input": "x"})
+        assert time.monotonic() - started < 2
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "worker_unavailable"
+        assert _hits(stub.url) == 0
+
+
+def test_slow_replica_times_out_then_its_breaker_opens(tmp_path: Path, models_dir: Path) -> None:
+    env = gateway_env(models_dir, [], KASET_WORKER_TIMEOUT_S="0.5", KASET_BREAKER_FAILURES="2",
+                      KASET_BREAKER_COOLDOWN_S="60")
+    with stub_process(tmp_path, "--delay", "5") as stub:
+        env["KASET_WORKER_URLS"] = stub.url
+        with gateway_process(_gw(tmp_path), env) as gateway:
+            wait_replica(gateway, stub.url)
+            for _ in range(2):
+                started = time.monotonic()
+                r = httpx.post(f"{gateway}/v1/embeddings", headers=auth(), json={"model": "echo", "input": "x"},
+                               timeout=10)
+                assert r.status_code == 504, r.text
+                assert r.json()["error"]["code"] == "worker_timeout"
+                assert time.monotonic() - started < 2
+            hits = _hits(stub.url)
+            r = httpx.post(f"{gateway}/v1/embeddings", headers=auth(), json={"model": "echo", "input": "x"})
+            assert r.status_code == 503  # breaker open: fails fast, the slow replica is not called
+            assert _hits(stub.url) == hits
+
+
+def test_sigterm_drains(tmp_path: Path, models_dir: Path, installed: object) -> None:
+    installed("e5-small")  # type: ignore[operator]
+    env = {"KASET_MODELS_DIR": str(models_dir), "MAX_CONCURRENT_INFERENCES": "1"}
+    with worker_process(tmp_path, "e5-small", env) as worker:
+        texts = ["ยินดีต้อนรับ สู่ระบบ ทดสอบ การ ระบาย งาน " * 3] * 8
+
+        def embed(i: int) -> httpx.Response:
+            return httpx.post(f"{worker.url}/v1/embeddings", json={"model": "e5-small", "input": texts},
+                              timeout=30)
+
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(embed, i) for i in range(4)]
+            time.sleep(0.2)
+            worker.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.05)
+            ready = httpx.get(f"{worker.url}/health/ready", timeout=5)
+            refused = httpx.post(f"{worker.url}/v1/embeddings", json={"model": "e5-small", "input": "x"}, timeout=5)
+            responses = [f.result() for f in futures]
+        assert ready.status_code == 503
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "worker_draining"
+        assert [r.status_code for r in responses] == [200] * 4
+        assert worker.proc.wait(timeout=20) == 0
