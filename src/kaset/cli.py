@@ -144,6 +144,22 @@ def worker(
     run_worker(settings, names)
 
 
+@app.command("up")
+def up(
+    file: Annotated[Path, typer.Argument(help="Topology YAML (see deploy/topology.example.yaml).", exists=True)],
+    ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for every process to be ready.")] = 300,
+) -> None:
+    """Start a local topology (a gateway and its workers) as child processes; Ctrl-C stops them all."""
+    from kaset.workers.topology import Topology, run_topology
+
+    try:
+        topology = Topology.load(file)
+    except (ValueError, OSError) as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    raise typer.Exit(run_topology(topology, console, ready_timeout_s=ready_timeout))
+
+
 # --- models -----------------------------------------------------------------------------------
 
 

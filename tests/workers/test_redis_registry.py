@@ -7,6 +7,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
@@ -32,7 +33,7 @@ async def _until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
         await asyncio.sleep(0.05)
 
 
-def _settings(url: str, prefix: str, **extra: object) -> Settings:
+def _settings(url: str, prefix: str, **extra: Any) -> Settings:
     return Settings(redis_url=url, redis_prefix=prefix, worker_registry="redis", worker_heartbeat_s=0.2,
                     worker_ttl_s=0.6, **extra)
 
