@@ -117,3 +117,23 @@ def test_worker_warmup_and_v2_routes(topology: tuple[str, WorkerProcess, WorkerP
     started = time.perf_counter()
     assert httpx.get(f"{gateway}/health/ready").status_code == 200
     assert time.perf_counter() - started < 5
+
+
+def _tokens(gateway: str, model: str, kind: str) -> float:
+    for line in httpx.get(f"{gateway}/metrics").text.splitlines():
+        if line.startswith("kaset_tokens_total{") and f'model="{model}"' in line and f'kind="{kind}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_forwarded_usage_and_time_are_accounted(topology: tuple[str, WorkerProcess, WorkerProcess]) -> None:
+    gateway, _, _ = topology
+    before = _tokens(gateway, "echo", "completion")
+    r = httpx.post(f"{gateway}/v1/chat/completions", headers=auth(),
+                   json={"model": "echo", "messages": [{"role": "user", "content": "one two three"}]}, timeout=30)
+    assert r.status_code == 200
+    assert "x-kaset-usage" not in r.headers
+    assert r.headers["x-kaset-model"] == "echo"
+    # The worker's time is not the gateway's overhead.
+    assert float(r.headers["x-kaset-overhead-ms"]) < 50
+    assert _tokens(gateway, "echo", "completion") - before == 3

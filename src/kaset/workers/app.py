@@ -23,7 +23,7 @@ from types import FrameType
 import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kaset import __version__
 from kaset.api.deps import Services
@@ -54,6 +54,7 @@ from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository
 from kaset.registry.routing import Router
 from kaset.store.db import Database
+from kaset.usage import current_usage
 
 log = logging.getLogger("kaset.worker")
 
@@ -106,6 +107,36 @@ class DrainMiddleware:
             self.state.in_flight -= 1
             if self.state.draining and self.state.in_flight == 0:
                 self.state.idle.set()
+
+
+USAGE_HEADER = "x-kaset-usage"
+
+
+class UsageHeaderMiddleware:
+    """Tells the gateway what a call consumed (tokens, audio seconds, ...) in one response header,
+    so the gateway's limits, budgets and request log count forwarded calls as its own. Streamed
+    replies send their headers before the units are known: they carry what was known then."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_usage(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                usage = current_usage.get()
+                if usage is not None:
+                    value = json.dumps({"prompt_tokens": usage.prompt_tokens,
+                                        "completion_tokens": usage.completion_tokens,
+                                        "audio_seconds": usage.audio_seconds, "images": usage.images,
+                                        "characters": usage.characters}, separators=(",", ":"))
+                    message["headers"] = [*message.get("headers", []), (USAGE_HEADER.encode(), value.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_usage)
 
 
 def _token_guard(token: str | None):  # type: ignore[no-untyped-def]
@@ -186,6 +217,7 @@ def create_worker_app(settings: Settings, model_names: list[str]) -> FastAPI:
     telemetry = Telemetry(Metrics())
     app.state.metrics = telemetry.metrics
     app.state.drain = drain
+    app.add_middleware(UsageHeaderMiddleware)  # inside GatewayMiddleware: it sees the request's usage
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_upload_bytes + 1024 * 1024,
                        telemetry=telemetry)
     app.add_middleware(DrainMiddleware, state=drain)
@@ -252,6 +284,3 @@ def run_worker(settings: Settings, model_names: list[str]) -> None:
     server = WorkerServer(config, app.state.drain, settings.worker_drain_s)
     server.run()
 
-
-def describe(settings: Settings, model_names: list[str]) -> str:
-    return json.dumps({"models": model_names, "port": settings.port})

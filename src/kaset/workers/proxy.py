@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -24,6 +25,8 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 
 from kaset.errors import ModelUnavailable, UpstreamTimeout
+from kaset.registry.manager import inference_seconds
+from kaset.usage import record
 from kaset.workers.pool import Replica, WorkerPool
 
 log = logging.getLogger("kaset.workers")
@@ -33,7 +36,7 @@ _DROP_REQUEST = frozenset({"host", "authorization", "content-length", "connectio
                            "transfer-encoding", "te", "upgrade", "proxy-authorization", "expect"})
 # Not passed back: hop-by-hop, and the ones the gateway's middleware sets itself.
 _DROP_RESPONSE = frozenset({"content-length", "connection", "keep-alive", "transfer-encoding", "date", "server",
-                            "x-request-id", "x-kaset-overhead-ms"})
+                            "x-request-id", "x-kaset-overhead-ms", "x-kaset-usage"})
 
 
 class WorkerUnavailable(ModelUnavailable):
@@ -131,6 +134,7 @@ async def _forward(request: Request, pool: WorkerPool, name: str) -> Response:
         tried.append(replica)
         replica.outstanding += 1
         release = True
+        sent_at = time.perf_counter()
         try:
             resp = await pool.session.request(request.method, replica.url + path, headers=headers,
                                               data=make_body(), timeout=timeout)
@@ -168,7 +172,9 @@ async def _forward(request: Request, pool: WorkerPool, name: str) -> Response:
                 except aiohttp.ClientError as exc:
                     _lost(pool, replica, exc)
                     continue
+                _account(resp, time.perf_counter() - sent_at)
                 return _buffered(resp, body, pool, replica)
+            _account(resp, time.perf_counter() - sent_at)
             release = False
             return StreamingResponse(_stream(resp, pool, replica, content_type.startswith("text/event-stream")),
                                      status_code=resp.status, headers=_response_headers(resp))
@@ -183,6 +189,24 @@ def _lost(pool: WorkerPool, replica: Replica, exc: BaseException) -> None:
     replica.breaker.failed()
     replica.ready = False  # until its next readiness probe says otherwise
     pool.requests.labels(replica.url, "lost").inc()
+
+
+def _account(resp: aiohttp.ClientResponse, waited_s: float) -> None:
+    """The worker's time counts as inference (x-kaset-overhead-ms stays the gateway's own cost),
+    and its reported usage as this request's (limits, budgets, the request log)."""
+    bucket = inference_seconds.get()
+    if bucket is not None:
+        bucket[0] += waited_s
+    header = resp.headers.get("x-kaset-usage")
+    if header:
+        try:
+            units = json.loads(header)
+            record(prompt_tokens=int(units.get("prompt_tokens", 0)),
+                   completion_tokens=int(units.get("completion_tokens", 0)),
+                   audio_seconds=float(units.get("audio_seconds", 0.0)), images=int(units.get("images", 0)),
+                   characters=int(units.get("characters", 0)))
+        except (ValueError, TypeError, AttributeError):
+            log.warning("worker sent a malformed x-kaset-usage header: %.100s", header)
 
 
 def _response_headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
