@@ -140,3 +140,18 @@ def test_sigterm_drains(tmp_path: Path, models_dir: Path, installed: object) -> 
         assert refused.json()["error"]["code"] == "worker_draining"
         assert [r.status_code for r in responses] == [200] * 4
         assert worker.proc.wait(timeout=20) == 0
+
+
+def test_stream_cut_by_a_dying_replica_ends_with_an_in_band_error(tmp_path: Path, models_dir: Path) -> None:
+    with stub_process(tmp_path, "--die-mid-stream") as stub, \
+            gateway_process(_gw(tmp_path), gateway_env(models_dir, [stub.url])) as gateway:
+        wait_replica(gateway, stub.url)
+        started = time.monotonic()
+        lines = []
+        with httpx.stream("POST", f"{gateway}/v1/chat/completions", headers=auth(), timeout=10,
+                          json={"model": "echo", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as r:
+            assert r.status_code == 200
+            lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+        assert time.monotonic() - started < 5
+        assert lines[:3] == ['data: {"n": 0}', 'data: {"n": 1}', 'data: {"n": 2}']
+        assert '"code": "worker_lost"' in lines[-1]
