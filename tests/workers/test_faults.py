@@ -155,3 +155,23 @@ def test_stream_cut_by_a_dying_replica_ends_with_an_in_band_error(tmp_path: Path
         assert time.monotonic() - started < 5
         assert lines[:3] == ['data: {"n": 0}', 'data: {"n": 1}', 'data: {"n": 2}']
         assert '"code": "worker_lost"' in lines[-1]
+
+
+def test_rolling_stop_of_a_replica_loses_no_idempotent_call(tmp_path: Path, models_dir: Path,
+                                                            echo_env: dict[str, str]) -> None:
+    with worker_process(tmp_path, "echo", echo_env) as a, worker_process(tmp_path, "echo", echo_env) as b, \
+            gateway_process(_gw(tmp_path), gateway_env(models_dir, [a.url, b.url])) as gateway:
+        wait_replica(gateway, a.url)
+        wait_replica(gateway, b.url)
+
+        def embed(i: int) -> int:
+            if i == 20:
+                a.proc.send_signal(signal.SIGTERM)  # A drains and stops while calls keep coming
+            return httpx.post(f"{gateway}/v1/embeddings", headers=auth(), json={"model": "echo", "input": f"x{i}"},
+                              timeout=20).status_code
+
+        with ThreadPoolExecutor(4) as pool:
+            statuses = list(pool.map(embed, range(120)))
+        assert statuses == [200] * 120
+        assert a.proc.wait(timeout=20) == 0
+        wait_replica(gateway, a.url, ready=False)

@@ -80,7 +80,9 @@ class WorkerPool:
         url = url.rstrip("/")
         replica = self.replicas.get(url)
         if replica is None:
-            replica = Replica(url, Breaker(url, self.settings.breaker_failures, self.settings.breaker_cooldown_s))
+            # KASET_BREAKER_FAILURES=0 turns breakers off, as for the routes.
+            threshold = self.settings.breaker_failures or 1 << 62
+            replica = Replica(url, Breaker(url, threshold, self.settings.breaker_cooldown_s))
             self.replicas[url] = replica
             log.info("worker %s added", url)
         return replica
