@@ -60,7 +60,9 @@ def test_requests_are_forwarded_and_spread(topology: tuple[str, WorkerProcess, W
 def test_streamed_chat_passes_through_chunk_by_chunk(topology: tuple[str, WorkerProcess, WorkerProcess]) -> None:
     gateway, _, _ = topology
     words = " ".join(f"w{i}" for i in range(50))
+    tokens_before = _tokens(gateway, "echo", "completion")
     events = []
+    comments = []
     with httpx.stream("POST", f"{gateway}/v1/chat/completions", headers=auth(), timeout=30,
                       json={"model": "echo", "stream": True, "messages": [{"role": "user", "content": words}]}) as r:
         assert r.status_code == 200
@@ -68,11 +70,16 @@ def test_streamed_chat_passes_through_chunk_by_chunk(topology: tuple[str, Worker
         for line in r.iter_lines():
             if line.startswith("data: "):
                 events.append(line[6:])
+            elif line.startswith(":"):
+                comments.append(line)
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
     assert text == words
     assert len(chunks) > 50  # one event per word, not one buffered blob
+    # The worker's usage trailer is counted by the gateway and not shown to the client.
+    assert comments == []
+    assert _tokens(gateway, "echo", "completion") - tokens_before == 50
 
 
 def test_request_id_is_propagated(topology: tuple[str, WorkerProcess, WorkerProcess]) -> None:

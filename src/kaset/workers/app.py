@@ -112,10 +112,24 @@ class DrainMiddleware:
 USAGE_HEADER = "x-kaset-usage"
 
 
+SSE_USAGE_PREFIX = b": x-kaset-usage "
+
+
+def _usage_json() -> bytes | None:
+    usage = current_usage.get()
+    if usage is None:
+        return None
+    return json.dumps({"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                       "audio_seconds": usage.audio_seconds, "images": usage.images,
+                       "characters": usage.characters}, separators=(",", ":")).encode()
+
+
 class UsageHeaderMiddleware:
-    """Tells the gateway what a call consumed (tokens, audio seconds, ...) in one response header,
-    so the gateway's limits, budgets and request log count forwarded calls as its own. Streamed
-    replies send their headers before the units are known: they carry what was known then."""
+    """Tells the gateway what a call consumed (tokens, audio seconds, ...), so the gateway's
+    limits, budgets and request log count forwarded calls as its own: in an `x-kaset-usage`
+    response header, or for an SSE stream (whose units are known only at its end) in a last SSE
+    comment line `: x-kaset-usage {...}`, which the gateway strips. A streamed audio reply carries
+    what was known when it started."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -124,16 +138,21 @@ class UsageHeaderMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        sse = False
 
         async def send_usage(message: Message) -> None:
+            nonlocal sse
             if message["type"] == "http.response.start":
-                usage = current_usage.get()
-                if usage is not None:
-                    value = json.dumps({"prompt_tokens": usage.prompt_tokens,
-                                        "completion_tokens": usage.completion_tokens,
-                                        "audio_seconds": usage.audio_seconds, "images": usage.images,
-                                        "characters": usage.characters}, separators=(",", ":"))
-                    message["headers"] = [*message.get("headers", []), (USAGE_HEADER.encode(), value.encode())]
+                headers = message.get("headers", [])
+                sse = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers)
+                value = None if sse else _usage_json()
+                if value is not None:
+                    message["headers"] = [*headers, (USAGE_HEADER.encode(), value)]
+            elif sse and message["type"] == "http.response.body" and not message.get("more_body", False):
+                value = _usage_json()
+                if value is not None:
+                    await send({"type": "http.response.body", "body": SSE_USAGE_PREFIX + value + b"\n\n",
+                                "more_body": True})
             await send(message)
 
         await self.app(scope, receive, send_usage)

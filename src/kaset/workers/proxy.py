@@ -199,14 +199,31 @@ def _account(resp: aiohttp.ClientResponse, waited_s: float) -> None:
         bucket[0] += waited_s
     header = resp.headers.get("x-kaset-usage")
     if header:
-        try:
-            units = json.loads(header)
-            record(prompt_tokens=int(units.get("prompt_tokens", 0)),
-                   completion_tokens=int(units.get("completion_tokens", 0)),
-                   audio_seconds=float(units.get("audio_seconds", 0.0)), images=int(units.get("images", 0)),
-                   characters=int(units.get("characters", 0)))
-        except (ValueError, TypeError, AttributeError):
-            log.warning("worker sent a malformed x-kaset-usage header: %.100s", header)
+        _record(header)
+
+
+def _record(units_json: str | bytes) -> None:
+    try:
+        units = json.loads(units_json)
+        record(prompt_tokens=int(units.get("prompt_tokens", 0)),
+               completion_tokens=int(units.get("completion_tokens", 0)),
+               audio_seconds=float(units.get("audio_seconds", 0.0)), images=int(units.get("images", 0)),
+               characters=int(units.get("characters", 0)))
+    except (ValueError, TypeError, AttributeError):
+        log.warning("worker sent malformed usage: %.100r", units_json)
+
+
+_SSE_USAGE = b": x-kaset-usage "
+
+
+def _take_usage(chunk: bytes) -> bytes:
+    """Record and strip the worker's `: x-kaset-usage {...}` SSE comment from a chunk."""
+    start = chunk.find(_SSE_USAGE)
+    end = chunk.find(b"\n\n", start)
+    if end < 0:
+        return chunk  # split across chunks (unlikely): the client sees an SSE comment, no harm
+    _record(chunk[start + len(_SSE_USAGE):end])
+    return chunk[:start] + chunk[end + 2:]
 
 
 def _response_headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
@@ -222,6 +239,10 @@ def _buffered(resp: aiohttp.ClientResponse, body: bytes, pool: WorkerPool, repli
 async def _stream(resp: aiohttp.ClientResponse, pool: WorkerPool, replica: Replica, sse: bool) -> AsyncIterator[bytes]:
     try:
         async for chunk in resp.content.iter_any():
+            if sse and _SSE_USAGE in chunk:
+                chunk = _take_usage(chunk)
+                if not chunk:
+                    continue
             yield chunk
         replica.breaker.succeeded()
         pool.requests.labels(replica.url, "ok").inc()
