@@ -241,3 +241,45 @@ async def test_redis_down_with_reject_policy_answers_503(redis_prefix: str) -> N
         assert await enforcer.admit(principal()) is None
     finally:
         await enforcer.close()
+
+
+async def test_high_shared_limits_are_counted_in_reserved_chunks(
+        shared: tuple[QuotaEnforcer, QuotaEnforcer]) -> None:
+    """A busy caller of a high limit costs a Redis call per chunk, not per request, and two
+    replicas together still never go past the limit."""
+    a, b = shared
+    who = principal(Limits(requests_per_minute=2000))
+    started, total = time.monotonic(), 0
+    while time.monotonic() - started < 1.2:  # long enough for each replica to measure the rate
+        total += sum(await asyncio.gather(admitted(a, who, 20), admitted(b, who, 20)))
+    assert a._leases[(f"k{who.key_id}", 2000)].rate > 20
+    total += sum(await asyncio.gather(admitted(a, who, 3000), admitted(b, who, 3000)))
+    assert (await a.status(who))["key"]["requests_per_minute"]["remaining"] == 0
+    # Never past the limit; at most each replica's last reservation (2 units: 0.1% of the
+    # limit) can go unused.
+    assert 2000 - 4 <= total <= 2000, total
+
+
+async def test_leases_make_the_redis_calls_rarer(redis_url: str, redis_prefix: str) -> None:
+    enforcer = QuotaEnforcer(storage_url=redis_url, redis_prefix=redis_prefix, headers=False)
+    calls = 0
+    hit = enforcer._shared.rates.hit if enforcer._shared else None
+    assert hit is not None
+
+    async def counting_hit(*args: object, **kwargs: object) -> bool:
+        nonlocal calls
+        calls += 1
+        return await hit(*args, **kwargs)  # type: ignore[arg-type]
+
+    enforcer._shared.rates.hit = counting_hit  # type: ignore[method-assign,union-attr]
+    who = principal(Limits(requests_per_minute=1_000_000))
+    started = time.monotonic()
+    n = 0
+    while time.monotonic() - started < 2.0:
+        n += await admitted(enforcer, who, 50)
+    assert calls < n / 5, (calls, n)
+    # A low limit is counted request by request: exact.
+    calls = 0
+    assert await admitted(enforcer, principal(Limits(requests_per_minute=999)), 30) == 30
+    assert calls == 30
+    await enforcer.close()

@@ -103,6 +103,23 @@ class _Backend:
         self.name = name
 
 
+# Shared per-minute limits at least this high are counted in reserved chunks (see _leased_hit);
+# lower ones, where a chunk would be a visible share of the budget, are counted one by one.
+LEASE_MIN_LIMIT = 1000
+LEASE_S = 0.1
+
+
+@dataclass(slots=True)
+class _RateLease:
+    units: int = 0  # reserved in the shared window, not used yet
+    expires: float = 0.0
+    remaining: int = 0  # the window's remaining requests as last read, for the headers
+    reset_at: float = 0.0
+    rate: float = 0.0  # this caller's requests per second on this replica
+    rate_since: float = 0.0
+    rate_count: int = 0
+
+
 @dataclass
 class Admission:
     """A request let in: its slots, and the budgets to charge when it is done."""
@@ -144,6 +161,8 @@ class QuotaEnforcer:
         # Effective scopes per principal: principals are immutable and cached by the key cache,
         # so this is one dict lookup per request after the first.
         self._plans: dict[Principal, tuple[_Scope, ...]] = {}
+        # Per-minute units reserved from the shared storage, by (scope id, limit).
+        self._leases: dict[tuple[str, int], _RateLease] = {}
         # RateLimitItems by amount: building one per request costs more than the memory check.
         self._minute_items: dict[int, RateLimitItem] = {}
         self._day_items: dict[int, RateLimitItem] = {}
@@ -235,13 +254,19 @@ class QuotaEnforcer:
         try:
             for scope in scopes:
                 await self._take_slot(admission, scope)
+            header: tuple[int, int, float] | None = None  # limit, remaining, reset_at
             header_item: tuple[RateLimitItem, _Scope] | None = None
             for scope in scopes:
                 rpm = scope.limits.requests_per_minute
                 if rpm is None:
                     continue
                 item = self._per_minute(rpm)
-                if not await backend.rates.hit(item, scope.id):
+                lease: _RateLease | None = None
+                if backend is self._shared and rpm >= LEASE_MIN_LIMIT:
+                    ok, lease = await self._leased_hit(backend, item, scope.id)
+                else:
+                    ok = await backend.rates.hit(item, scope.id)
+                if not ok:
                     stats = await backend.rates.get_window_stats(item, scope.id)
                     self._reject("requests_per_minute", scope)
                     raise RateLimited(
@@ -249,8 +274,11 @@ class QuotaEnforcer:
                         f"Try again in {_seconds(stats.reset_time)}.",
                         retry_after=stats.reset_time - time.time(), limit=rpm, remaining=stats.remaining,
                         scope=scope.kind)
-                if header_item is None:
-                    header_item = (item, scope)
+                if header is None and header_item is None:
+                    if lease is not None:
+                        header = (rpm, lease.remaining, lease.reset_at)
+                    else:
+                        header_item = (item, scope)
             for scope in scopes:
                 for budget in budgets:
                     amount: int | None = getattr(scope.limits, budget)
@@ -265,10 +293,13 @@ class QuotaEnforcer:
                             f"{_BUDGET_NOUN[budget]} per day. It renews in {_seconds(stats.reset_time)}.",
                             retry_after=stats.reset_time - time.time(), limit=amount, remaining=0,
                             scope=scope.kind, code="daily_quota_exceeded")
-            if header_item is not None and self.headers:
-                item, scope = header_item
-                stats = await backend.rates.get_window_stats(item, scope.id)
-                admission.headers = _headers(item.amount, stats.remaining, stats.reset_time)
+            if self.headers:
+                if header is not None:
+                    admission.headers = _headers(*header)
+                elif header_item is not None:
+                    item, scope = header_item
+                    stats = await backend.rates.get_window_stats(item, scope.id)
+                    admission.headers = _headers(item.amount, stats.remaining, stats.reset_time)
             if backend is self._local and self._degraded:
                 admission.headers.append((b"x-kaset-limits", b"local"))
         except BaseException:
@@ -276,6 +307,46 @@ class QuotaEnforcer:
             raise
         self._storage_ok(backend)
         return admission
+
+    async def _leased_hit(self, backend: _Backend, item: RateLimitItem, scope_id: str) -> tuple[bool, _RateLease]:
+        """Count one request against a high shared per-minute limit, reserving units in chunks.
+
+        A replica seeing many requests of one caller takes up to LEASE_S worth of its recent rate
+        from Redis in one call (at most 0.1% of the limit) and counts the next requests from
+        memory: the Redis call, which costs more CPU than the rest of the request, is paid once
+        per chunk. Units are taken from the shared window when reserved, so replicas together
+        never exceed the limit; a reservation unused after LEASE_S is dropped (counted, unused).
+        A caller at a few requests per second gets chunks of 1: exact, as without leases.
+        """
+        now = time.monotonic()
+        key = (scope_id, item.amount)
+        lease = self._leases.get(key)
+        if lease is None:
+            lease = self._leases[key] = _RateLease(rate_since=now)
+        lease.rate_count += 1
+        if now - lease.rate_since >= 1.0:
+            lease.rate = lease.rate_count / (now - lease.rate_since)
+            lease.rate_since, lease.rate_count = now, 0
+        if lease.units > 0 and now < lease.expires:
+            lease.units -= 1
+            lease.remaining = max(lease.remaining - 1, 0)
+            return True, lease
+        chunk = max(1, min(int(lease.rate * LEASE_S), item.amount // 1000))
+        granted = 0
+        if chunk > 1 and await backend.rates.hit(item, scope_id, cost=chunk):
+            granted = chunk
+        elif await backend.rates.hit(item, scope_id):
+            granted = 1
+        if not granted:
+            lease.units = 0
+            return False, lease
+        lease.units, lease.expires = granted - 1, now + LEASE_S
+        if self.headers:
+            stats = await backend.rates.get_window_stats(item, scope_id)
+            lease.remaining, lease.reset_at = stats.remaining + lease.units, stats.reset_time
+        if len(self._leases) > 10_000:
+            self._leases.clear()
+        return True, lease
 
     async def _take_slot(self, admission: Admission, scope: _Scope) -> None:
         limit = scope.limits.concurrent_requests
