@@ -119,3 +119,21 @@ def test_gateway_finds_worker_processes_in_redis(tmp_path: Path, models_dir: Pat
             while replica_state(gateway, worker.url) is not None and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert replica_state(gateway, worker.url) is None
+
+
+async def test_drain_is_announced_at_once(redis_url: str, redis_prefix: str) -> None:
+    ready = [True]
+    settings = _settings(redis_url, redis_prefix, worker_advertise_url="http://w4:9000")
+    settings.worker_heartbeat_s = 30.0  # no heartbeat during the test: only announce_soon can tell
+    worker = RedisAnnouncer(settings, ["echo"], lambda: ready[0])
+    pool = WorkerPool(_settings(redis_url, redis_prefix), Catalog.load())
+    await pool.start()
+    try:
+        worker.start()
+        await _until(lambda: "http://w4:9000" in pool.replicas and pool.replicas["http://w4:9000"].ready)
+        ready[0] = False
+        worker.announce_soon()
+        await _until(lambda: not pool.replicas["http://w4:9000"].ready, timeout_s=2)
+    finally:
+        await worker.close()
+        await pool.close()

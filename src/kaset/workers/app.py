@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import FrameType
@@ -80,6 +80,8 @@ class DrainState:
     in_flight: int = 0
     # Set when the last call in flight of a draining worker is done.
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # Called (from the signal handler) when the drain starts: the Redis announcer says unready at once.
+    on_drain: Callable[[], None] | None = None
 
 
 class DrainMiddleware:
@@ -221,6 +223,7 @@ def create_worker_app(settings: Settings, model_names: list[str]) -> FastAPI:
             announcer = RedisAnnouncer(settings, names, lambda: health._readiness(app.state.services)[0]
                                        and not drain.draining)
             announcer.start()
+            drain.on_drain = announcer.announce_soon
         try:
             yield
         finally:
@@ -275,6 +278,8 @@ class WorkerServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig == signal.SIGTERM and not self.drain.draining and not self.should_exit:
             self.drain.draining = True
+            if self.drain.on_drain is not None:
+                self.drain.on_drain()
             log.info("SIGTERM: draining (%d call(s) in flight, at most %g s)", self.drain.in_flight, self.drain_s)
             loop = asyncio.get_event_loop()
             loop.call_soon_threadsafe(self._start_drain)

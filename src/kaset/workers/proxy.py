@@ -146,7 +146,8 @@ async def _forward(request: Request, pool: WorkerPool, name: str) -> Response:
         except aiohttp.ClientError as exc:
             replica.outstanding -= 1
             _lost(pool, replica, exc)
-            if streamed:
+            # Not even connected: the worker never saw the call, so any call may go elsewhere.
+            if streamed and not isinstance(exc, aiohttp.ClientConnectorError):
                 raise WorkerUnavailable(f"The worker for '{name}' was lost before answering; the streamed call "
                                         "was not retried.") from exc
             continue

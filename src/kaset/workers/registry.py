@@ -57,9 +57,19 @@ class RedisAnnouncer:
         self.every_s = settings.worker_heartbeat_s
         self.ttl_ms = int(settings.worker_ttl_s * 1000)
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run())
+
+    def announce_soon(self) -> None:
+        """Announce now rather than at the next heartbeat (the worker started draining). Safe
+        from a signal handler."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     async def announce(self) -> None:
         value = json.dumps({"url": self.url, "models": self.models, "ready": bool(self.is_ready())})
@@ -77,7 +87,9 @@ class RedisAnnouncer:
                 if not failing:
                     log.warning("worker registry: cannot announce %s in Redis (%s)", self.url, exc)
                 failing = True
-            await asyncio.sleep(self.every_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.every_s)
+            self._wake.clear()
 
     async def close(self) -> None:
         if self._task is not None:
