@@ -120,6 +120,8 @@ def test_sigterm_drains(tmp_path: Path, models_dir: Path, installed: object) -> 
     installed("e5-small")  # type: ignore[operator]
     env = {"KASET_MODELS_DIR": str(models_dir), "MAX_CONCURRENT_INFERENCES": "1"}
     with worker_process(tmp_path, "e5-small", env) as worker:
+        detail = httpx.get(f"{worker.url}/v1/models/e5-small").json()
+        assert detail["lifecycle"]["max_concurrent"] == 1  # MAX_CONCURRENT_INFERENCES over the catalog's
         texts = ["ยินดีต้อนรับ สู่ระบบ ทดสอบ การ ระบาย งาน " * 3] * 8
 
         def embed(i: int) -> httpx.Response:
