@@ -67,3 +67,19 @@ def test_up_starts_and_stops_a_topology(tmp_path: Path, models_dir: Path) -> Non
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_up_stops_everything_when_a_child_fails(tmp_path: Path, models_dir: Path) -> None:
+    w_port, bad_port = free_port(), free_port()
+    spec = {"env": {"KASET_MODELS_DIR": str(models_dir), "KASET_DATA_DIR": str(tmp_path / "data")},
+            "log_dir": "logs", "stop_timeout_s": 15,
+            "workers": [{"name": "good", "models": ["echo"], "port": w_port},
+                        {"name": "bad", "models": ["no-such-model"], "port": bad_port}]}
+    file = tmp_path / "topology.yaml"
+    file.write_text(yaml.safe_dump(spec))
+    result = subprocess.run([sys.executable, "-m", "kaset", "up", str(file)], cwd=tmp_path, capture_output=True,
+                            timeout=60)
+    assert result.returncode == 1
+    assert b"bad exited" in result.stdout
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{w_port}/health/live", timeout=1)
