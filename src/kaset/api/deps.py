@@ -84,7 +84,8 @@ async def authenticate(request: Request) -> Principal | None:
 async def _to_worker(request: Request, workers: WorkerPool) -> None:
     """A call for a model served by workers is forwarded here, once the caller is admitted: the
     worker's response is raised as `Forwarded` (kaset.workers.proxy) and sent as it is."""
-    if workers.models:
+    route = request.scope.get("route")
+    if workers.models and getattr(route, "path", None) in workers.paths:
         await forward(request, workers, await _requested_models(request))
 
 

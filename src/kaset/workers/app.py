@@ -58,6 +58,10 @@ from kaset.usage import current_usage
 
 log = logging.getLogger("kaset.worker")
 
+# The model routes a worker serves; a gateway forwards only these (kaset.workers.pool).
+WORKER_ROUTERS = (chat.router, embeddings.router, audio.router, models.router, translate.router,
+                  inference_v2.router)
+
 # Paths a draining worker still answers normally (probes, scrapes); /health/ready says 503.
 _OPEN_PATHS = frozenset({"/health/live", "/v2/health/live", "/metrics"})
 _READY_PATHS = frozenset({"/health/ready", "/v2/health/ready"})
@@ -244,8 +248,7 @@ def create_worker_app(settings: Settings, model_names: list[str]) -> FastAPI:
                        telemetry=telemetry)
     app.add_middleware(DrainMiddleware, state=drain)
     guard = [Depends(_token_guard(token))]
-    for router in (chat.router, embeddings.router, audio.router, models.router, translate.router,
-                   inference_v2.router):
+    for router in WORKER_ROUTERS:
         app.include_router(router, dependencies=guard)
     app.include_router(health.router)
     app.include_router(metrics.router)
