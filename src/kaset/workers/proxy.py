@@ -151,6 +151,11 @@ async def _forward(request: Request, pool: WorkerPool, name: str) -> Response:
                 raise WorkerUnavailable(f"The worker for '{name}' was lost before answering; the streamed call "
                                         "was not retried.") from exc
             continue
+        except BaseException:
+            # Cancelled (client gone, shutdown): the replica proved nothing either way.
+            replica.outstanding -= 1
+            replica.breaker.released()
+            raise
         try:
             if resp.status == 503 and resp.headers.get("Retry-After") and not streamed:
                 # A draining or overloaded replica refused before doing any work: try another.
@@ -182,6 +187,7 @@ async def _forward(request: Request, pool: WorkerPool, name: str) -> Response:
         finally:
             if release:
                 replica.outstanding -= 1
+                replica.breaker.released()  # a no-op once succeeded() or failed() said it; else frees a trial
                 resp.release()
 
 
@@ -256,4 +262,5 @@ async def _stream(resp: aiohttp.ClientResponse, pool: WorkerPool, replica: Repli
         yield f"data: {json.dumps(error)}\n\n".encode()
     finally:
         replica.outstanding -= 1
+        replica.breaker.released()
         resp.release()
