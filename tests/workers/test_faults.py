@@ -177,3 +177,14 @@ def test_rolling_stop_of_a_replica_loses_no_idempotent_call(tmp_path: Path, mode
         assert statuses == [200] * 120
         assert a.proc.wait(timeout=20) == 0
         wait_replica(gateway, a.url, ready=False)
+
+
+def test_first_call_after_gateway_start_goes_to_the_worker(tmp_path: Path, models_dir: Path,
+                                                           echo_env: dict[str, str]) -> None:
+    with worker_process(tmp_path, "echo", echo_env) as worker, \
+            gateway_process(_gw(tmp_path), gateway_env(models_dir, [worker.url])) as gateway:
+        r = httpx.post(f"{gateway}/v1/embeddings", headers=auth(), json={"model": "echo", "input": "x"})
+        assert r.status_code == 200
+        forwarded = [line for line in httpx.get(f"{gateway}/metrics").text.splitlines()
+                     if line.startswith("kaset_worker_requests_total{") and 'outcome="ok"' in line]
+        assert forwarded and float(forwarded[0].rsplit(" ", 1)[1]) == 1.0

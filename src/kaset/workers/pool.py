@@ -68,8 +68,12 @@ class WorkerPool:
             from kaset.workers.registry import RedisDiscovery
 
             self._tasks.append(asyncio.create_task(RedisDiscovery(self.settings, self).run()))
-        for url in self.settings.worker_urls:
-            replica = self.add(url)
+        static = [self.add(url) for url in self.settings.worker_urls]
+        # One probe round before serving: requests for the workers' models go to them from the
+        # first call on, rather than to this process until the first poll (bounded: 2 s).
+        first = aiohttp.ClientTimeout(total=2.0)
+        await asyncio.gather(*(self.probe(replica, first) for replica in static))
+        for replica in static:
             self._tasks.append(asyncio.create_task(self._poll(replica)))
 
     async def close(self) -> None:
@@ -151,8 +155,8 @@ class WorkerPool:
         assert self.session is not None
         timeout = aiohttp.ClientTimeout(total=max(1.0, self.settings.worker_poll_interval_s))
         while replica.url in self.replicas:
-            await self.probe(replica, timeout)
             await asyncio.sleep(self.settings.worker_poll_interval_s)
+            await self.probe(replica, timeout)
 
     async def probe(self, replica: Replica, limit: aiohttp.ClientTimeout | None = None) -> None:
         """One readiness poll: 200 ready, anything else (or no answer) not ready."""
