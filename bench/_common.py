@@ -27,10 +27,13 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from kaset.config import Settings
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO / "bench"
 PYTHON = sys.executable
-DEFAULT_MODELS_DIR = Path(os.environ.get("KASET_MODELS_DIR", "/tmp/kdata/models"))
+# Where `make models` (kaset models install --default) puts them, unless KASET_MODELS_DIR says.
+DEFAULT_MODELS_DIR = Settings().resolved_models_dir
 BENCH_KEY = "ksk-bench-" + "0123456789abcdef" * 2
 
 _servers: list[Server] = []
