@@ -57,6 +57,13 @@ def test_requests_are_forwarded_and_spread(topology: tuple[str, WorkerProcess, W
     assert min(spread.values()) >= 4, spread
 
 
+def test_the_gateway_lists_the_workers_models(topology: tuple[str, WorkerProcess, WorkerProcess]) -> None:
+    gateway, _, _ = topology
+    listed = {m["id"]: m for m in httpx.get(f"{gateway}/v1/models", headers=auth()).json()["data"]}
+    assert listed["e5-small"]["state"] == "remote" and listed["echo"]["state"] == "remote"
+    assert "text-embedding-3-small" in listed  # aliases too
+
+
 def test_streamed_chat_passes_through_chunk_by_chunk(topology: tuple[str, WorkerProcess, WorkerProcess]) -> None:
     gateway, _, _ = topology
     words = " ".join(f"w{i}" for i in range(50))

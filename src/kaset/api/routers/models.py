@@ -71,6 +71,27 @@ def _model_object(manager: ModelManager, spec: ModelSpec, name: str | None = Non
     )
 
 
+def _worker_models(svc: Services) -> list[ModelSpec]:
+    """Models that ready worker replicas serve for this gateway (kaset.workers)."""
+    if svc.workers is None:
+        return []
+    found: dict[str, ModelSpec] = {}
+    for replica in svc.workers.replicas.values():
+        if replica.ready:
+            for name in replica.models:
+                spec = svc.models.catalog.get(name)
+                if spec is not None:
+                    found.setdefault(spec.key, spec)
+    return list(found.values())
+
+
+def _remote_object(manager: ModelManager, spec: ModelSpec) -> ModelDetail:
+    detail = _model_object(manager, spec)
+    detail.state = "remote"  # loaded on a worker replica, not in this process
+    detail.lifecycle = None
+    return detail
+
+
 def _route_object(manager: ModelManager, route: RouteSpec) -> ModelDetail | None:
     spec = manager.catalog.get(route.targets[0].model)
     if spec is None:
@@ -92,9 +113,11 @@ async def list_models(request: Request, svc: Services = Depends(services)) -> Mo
     principal: Principal | None = getattr(request.state, "key", None)
     allowed = principal.allowed_models if principal is not None else None
     catalog = svc.models.catalog
+    remote = {spec.key: spec for spec in _worker_models(svc)}
+    local = [spec for spec in svc.models.available() if spec.key not in remote]
     data = []
-    for spec in svc.models.available():
-        data.append(_model_object(svc.models, spec))
+    for spec in [*local, *remote.values()]:
+        data.append(_remote_object(svc.models, spec) if spec.key in remote else _model_object(svc.models, spec))
         if catalog.is_preferred(spec):
             data.extend(_model_object(svc.models, spec, alias) for alias in spec.aliases)
     listed = {d.id for d in data}
