@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import math
-import time
 import wave
 from collections.abc import Iterator
 
@@ -18,11 +17,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from kaset.app import create_app
 from kaset.config import Settings
 from kaset.media.audio import encode_audio
 from tests.fixtures.fake_ai4thai import SECONDS_PER_CHAR, THAI_TRANSCRIPT, ai4thai_app
 from tests.fixtures.fake_providers import FakeServer, serve
+from tests.fixtures.gateway import ready_client
 
 KEY = "ai4thai-api-test-key-4242-secret"
 ENV = "KASET_TEST_API_AI4THAI_KEY"
@@ -51,11 +50,7 @@ models:
 """, encoding="utf-8")
     settings = Settings(data_dir=tmp_path_factory.mktemp("ai4thai-data"), models_dir=tmp_path_factory.mktemp("models"),
                         catalog_dirs=[folder], models=["thai-speech", "thai-translate"], auth_enabled=False)
-    with TestClient(create_app(settings, announce_key=lambda key: None), raise_server_exceptions=False) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/health/ready").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/health/ready").text
-            time.sleep(0.1)
+    with ready_client(settings) as client:
         yield client
 
 

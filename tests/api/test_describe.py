@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from kaset.app import create_app
 from kaset.config import Settings
 from tests.fixtures.fake_providers import FakeServer, gemini_app, openai_app, serve
+from tests.fixtures.gateway import ready_client
 from tests.fixtures.images import jpeg, photo
 
 KEY = "sk-api-describe-key-77"
@@ -137,11 +136,7 @@ models:
     settings = Settings(data_dir=tmp_path_factory.mktemp("provider-data"), models_dir=api_settings.models_dir,
                         catalog_dirs=[folder], describe_models=["vision-broken", "gemini-vision"],
                         models=["efficientnet-lite0", "smollm2-135m"], auth_enabled=False)
-    with TestClient(create_app(settings, announce_key=lambda key: None), raise_server_exceptions=False) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/health/ready").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/health/ready").text
-            time.sleep(0.1)
+    with ready_client(settings) as client:
         yield client
 
 

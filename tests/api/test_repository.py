@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from kaset.app import create_app
 from kaset.config import Settings
+from tests.fixtures.gateway import ready_client
 
 INDEX = "/v2/repository/index"
 
@@ -134,13 +134,7 @@ def lifecycle_client(tmp_path_factory: pytest.TempPathFactory, installed: Callab
         installed(model_id)
     settings = Settings(data_dir=tmp_path_factory.mktemp("lifecycle-data"), models_dir=models_dir, models=["echo"],
                         pinned_models="echo", model_max_queue=1, model_idle_unload_s=0.5)
-    announced: list[str] = []
-    with TestClient(create_app(settings, announce_key=announced.append), raise_server_exceptions=False) as client:
-        client.headers["Authorization"] = f"Bearer {announced[0]}"
-        deadline = time.monotonic() + 60
-        while client.get("/health/ready").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+    with ready_client(settings) as client:
         yield client
 
 
@@ -192,13 +186,8 @@ def test_a_startup_model_unloaded_for_idleness_keeps_the_server_ready(
     installed("efficientnet-lite0")
     settings = Settings(data_dir=tmp_path, models_dir=models_dir, models=["efficientnet-lite0"],
                         model_idle_unload_s=0.3)
-    announced: list[str] = []
-    with TestClient(create_app(settings, announce_key=announced.append), raise_server_exceptions=False) as client:
-        client.headers["Authorization"] = f"Bearer {announced[0]}"
-        deadline = time.monotonic() + 60
-        while client.get("/health/ready").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    with ready_client(settings) as client:
+        deadline = time.monotonic() + 30
         while (ready := client.get("/health/ready")).json()["models"]["efficientnet-lite0"] in (
                 "loaded", "standby (unloading)"):
             assert time.monotonic() < deadline

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from kaset.app import create_app
 from kaset.config import Settings
 from tests.fixtures.fake_providers import FakeServer, gemini_app, openai_app, serve
+from tests.fixtures.gateway import ready_client
 
 KEY = "sk-routing-test-key-31"
 COOLDOWN_S = 1.0
@@ -103,11 +103,7 @@ def gateway(api_settings: Settings, providers: Providers, tmp_path_factory: pyte
     settings = Settings(data_dir=tmp_path_factory.mktemp("routing-data"), models_dir=api_settings.models_dir,
                         catalog_dirs=[folder], models=["echo"], auth_enabled=False, breaker_failures=3,
                         breaker_cooldown_s=COOLDOWN_S, retry_backoff_s=0.05, retry_max_wait_s=0.5)
-    with TestClient(create_app(settings, announce_key=lambda key: None), raise_server_exceptions=False) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/health/ready").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/health/ready").text
-            time.sleep(0.1)
+    with ready_client(settings) as client:
         yield client
 
 

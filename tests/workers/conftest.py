@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fixtures.gateway_process import wait_ready
 from tests.fixtures.tcp_proxy import free_port
-from tests.fixtures.worker_process import WorkerProcess, wait_ready
+from tests.fixtures.worker_process import WorkerProcess
 
 KEY = "ksk-workers-test-" + "0" * 32
 TOKEN = "worker-secret-for-tests"
