@@ -4,10 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kaset-installed
-# Debian packages for the system engines (TTS in many languages, rule-based translation)
-# and for building llama-cpp-python.
+# Debian packages for the system engines (TTS in many languages, rule-based translation),
+# for building llama-cpp-python, wrk for the gateway benchmarks, and darknet, whose sample
+# photos (dog, eagle, horses...) the vision tests use.
 APT_PACKAGES := python3-venv python3-dev build-essential cmake espeak-ng apertium apertium-eng-spa \
-                apertium-eng-cat apertium-en-gl
+                apertium-eng-cat apertium-en-gl wrk darknet
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
