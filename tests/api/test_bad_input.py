@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
-import wave
-
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+
+from tests.fixtures.audio import tone_wav
 
 
 def _assert_envelope(response, status: int, *words: str) -> dict:  # type: ignore[no-untyped-def]
@@ -19,15 +17,6 @@ def _assert_envelope(response, status: int, *words: str) -> dict:  # type: ignor
     return error
 
 
-def _wav(seconds: float, rate: int = 16000) -> bytes:
-    samples = (np.sin(np.linspace(0, 440 * 2 * np.pi * seconds, int(rate * seconds))) * 8000).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(samples.tobytes())
-    return buffer.getvalue()
 
 
 def _transcribe(client: TestClient, data: bytes, name: str = "a.wav", **fields: str):  # type: ignore[no-untyped-def]
@@ -54,7 +43,7 @@ def test_empty_audio(client: TestClient) -> None:
 
 
 def test_corrupt_audio(client: TestClient) -> None:
-    good = _wav(1.0)
+    good = tone_wav(1.0)
     # A RIFF/WAVE header followed by garbage where the format chunk should be.
     _assert_envelope(_transcribe(client, good[:12] + b"\xde\xad" * 40), 400, "decode")
     mp3ish = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 8
@@ -67,13 +56,13 @@ def test_unsupported_container(client: TestClient) -> None:
 
 
 def test_audio_file_over_size_limit(client: TestClient) -> None:
-    huge = _wav(70.0)  # > 2 MiB configured for the tests
+    huge = tone_wav(70.0)  # > 2 MiB configured for the tests
     _assert_envelope(_transcribe(client, huge), 413)
 
 
 def test_audio_over_duration_limit(client: TestClient) -> None:
     rate = 8000
-    long_wav = _wav(61.0, rate)  # under the byte limit at 8 kHz, over the 60 s limit
+    long_wav = tone_wav(61.0, rate)  # under the byte limit at 8 kHz, over the 60 s limit
     assert len(long_wav) < 2 * 1024 * 1024
     _assert_envelope(_transcribe(client, long_wav), 413, "60 s")
 
@@ -104,7 +93,7 @@ def test_unknown_model(client: TestClient) -> None:
     response = client.post("/v1/chat/completions",
                            json={"model": "gpt-17", "messages": [{"role": "user", "content": "hi"}]})
     assert _assert_envelope(response, 404, "gpt-17")["code"] == "model_not_found"
-    _assert_envelope(_transcribe(client, _wav(0.5), model="nope"), 404)
+    _assert_envelope(_transcribe(client, tone_wav(0.5), model="nope"), 404)
 
 
 def test_model_of_the_wrong_task(client: TestClient) -> None:
@@ -168,5 +157,5 @@ def test_server_still_serves_after_bad_input(client: TestClient, round_: int) ->
                            json={"model": "echo", "messages": [{"role": "user", "content": "still alive"}]})
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == "still alive"
-    ok = _transcribe(client, _wav(0.5))
+    ok = _transcribe(client, tone_wav(0.5))
     assert ok.status_code == 200, ok.text

@@ -9,20 +9,18 @@ echo), and targets that are declared but not installed stand in for a local mode
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import time
-import wave
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from kaset.config import Settings
+from tests.fixtures.audio import tone_wav
 from tests.fixtures.fake_providers import FakeServer, gemini_app, openai_app, serve
 from tests.fixtures.gateway import ready_client
 
@@ -118,15 +116,6 @@ def _metric(client: TestClient, pattern: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def _wav(seconds: float, rate: int = 16000) -> bytes:
-    samples = (np.sin(np.linspace(0, 440 * 2 * np.pi * seconds, int(rate * seconds))) * 8000).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(samples.tobytes())
-    return buffer.getvalue()
 
 
 # --- chat ------------------------------------------------------------------------------------------
@@ -301,7 +290,7 @@ def test_speech_and_transcription_routes(gateway: TestClient) -> None:
                          data={"model": "transcribe-route"})
     assert heard.status_code == 200, heard.text
     assert heard.headers["x-kaset-model"] == "whisper-tiny.en" and "rice" in heard.json()["text"].lower()
-    translated = gateway.post("/v1/audio/translations", files={"file": ("tone.wav", _wav(0.5), "audio/wav")},
+    translated = gateway.post("/v1/audio/translations", files={"file": ("tone.wav", tone_wav(0.5), "audio/wav")},
                               data={"model": "transcribe-route", "response_format": "text"})
     assert translated.status_code == 200 and translated.headers["x-kaset-model"] == "whisper-tiny.en"
 
