@@ -29,7 +29,7 @@ from kaset.runtimes import runtime_class
 from kaset.runtimes.ai4thai import AI4ThaiRuntime, split_for_speech, split_for_url
 from kaset.runtimes.base import TASK_CONTRACTS, TranscribeOptions
 from tests.fixtures.fake_ai4thai import MAX_TTS_CHARS, SECONDS_PER_CHAR, THAI_TRANSCRIPT, ai4thai_app
-from tests.fixtures.fake_providers import FakeServer, serve
+from tests.fixtures.fake_providers import FakeServer, provider_runtimes, serve
 
 KEY = "ai4thai-test-key-0123456789-secret"
 ENV = "KASET_TEST_AI4THAI_KEY"
@@ -49,23 +49,12 @@ def server() -> Iterator[FakeServer]:
 @pytest.fixture
 def make(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., AI4ThaiRuntime]]:
     monkeypatch.setenv(ENV, KEY)
-    made: list[AI4ThaiRuntime] = []
+    with provider_runtimes("ai4thai", AI4ThaiRuntime, ["synthesize", "transcribe", "translate"]) as build:
+        def make_runtime(mode: str = "", **params: Any) -> AI4ThaiRuntime:
+            base_url = f"{server.base_url}/{mode}" if mode else server.base_url
+            return build(f"ai4thai-{mode or 'ok'}", {"base_url": base_url, "api_key_env": ENV, **params})
 
-    def build(mode: str = "", **params: Any) -> AI4ThaiRuntime:
-        base_url = f"{server.base_url}/{mode}" if mode else server.base_url
-        spec = ModelSpec.model_validate({
-            "id": f"ai4thai-{mode or 'ok'}", "tasks": ["synthesize", "transcribe", "translate"], "runtime": "ai4thai",
-            "license": "proprietary", "source": {"kind": "builtin"},
-            "params": {"base_url": base_url, "api_key_env": ENV, **params}})
-        runtime = runtime_class("ai4thai")(spec, None)
-        assert isinstance(runtime, AI4ThaiRuntime)
-        runtime.load()
-        made.append(runtime)
-        return runtime
-
-    yield build
-    for runtime in made:
-        runtime.unload()
+        yield make_runtime
 
 
 def _seconds(pcm: bytes, rate: int = 16_000) -> float:

@@ -7,16 +7,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
 from kaset.errors import InvalidRequest, UpstreamAuthFailed, UpstreamError, UpstreamRateLimited, UpstreamTimeout
-from kaset.registry.catalog import ModelSpec
-from kaset.runtimes import runtime_class
 from kaset.runtimes.base import GenerationParams
 from kaset.runtimes.gemini import GeminiRuntime
-from tests.fixtures.fake_providers import FakeServer, gemini_app, serve
+from tests.fixtures.fake_providers import FakeServer, gemini_app, provider_runtimes, serve
 
 KEY = "AIzaTestKey-0123456789-secret"
 ENV = "KASET_TEST_GEMINI_KEY"
@@ -32,22 +29,9 @@ def server() -> Iterator[FakeServer]:
 @pytest.fixture
 def make(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., GeminiRuntime]]:
     monkeypatch.setenv(ENV, KEY)
-    made: list[GeminiRuntime] = []
-
-    def build(model: str = "gemini-test", **params: Any) -> GeminiRuntime:
-        spec = ModelSpec.model_validate({
-            "id": f"g-{model}", "tasks": ["chat"], "runtime": "gemini", "license": "proprietary",
-            "source": {"kind": "builtin"},
-            "params": {"base_url": server.base_url, "model": model, "api_key_env": ENV, **params}})
-        runtime = runtime_class("gemini")(spec, None)
-        assert isinstance(runtime, GeminiRuntime)
-        runtime.load()
-        made.append(runtime)
-        return runtime
-
-    yield build
-    for runtime in made:
-        runtime.unload()
+    with provider_runtimes("gemini", GeminiRuntime, ["chat"]) as build:
+        yield lambda model="gemini-test", **params: build(
+            f"g-{model}", {"base_url": server.base_url, "model": model, "api_key_env": ENV, **params})
 
 
 def test_chat_maps_messages_to_contents(make: Callable[..., GeminiRuntime], server: FakeServer) -> None:

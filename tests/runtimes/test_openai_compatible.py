@@ -19,10 +19,9 @@ from kaset.errors import (
     UpstreamTimeout,
 )
 from kaset.registry.catalog import ModelSpec
-from kaset.runtimes import runtime_class
 from kaset.runtimes.base import GenerationParams
 from kaset.runtimes.openai_compatible import OpenAICompatibleRuntime
-from tests.fixtures.fake_providers import FakeServer, openai_app, serve
+from tests.fixtures.fake_providers import FakeServer, openai_app, provider_runtimes, serve
 
 KEY = "sk-test-0123456789abcdef-secret"
 ENV = "KASET_TEST_OPENAI_KEY"
@@ -38,22 +37,9 @@ def server() -> Iterator[FakeServer]:
 @pytest.fixture
 def make(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., OpenAICompatibleRuntime]]:
     monkeypatch.setenv(ENV, KEY)
-    made: list[OpenAICompatibleRuntime] = []
-
-    def build(model: str = "gpt-test", **params: Any) -> OpenAICompatibleRuntime:
-        spec = ModelSpec.model_validate({
-            "id": f"remote-{model}", "tasks": ["chat"], "runtime": "openai-compatible", "license": "proprietary",
-            "source": {"kind": "builtin"},
-            "params": {"base_url": f"{server.base_url}/v1", "model": model, "api_key_env": ENV, **params}})
-        runtime = runtime_class("openai-compatible")(spec, None)
-        assert isinstance(runtime, OpenAICompatibleRuntime)
-        runtime.load()
-        made.append(runtime)
-        return runtime
-
-    yield build
-    for runtime in made:
-        runtime.unload()
+    with provider_runtimes("openai-compatible", OpenAICompatibleRuntime, ["chat"]) as build:
+        yield lambda model="gpt-test", **params: build(
+            f"remote-{model}", {"base_url": f"{server.base_url}/v1", "model": model, "api_key_env": ENV, **params})
 
 
 def test_chat_sends_openai_json_and_maps_the_reply(make: Callable[..., OpenAICompatibleRuntime],
