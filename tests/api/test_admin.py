@@ -353,23 +353,16 @@ def test_two_gateways_on_postgresql_and_redis_share_revocation(monkeypatch: pyte
     """Two gateway apps (replicas) on one real PostgreSQL and Redis: a key revoked through replica A's
     admin API is refused by replica B within a second. B's database poll is slowed to a minute, so
     only Redis pub/sub can deliver it in time."""
-    import asyncio
 
-    from kaset.store.db import Database
-    from tests.auth.conftest import SECRET, throwaway_pg_database
+    from tests.auth.conftest import SECRET
+    from tests.fixtures import postgres
     from tests.fixtures.redis import REDIS_URL, redis_unreachable
 
     reason = redis_unreachable()
     if reason:
         pytest.skip(reason)
-    with throwaway_pg_database() as pg_url:
-
-        async def migrate() -> None:
-            db = Database(pg_url)
-            await db.upgrade()
-            await db.close()
-
-        asyncio.run(migrate())
+    with postgres.throwaway_database() as db_name:
+        pg_url = postgres.url(db_name)
         monkeypatch.setenv("KASET_BOOTSTRAP_KEY", "ksk-two-replicas-" + "0" * 32)
         announced: list[str] = []
 

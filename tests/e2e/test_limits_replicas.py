@@ -7,7 +7,6 @@ Retry-After and x-ratelimit-* headers.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kaset.store.db import Database
-from tests.auth.conftest import SECRET, throwaway_pg_database
+from tests.auth.conftest import SECRET
+from tests.fixtures import postgres
 from tests.fixtures.gateway_process import gateway_process
 from tests.fixtures.redis import redis_prefix, redis_url
 
@@ -28,15 +27,10 @@ ADMIN = "ksk-replicas-admin-" + "0123456789abcdef" * 2
 
 @pytest.fixture
 def replicas(tmp_path: Path, redis_url: str, redis_prefix: str) -> Iterator[tuple[str, str]]:
-    with throwaway_pg_database() as pg_url:
-        async def migrate() -> None:
-            db = Database(pg_url)
-            await db.upgrade()
-            await db.close()
-
-        asyncio.run(migrate())
-        env = {"KASET_DATABASE_URL": pg_url, "KASET_REDIS_URL": redis_url, "KASET_REDIS_PREFIX": redis_prefix,
-               "KASET_JWT_SECRET": SECRET, "KASET_BOOTSTRAP_KEY": ADMIN, "KASET_MODELS": "echo"}
+    with postgres.throwaway_database() as name:
+        env = {"KASET_DATABASE_URL": postgres.url(name), "KASET_REDIS_URL": redis_url,
+               "KASET_REDIS_PREFIX": redis_prefix, "KASET_JWT_SECRET": SECRET, "KASET_BOOTSTRAP_KEY": ADMIN,
+               "KASET_MODELS": "echo"}
         (tmp_path / "a").mkdir()
         (tmp_path / "b").mkdir()
         # One after the other: the first start creates the admin from KASET_BOOTSTRAP_KEY.

@@ -6,7 +6,6 @@ comes; the job completes exactly once in the result store.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import os
@@ -20,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from kaset.store.db import Database
-from tests.auth.conftest import throwaway_pg_database
+from tests.fixtures import postgres
 from tests.fixtures.images import jpeg, photo
 from tests.jobs.conftest import Gateway, gateway, job_settings, speech_wav
 
@@ -58,14 +56,8 @@ def queue() -> Iterator[str]:
 
 @pytest.fixture
 def pg() -> Iterator[str]:
-    with throwaway_pg_database() as url:
-        async def migrate() -> None:
-            db = Database(url)
-            await db.upgrade()
-            await db.close()
-
-        asyncio.run(migrate())
-        yield url
+    with postgres.throwaway_database() as name:
+        yield postgres.url(name)
 
 
 class Worker:

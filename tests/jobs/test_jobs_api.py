@@ -371,15 +371,10 @@ async def _status(url: str, job_id: str) -> str | None:
 
 def test_embedded_runner_on_postgresql_resumes_after_a_crash(tmp_path: Path, job_models: Path) -> None:
     """The embedded mode on the real PostgreSQL: a job a dead process left in progress completes."""
-    from tests.auth.conftest import throwaway_pg_database
+    from tests.fixtures import postgres
 
-    with throwaway_pg_database() as url:
-        async def migrate() -> None:
-            db = Database(url)
-            await db.upgrade()
-            await db.close()
-
-        asyncio.run(migrate())
+    with postgres.throwaway_database() as name:
+        url = postgres.url(name)
         settings = job_settings(tmp_path, job_models, database_url=url, jobs_runner=False)
         with gateway(settings) as first:
             job = submit_transcribe(first, speech_wav(first.client, SENTENCE)).json()
