@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from kaset.store.db import Database
 from tests.fixtures import postgres
+from tests.fixtures.tcp_proxy import TcpProxy
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +39,13 @@ async def db(db_url: str) -> AsyncIterator[Database]:
         yield database
     finally:
         await database.close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    """A TCP proxy in front of the real PostgreSQL, to make it go away and come back."""
+    tcp = TcpProxy(postgres.PORT, postgres.HOST)
+    try:
+        yield tcp
+    finally:
+        tcp.close()

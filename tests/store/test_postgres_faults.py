@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -22,15 +21,6 @@ from tests.fixtures import postgres
 from tests.fixtures.tcp_proxy import TcpProxy
 
 EMBED = {"model": "echo", "input": ["rice in the wet season"]}
-
-
-@pytest.fixture
-def proxy() -> Iterator[TcpProxy]:
-    tcp = TcpProxy(postgres.PORT, postgres.HOST)
-    try:
-        yield tcp
-    finally:
-        tcp.close()
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

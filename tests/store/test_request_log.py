@@ -199,15 +199,6 @@ async def test_full_buffer_drops_the_oldest_and_says_so(db: Database, caplog: py
 # --- PostgreSQL going away ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def proxy() -> Iterator[TcpProxy]:
-    tcp = TcpProxy(postgres.PORT, postgres.HOST)
-    try:
-        yield tcp
-    finally:
-        tcp.close()
-
-
 async def test_postgres_down_rows_stay_buffered_and_are_written_when_it_returns(
         pg_database: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture) -> None:
     db = Database(postgres.url(pg_database, port=proxy.port))
