@@ -219,6 +219,18 @@ def _write_inputs(folder: Path, files: list[tuple[str, bytes]]) -> None:
         (folder / name).write_bytes(data)
 
 
+async def _queue(jobs: Jobs, job_id: str, outcome: str) -> None:
+    """Hand a pending job to its runner (or the Celery broker). If that fails the job is marked
+    failed and the caller gets 503: nothing accepted stays pending with nobody to run it."""
+    try:
+        await jobs.submitted(job_id)
+    except Exception as exc:
+        message = f"The job queue is unreachable ({type(exc).__name__}); {outcome}"
+        await jobs.store.fail(job_id, {"message": message, "type": "server_error", "param": None,
+                                       "code": "queue_unreachable", "status": 503})
+        raise Overloaded(message, code="queue_unreachable") from exc
+
+
 @router.post("/v1/jobs", status_code=202, response_model=JobObject,
              openapi_extra={"requestBody": {"content": {
                  "multipart/form-data": {"schema": {"type": "object", "properties": {
@@ -238,13 +250,7 @@ async def submit(request: Request, svc: Services = Depends(services)) -> Respons
     job = await jobs.store.create(job_id, kind, params, webhook_url=webhook,
                                   owner_user_id=principal.user_id if principal else None,
                                   owner_key_id=principal.key_id if principal else None)
-    try:
-        await jobs.submitted(job_id)
-    except Exception as exc:
-        message = f"The job queue is unreachable ({type(exc).__name__}); the job was not accepted. Try again later."
-        await jobs.store.fail(job_id, {"message": message, "type": "server_error", "param": None,
-                                       "code": "queue_unreachable", "status": 503})
-        raise Overloaded(message, code="queue_unreachable") from exc
+    await _queue(jobs, job_id, "the job was not accepted. Try again later.")
     return json_response(JobObject.of(job), status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
 
 
@@ -312,11 +318,5 @@ async def retry(request: Request, job_id: str) -> Response:
         current = await jobs.store.get(job_id)
         raise Conflict(f"Job '{job_id}' is {current.status if current else 'gone'}; only failed or canceled jobs "
                        "can be retried.", code="job_not_retryable")
-    try:
-        await jobs.submitted(job_id)
-    except Exception as exc:
-        message = f"The job queue is unreachable ({type(exc).__name__}); the job was not queued. Retry it later."
-        await jobs.store.fail(job_id, {"message": message, "type": "server_error", "param": None,
-                                       "code": "queue_unreachable", "status": 503})
-        raise Overloaded(message, code="queue_unreachable") from exc
+    await _queue(jobs, job_id, "the job was not queued. Retry it later.")
     return json_response(JobObject.of(await _visible_job(request, job_id)), status_code=202)
