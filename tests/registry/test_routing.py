@@ -25,6 +25,7 @@ from kaset.errors import (
     ModelNotFound,
     Overloaded,
     PermissionDenied,
+    RateLimited,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamTimeout,
@@ -49,13 +50,6 @@ class QueueFull(KasetError):
 
     status_code = 429
     code = "model_overloaded"
-
-
-class CallerRateLimited(KasetError):
-    """The caller's own rate limit (kaset.quotas): never a reason to try another model."""
-
-    status_code = 429
-    code = "rate_limit_exceeded"
 
 
 def _echo(model_id: str, version: str = "1", **extra: Any) -> ModelSpec:
@@ -222,7 +216,8 @@ async def test_fallback_on_route_timeout(router: Router, metrics: Metrics) -> No
 
 
 @pytest.mark.parametrize("error", [
-    InvalidRequest("bad input"), PermissionDenied("not yours"), CallerRateLimited("your own limit"),
+    InvalidRequest("bad input"), PermissionDenied("not yours"),
+    RateLimited("your own limit", retry_after=30, limit=100),
 ])
 async def test_no_fallback_on_the_callers_own_errors(router: Router, metrics: Metrics, error: Exception) -> None:
     fn = Script(a=[error])

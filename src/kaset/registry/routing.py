@@ -78,7 +78,7 @@ from urllib.parse import urlsplit
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from kaset.errors import InvalidRequest, KasetError, ModelUnavailable, NotFound, UpstreamTimeout
+from kaset.errors import InvalidRequest, KasetError, ModelUnavailable, NotFound, RateLimited, UpstreamTimeout
 from kaset.metrics import current_metrics
 from kaset.registry.catalog import Catalog, ModelSpec, RouteSpec
 from kaset.runtimes.base import Task
@@ -95,10 +95,6 @@ T = TypeVar("T")
 AB_KEY_HEADER = "x-kaset-ab-key"
 MODEL_HEADER = "x-kaset-model"
 ROUTE_HEADER = "x-kaset-route"
-# Codes of the caller's own limits and quotas (kaset.quotas): a 429 the caller earned, which no
-# other model would change.
-CALLER_LIMIT_CODES = frozenset({"rate_limit_exceeded", "daily_quota_exceeded", "concurrency_limit_exceeded"})
-
 # Why a call moved on (the `reason` label of kaset_fallbacks_total and kaset_retries_total).
 Reason = Literal["error", "timeout", "unavailable", "not_installed", "rate_limited", "overloaded", "circuit_open"]
 # Reasons that count against an upstream's breaker: it failed, rather than being busy.
@@ -140,7 +136,7 @@ def fallback_reason(exc: BaseException) -> Reason | None:
             return "not_installed"
         status = exc.status_code
         if status == 429:
-            if exc.code in CALLER_LIMIT_CODES:
+            if isinstance(exc, RateLimited):  # the caller's own limit (kaset.quotas): no model would change it
                 return None
             return "rate_limited" if (exc.code or "").startswith("upstream") else "overloaded"
         if status in (408, 504):
