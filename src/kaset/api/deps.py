@@ -16,7 +16,7 @@ from kaset.errors import AuthenticationFailed, PermissionDenied, UnsupportedMedi
 from kaset.pipelines.advice import AdviceService
 from kaset.pipelines.describe import DescribeService
 from kaset.pipelines.diagnose import DiagnosisService
-from kaset.quotas.enforcer import ADMISSION_SCOPE_KEY, QuotaEnforcer, route_budgets
+from kaset.quotas.enforcer import ADMISSION_SCOPE_KEY, QuotaEnforcer
 from kaset.registry.manager import ModelManager
 from kaset.registry.routing import Router
 from kaset.store.db import Database
@@ -71,7 +71,7 @@ async def authenticate(request: Request) -> Principal | None:
         for name in await _requested_models(request):
             ensure_allowed(principal, name, svc.models.catalog)
     route = request.scope.get("route")
-    admission = await svc.quotas.admit(principal, route_budgets(getattr(route, "path", "")))
+    admission = await svc.quotas.admit(principal, getattr(route, "path", ""))
     if admission is not None:
         # The gateway middleware adds its headers to the response and settles it when the
         # response is done (slots back, units charged to the daily budgets).

@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerMinute
@@ -199,23 +198,24 @@ class QuotaEnforcer:
 
     # --- admission -----------------------------------------------------------------------------
 
-    async def admit(self, principal: Principal, budgets: Iterable[str] = ()) -> Admission | None:
-        """Let the request in, or raise RateLimited (429) / LimitsUnavailable (503).
+    async def admit(self, principal: Principal, route_path: str = "") -> Admission | None:
+        """Let a request to `route_path` in, or raise RateLimited (429) / LimitsUnavailable (503).
 
         None when nothing limits this caller (no limits set, no defaults): the common embedded
-        case costs one dict lookup.
+        case costs one dict lookup, and the route's daily budgets are not even looked up.
         """
         scopes = self.plan(principal)
         if not scopes:
             return None
+        budgets = route_budgets(route_path)
         backend = self._backend()
         try:
-            return await self._admit(backend, scopes, tuple(budgets))
+            return await self._admit(backend, scopes, budgets)
         except STORAGE_ERRORS as exc:
             if backend is self._local:
                 raise
             self._storage_failed(exc)
-            return await self._admit(self._fallback(), scopes, tuple(budgets))
+            return await self._admit(self._fallback(), scopes, budgets)
 
     def _backend(self) -> _Backend:
         if self._shared is None:
