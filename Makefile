@@ -4,22 +4,24 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kaset-installed
-# Debian packages for the system engines (TTS in many languages, rule-based translation),
-# for building llama-cpp-python, wrk for the gateway benchmarks, and darknet, whose sample
-# photos (dog, eagle, horses...) the vision tests use.
+# Debian packages for the system engines (TTS in many languages, rule-based translation)
+# and for building llama-cpp-python.
 APT_PACKAGES := python3-venv python3-dev build-essential cmake espeak-ng apertium apertium-eng-spa \
-                apertium-eng-cat apertium-en-gl wrk darknet
+                apertium-eng-cat apertium-en-gl
+# Only for `make test` and `make bench`: darknet's sample photos (dog, eagle, horses...) for the
+# vision tests, and wrk for the gateway benchmarks.
+TEST_APT_PACKAGES := darknet wrk
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint install system-deps models bench clean
+.PHONY: run test lint install system-deps test-system-deps models bench clean
 
 run: install models
 	$(BIN)/kaset serve --host $(HOST) --port $(PORT)
 
 # Tests keep their own data (database, model repository) under var/test.
 TEST_DATA := $(CURDIR)/var/test
-test: install lint
+test: install test-system-deps lint
 	KASET_DATA_DIR=$(TEST_DATA) $(BIN)/kaset models install --default
 	KASET_TEST_MODELS_DIR=$(TEST_DATA)/models $(BIN)/pytest -q $(PYTEST_ARGS)
 
@@ -31,6 +33,9 @@ install: system-deps $(STAMP)
 
 # Installs the Debian packages when run as root; otherwise says exactly what to run and
 # carries on (the models that need them are skipped).
+test-system-deps:
+	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(TEST_APT_PACKAGES)"
+
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
@@ -41,7 +46,8 @@ system-deps:
 	else \
 		echo "NOTE: some system packages are missing. Install them with:"; \
 		echo "  sudo apt-get install -y$$missing"; \
-		echo "Continuing without them: espeak-ng voices and apertium translation will be unavailable."; \
+		echo "Continuing without them: what needs them is skipped or unavailable (espeak-ng voices and"; \
+		echo "apertium translation for the server; darknet's photos and wrk for tests and benchmarks)."; \
 	fi
 
 $(BIN)/python:
@@ -56,7 +62,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 models: install
 	$(BIN)/kaset models install --default
 
-bench: install models
+bench: install test-system-deps models
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/runtimes.py
 	$(BIN)/python bench/memory.py
