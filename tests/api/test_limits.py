@@ -107,3 +107,15 @@ def test_bad_limits_are_refused_clearly(gw: Gateway) -> None:
         response = gw.admin("POST", "/v1/admin/keys", json={"user_id": user["id"], "limits": limits})
         assert response.status_code == 422, (limits, response.text)
         assert "limits" in error_of(response)["message"] or error_of(response)["param"], response.text
+
+
+def test_setting_limits_on_a_missing_key_or_without_limits_is_refused(gw: Gateway) -> None:
+    missing = gw.admin("PATCH", "/v1/admin/keys/999999", json={"limits": {"requests_per_minute": 5}})
+    assert missing.status_code == 404 and "No active key with id 999999" in error_of(missing)["message"]
+    key, _ = limited_key(gw, requests_per_minute=5)
+    no_field = gw.admin("PATCH", f"/v1/admin/keys/{key['id']}", json={})
+    assert no_field.status_code == 422, no_field.text
+    assert "limits" in error_of(no_field)["message"] or error_of(no_field)["param"] == "limits"
+    not_json = gw.admin("PATCH", f"/v1/admin/keys/{key['id']}", content=b"{oops",
+                        headers={"Content-Type": "application/json"})
+    assert not_json.status_code in (400, 422) and error_of(not_json)["message"]
