@@ -21,16 +21,20 @@ from kaset.api.routers import (
     audio,
     auth,
     chat,
+    crop_doctor,
     describe,
     diagnose,
     embeddings,
     health,
     inference_v2,
+    listing,
     metrics,
     models,
+    pipeline,
     repository,
     translate,
     usage,
+    voice,
 )
 from kaset.api.routers import jobs as job_routes
 from kaset.api.telemetry import Telemetry
@@ -43,6 +47,7 @@ from kaset.metrics import Metrics
 from kaset.pipelines.advice import AdviceService
 from kaset.pipelines.describe import DescribeService
 from kaset.pipelines.diagnose import DiagnosisService
+from kaset.pipelines.speech import SpeechService
 from kaset.quotas.enforcer import QuotaEnforcer
 from kaset.registry.catalog import Catalog
 from kaset.registry.lifecycle import LifecyclePolicy, start_idle_sweeper
@@ -146,6 +151,7 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
         app.state.services = Services(settings=settings, db=db, keys=identity.keys, models=manager, advisor=advisor,
                                       router=routing,
                                       diagnoser=diagnoser, describer=describer, identity=identity, quotas=quotas,
+                                      speech=SpeechService(routing, manager, settings.max_audio_seconds),
                                       workers=workers)
         telemetry.start(db, settings, manager)
         # Load in the background: /health/live answers at once, /health/ready once loaded.
@@ -189,9 +195,12 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
     # health probes and scrapes (cheap, answered without a key) after them.
     secured = [Depends(authenticate)]
     for router in (chat.router, embeddings.router, audio.router, models.router, translate.router, advice.router,
-                   diagnose.router, describe.router, inference_v2.router, usage.router):
+                   diagnose.router, describe.router, inference_v2.router, usage.router, voice.router,
+                   crop_doctor.router, listing.router, pipeline.router):
         app.include_router(router, dependencies=secured)
     app.include_router(job_routes.router, dependencies=secured)
+    # WebSockets authenticate themselves (a browser cannot send an Authorization header).
+    app.include_router(voice.sockets)
     app.include_router(health.router)
     app.include_router(metrics.router)
     # After the model routes: routes are matched in order at a few µs each, and these are rare.
@@ -200,5 +209,5 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
     app.include_router(admin.router)
     app.include_router(admin.own_keys)
     app.include_router(repository.router)
-    app.include_router(pages.router)
+    pages.mount(app)
     return app

@@ -16,6 +16,7 @@ from kaset.errors import AuthenticationFailed, PermissionDenied, UnsupportedMedi
 from kaset.pipelines.advice import AdviceService
 from kaset.pipelines.describe import DescribeService
 from kaset.pipelines.diagnose import DiagnosisService
+from kaset.pipelines.speech import SpeechService
 from kaset.quotas.enforcer import ADMISSION_SCOPE_KEY, QuotaEnforcer
 from kaset.registry.manager import ModelManager
 from kaset.registry.routing import Router
@@ -41,6 +42,8 @@ class Services:
     identity: Identity
     # Per-key and per-user rate limits, concurrency and daily budgets.
     quotas: QuotaEnforcer
+    # Hearing and speaking for pipelines (voice assistant, chat with audio, crop doctor, ULCA).
+    speech: SpeechService
     # Models served by worker processes (kaset.workers); None when none are configured.
     workers: WorkerPool | None = None
 

@@ -20,6 +20,21 @@ from kaset.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType, 
 M = TypeVar("M", bound=BaseModel)
 
 
+async def read_upload(file: UploadFile, max_bytes: int, *, noun: str = "file",
+                      empty_message: str = "The uploaded file is empty (0 bytes). Record or choose an audio file.",
+                      empty_code: str | None = None) -> bytes:
+    """An uploaded file's bytes, read no further than the limit: 413 when it is over, 400 when empty."""
+    if file.size is not None and file.size > max_bytes:
+        raise PayloadTooLarge(f"The {noun} is {file.size} bytes; this server accepts at most {max_bytes}.",
+                              param="file")
+    data = await file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"The {noun} is larger than this server's limit of {max_bytes} bytes.", param="file")
+    if not data:
+        raise InvalidRequest(empty_message, param="file", code=empty_code)
+    return data
+
+
 def image_from_base64(value: str, param: str = "image") -> bytes:
     """Bytes of a base64 string or a `data:...;base64,` URL."""
     if value.startswith("data:"):

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kaset.api.routers.audio import _render as render_transcription
-from kaset.api.routers.audio import transcribe_bytes
 from kaset.api.routers.diagnose import to_response
 from kaset.config import Settings
 from kaset.errors import InvalidRequest, KasetError
 from kaset.jobs.store import JobRecord
 from kaset.media.image import decode_image
 from kaset.pipelines.diagnose import DiagnosisService
+from kaset.pipelines.speech import transcribe_bytes
 from kaset.registry.routing import Router
 from kaset.runtimes.base import TranscribeOptions
 

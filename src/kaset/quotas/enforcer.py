@@ -66,6 +66,10 @@ _ROUTE_BUDGETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("/v1/diagnose", ("images_per_day",)),
     ("/v1/describe-image", ("images_per_day", "tokens_per_day")),
     ("/v2/models/", ("images_per_day",)),
+    ("/v1/voice/", ("audio_seconds_per_day", "tokens_per_day")),
+    ("/v1/crop-doctor", ("images_per_day", "audio_seconds_per_day", "tokens_per_day")),
+    ("/v1/listings", ("images_per_day", "tokens_per_day")),
+    ("/v1/pipeline", ("audio_seconds_per_day", "tokens_per_day")),
 )
 
 

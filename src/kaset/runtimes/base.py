@@ -148,6 +148,9 @@ class GenerationParams:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    # A JSON schema the reply must follow. Runtimes that can constrain sampling (llama.cpp, via a
+    # grammar built from the schema) do; others ignore it, so callers still validate the reply.
+    json_schema: dict[str, Any] | None = None
 
 
 @dataclass
@@ -170,6 +173,9 @@ class GenerationChunk:
 
 class ChatModel(Runtime):
     """Messages are OpenAI-shaped dicts with string content: {"role", "content"}."""
+
+    # True when the runtime constrains sampling to `GenerationParams.json_schema`.
+    supports_json_schema: bool = False
 
     @abc.abstractmethod
     def chat(self, messages: list[dict[str, str]], params: GenerationParams) -> Generation: ...

@@ -22,6 +22,7 @@ then ends with finish_reason "length"); `max_tokens=None` means "until the conte
 from __future__ import annotations
 
 import codecs
+import json
 import random
 import threading
 from collections.abc import Iterator
@@ -52,6 +53,7 @@ class LlamaCppRuntime(ChatModel):
     chat_template (overrides the one in the GGUF file)."""
 
     _llm: Any = None
+    supports_json_schema = True  # through a llama.cpp grammar built from the schema
     # Typed loosely: its signature wants llama-cpp-python's TypedDict messages.
     _formatter: Any = None
 
@@ -184,6 +186,7 @@ class LlamaCppRuntime(ChatModel):
         n_generated = 0
         finish: Literal["stop", "length"] = "length"
         stopped_by_string = False
+        grammar = _grammar(params.json_schema)
         with self._lock:
             seed = params.seed if params.seed is not None else random.randrange(2**31)
             llm.set_seed(seed)
@@ -192,6 +195,7 @@ class LlamaCppRuntime(ChatModel):
                     request.tokens,
                     temp=max(params.temperature, 0.0),
                     top_p=params.top_p,
+                    grammar=grammar,
                     **self._sampling,
                 )
                 if request.max_tokens > 0
@@ -235,6 +239,22 @@ class LlamaCppRuntime(ChatModel):
             prompt_tokens=len(request.tokens),
             completion_tokens=n_generated,
         )
+
+
+def _grammar(schema: dict[str, Any] | None) -> Any:
+    """A llama.cpp grammar that only lets the sampler pick tokens following `schema` (or None).
+
+    llama-cpp-python converts the schema to GBNF (types, required properties, enums, minItems/
+    maxItems, minLength/maxLength); what GBNF cannot say (uniqueItems, formats it does not know)
+    is left to the caller's validation."""
+    if schema is None:
+        return None
+    from llama_cpp import LlamaGrammar
+
+    try:
+        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    except Exception as exc:  # the converter raises bare Exceptions/AssertionErrors on unknown constructs
+        raise InvalidRequest(f"The JSON schema cannot be turned into a grammar: {exc}", param="json_schema") from exc
 
 
 def _first_stop(text: str, stops: list[str], start: int) -> int | None:

@@ -47,6 +47,7 @@ from kaset.metrics import Metrics
 from kaset.pipelines.advice import AdviceService
 from kaset.pipelines.describe import DescribeService
 from kaset.pipelines.diagnose import DiagnosisService
+from kaset.pipelines.speech import SpeechService
 from kaset.quotas.enforcer import QuotaEnforcer
 from kaset.registry.catalog import Catalog
 from kaset.registry.lifecycle import LifecyclePolicy
@@ -218,7 +219,8 @@ def create_worker_app(settings: Settings, model_names: list[str]) -> FastAPI:
         app.state.services = Services(settings=settings, db=db, keys=identity.keys, models=manager,
                                       advisor=advisor, router=routing, diagnoser=diagnoser,
                                       describer=DescribeService(manager, vision_models=settings.describe_models),
-                                      identity=identity, quotas=quotas)
+                                      identity=identity, quotas=quotas,
+                                      speech=SpeechService(routing, manager, settings.max_audio_seconds))
         loader = asyncio.create_task(_load_all(manager, names))
         announcer = None
         if settings.worker_registry == "redis":

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Literal
 
-import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
@@ -21,27 +18,18 @@ from kaset.api.schemas.audio import (
     VerboseTranscription,
 )
 from kaset.api.streaming import primed
-from kaset.errors import InvalidRequest, PayloadTooLarge
-from kaset.media.audio import AUDIO_MEDIA_TYPES, decode_audio, encode_audio, encode_stream
+from kaset.api.uploads import read_upload
+from kaset.errors import InvalidRequest
+from kaset.media.audio import AUDIO_MEDIA_TYPES, encode_audio, encode_stream
 from kaset.media.subtitles import to_srt, to_vtt
-from kaset.registry.catalog import ModelSpec
+from kaset.pipelines.speech import transcribe_bytes
 from kaset.registry.manager import LoadedModel
-from kaset.registry.routing import Router, caller_key
-from kaset.runtimes.base import Synthesizer, TranscribeOptions, Transcriber, Transcription
+from kaset.registry.routing import caller_key
+from kaset.runtimes.base import Synthesizer, TranscribeOptions, Transcription
 
 router = APIRouter(tags=["audio"])
 
 
-async def _read_upload(file: UploadFile, max_bytes: int) -> bytes:
-    if file.size is not None and file.size > max_bytes:
-        raise PayloadTooLarge(f"The file is {file.size} bytes; this server accepts at most {max_bytes}.",
-                              param="file")
-    data = await file.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise PayloadTooLarge(f"The file is larger than this server's limit of {max_bytes} bytes.", param="file")
-    if not data:
-        raise InvalidRequest("The uploaded file is empty (0 bytes). Record or choose an audio file.", param="file")
-    return data
 
 
 def _render(result: Transcription, fmt: TranscriptionFormat, task: Literal["transcribe", "translate"],
@@ -67,33 +55,9 @@ def _render(result: Transcription, fmt: TranscriptionFormat, task: Literal["tran
     return JSONResponse({"text": result.text}, headers=headers)
 
 
-async def transcribe_bytes(router: Router, data: bytes, model_name: str, options: TranscribeOptions,
-                           max_audio_seconds: float, caller: Callable[[], str | None] | None = None,
-                           ) -> tuple[Transcription, TranscribeOptions, ModelSpec, float]:
-    """Transcribe an audio file's bytes with the model (or route) `model_name`, without a request:
-    (transcription, the options used, the serving model, the audio's seconds). Async jobs call it too."""
-    decoded: list[tuple[np.ndarray, float]] = []
-
-    async def run(model: LoadedModel) -> tuple[Transcription, TranscribeOptions]:
-        runtime = model.as_(Transcriber)
-        used = options
-        if options.task == "translate" and model.spec.languages == ["en"]:
-            # An English-only model understands English speech only, whose English translation
-            # is its transcript: answer rather than refuse stock `whisper-1` clients.
-            used = dataclasses.replace(options, task="transcribe")
-        if not decoded:  # once, whichever model of a route ends up serving
-            # Decoding is media work, not the model's: it must not hold one of the model's slots.
-            decoded.append(await asyncio.to_thread(decode_audio, data, max_audio_seconds))
-        return await model.run(runtime.transcribe, decoded[0][0], used), used
-
-    # Transcription is idempotent: a route's retries apply.
-    (result, used), spec = await router.call(model_name, "transcribe", run, caller=caller, retry=True)
-    return result, used, spec, decoded[0][1]
-
-
 async def _transcribe(svc: Services, request: Request, file: UploadFile, model_name: str,
                       options: TranscribeOptions, fmt: TranscriptionFormat) -> Response:
-    data = await _read_upload(file, svc.settings.max_upload_bytes)
+    data = await read_upload(file, svc.settings.max_upload_bytes)
     result, used, spec, seconds = await transcribe_bytes(svc.router, data, model_name, options,
                                                          svc.settings.max_audio_seconds,
                                                          caller=lambda: caller_key(request))

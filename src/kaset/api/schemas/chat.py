@@ -24,6 +24,18 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# OpenAI's output formats for chat audio; pcm16 is raw 24 kHz mono s16le, the only one a stream takes.
+ChatAudioFormat = Literal["wav", "mp3", "flac", "opus", "aac", "pcm16"]
+
+
+class AudioOutput(BaseModel):
+    """`audio` of a request whose `modalities` include "audio": how to speak the reply."""
+
+    voice: str = Field(min_length=1, description="A voice of the speech model; OpenAI's names (alloy, ...) "
+                                                 "mean the default voice for the reply's language.")
+    format: ChatAudioFormat = "wav"
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
@@ -38,6 +50,12 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    modalities: list[Literal["text", "audio"]] | None = None
+    audio: AudioOutput | None = None
+    # As in speaches: the models that hear input_audio parts and speak the reply. Default: the
+    # server's choice by language (kaset.pipelines.speech).
+    transcription_model: str | None = None
+    speech_model: str | None = None
 
 
 class CompletionRequest(BaseModel):
@@ -62,9 +80,21 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class ChatCompletionAudio(BaseModel):
+    """The spoken reply, in OpenAI's shape. `id` lets a later request refer to it (an assistant
+    message `{"audio": {"id": ...}}`) while the server remembers its transcript."""
+
+    id: str
+    data: str = Field(description="The audio, base64, in the requested format.")
+    expires_at: int
+    transcript: str
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    # None when the reply is spoken: its text is then `audio.transcript`, as with OpenAI.
+    content: str | None
+    audio: ChatCompletionAudio | None = None
 
 
 class ChatChoice(BaseModel):

@@ -1,0 +1,245 @@
+"""Speech for pipelines: hear (speech → text) and speak (text → audio) with whatever models this
+server has, chosen by language.
+
+The voice assistant, chat with audio, the crop doctor and the ULCA pipeline endpoint all need
+the same two steps and the same choice of model: for English the fast English-only Whisper
+(tiny.en) and Piper; for Thai (or an unknown language) the multilingual Whisper, and a Thai
+voice only when one is installed (an AI4Thai VAJA provider model, say). The offline pack has no
+Thai voice (eSpeak's is broken), so `speak` then raises `NoVoice`, whose message says so and
+which callers turn into a text-only answer rather than a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from kaset.errors import InvalidRequest, ModelUnavailable
+from kaset.media.audio import ASR_SAMPLE_RATE, decode_audio, encode_audio
+from kaset.registry.catalog import ModelSpec
+from kaset.registry.manager import LoadedModel, ModelManager
+from kaset.registry.routing import Router
+from kaset.runtimes.base import Synthesizer, TranscribeOptions, Transcriber, Transcription
+
+Caller = Callable[[], str | None]
+
+# Sentence ends in English and in Thai text written with Western punctuation. Thai usually
+# ends a sentence with a space, which PyThaiNLP's sentence splitter handles (see _thai_sentences).
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
+_THAI = re.compile(r"[\u0E00-\u0E7F]")
+# A piece shorter than this is merged with the next: a voice saying "1." alone sounds broken.
+MIN_SENTENCE_CHARS = 12
+
+
+class NoVoice(ModelUnavailable):
+    """No installed model speaks the language asked for."""
+
+
+@dataclass
+class Heard:
+    """What a transcription gave: text, the language spoken, the audio's length, who heard it."""
+
+    text: str
+    language: str
+    seconds: float
+    model: str
+
+
+@dataclass
+class Spoken:
+    """One piece of synthesized speech, encoded."""
+
+    audio: bytes
+    format: str
+    sample_rate: int
+    seconds: float
+    model: str
+    voice: str | None
+
+
+async def transcribe_bytes(router: Router, data: bytes, model_name: str, options: TranscribeOptions,
+                           max_audio_seconds: float, caller: Caller | None = None,
+                           ) -> tuple[Transcription, TranscribeOptions, ModelSpec, float]:
+    """Transcribe an audio file's bytes with the model (or route) `model_name`, without a request:
+    (transcription, the options used, the serving model, the audio's seconds)."""
+    decoded: list[tuple[np.ndarray, float]] = []
+
+    async def run(model: LoadedModel) -> tuple[Transcription, TranscribeOptions]:
+        runtime = model.as_(Transcriber)
+        used = options
+        if options.task == "translate" and model.spec.languages == ["en"]:
+            # An English-only model understands English speech only, whose English translation
+            # is its transcript: answer rather than refuse stock `whisper-1` clients.
+            used = dataclasses.replace(options, task="transcribe")
+        if not decoded:  # once, whichever model of a route ends up serving
+            # Decoding is media work, not the model's: it must not hold one of the model's slots.
+            decoded.append(await asyncio.to_thread(decode_audio, data, max_audio_seconds))
+        return await model.run(runtime.transcribe, decoded[0][0], used), used
+
+    # Transcription is idempotent: a route's retries apply.
+    (result, used), spec = await router.call(model_name, "transcribe", run, caller=caller, retry=True)
+    return result, used, spec, decoded[0][1]
+
+
+def split_sentences(text: str) -> list[str]:
+    """The text in sentence-sized pieces for speaking one at a time, so the first can play while
+    the rest are synthesized. Thai text is split with PyThaiNLP; tiny pieces are merged."""
+    pieces: list[str] = []
+    for part in _SENTENCE_END.split(text.strip()):
+        part = part.strip()
+        if not part:
+            continue
+        pieces.extend(_thai_sentences(part) if _THAI.search(part) else [part])
+    merged: list[str] = []
+    for piece in pieces:
+        if merged and len(merged[-1]) < MIN_SENTENCE_CHARS:
+            merged[-1] = f"{merged[-1]} {piece}"
+        else:
+            merged.append(piece)
+    return merged
+
+
+def _thai_sentences(text: str) -> list[str]:
+    from pythainlp.tokenize import sent_tokenize
+
+    try:
+        found = sent_tokenize(text)
+    except ImportError:
+        # PyThaiNLP's default (CRF) splitter needs python-crfsuite, which is not a dependency:
+        # Thai marks sentence ends with a space, so splitting at spaces is the next best.
+        found = sent_tokenize(text, engine="whitespace+newline")
+    sentences: list[str] = [str(s).strip() for s in found if str(s).strip()]
+    return sentences or [text]
+
+
+class SpeechService:
+    """Chooses models by language and runs them through the router (routes, fallbacks, breakers)."""
+
+    def __init__(self, router: Router, manager: ModelManager, max_audio_seconds: float) -> None:
+        self.router = router
+        self.manager = manager
+        self.max_audio_seconds = max_audio_seconds
+
+    # --- choosing models ----------------------------------------------------------------------
+
+    def transcriber_for(self, language: str | None) -> str:
+        """English → an English-only model when there is one (faster); otherwise a multilingual one."""
+        models = self.manager.models_for("transcribe")
+        if not models:
+            raise ModelUnavailable("No speech-to-text model is installed on this server.")
+        if language == "en":
+            english = [s for s in models if s.languages == ["en"]]
+            if english:
+                return self._prefer(english).id
+        multilingual = [s for s in models if "multilingual" in s.languages or (language and language in s.languages)]
+        if not multilingual:
+            raise ModelUnavailable(
+                f"No installed speech-to-text model understands '{language}'. Install a multilingual "
+                "Whisper model (kaset models install whisper-base).", code="no_transcriber")
+        return self._prefer(multilingual).id
+
+    def voice_model_for(self, language: str) -> ModelSpec | None:
+        """The model that speaks `language`, or None. A model listing the language by name wins over
+        a multilingual one, and a multilingual model counts only if it has a voice for it."""
+        models = [s for s in self.manager.models_for("synthesize") if s.id != "echo"]
+        named = [s for s in models if language in s.languages]
+        if named:
+            return self._prefer(named)
+        for spec in models:
+            if "multilingual" in spec.languages and language in self._voice_languages(spec):
+                return spec
+        return None
+
+    def _voice_languages(self, spec: ModelSpec) -> set[str]:
+        loaded = {m.spec.key: m for m in self.manager.loaded()}.get(spec.key)
+        if loaded is None:
+            return set(str(v) for v in spec.params.get("languages", []))
+        return {v.language.split("-")[0] for v in loaded.as_(Synthesizer).voices()}
+
+    def _prefer(self, specs: list[ModelSpec]) -> ModelSpec:
+        loaded = {m.spec.key for m in self.manager.loaded()}
+        return sorted(specs, key=lambda s: (s.key not in loaded, not s.default, s.id))[0]
+
+    # --- hearing ------------------------------------------------------------------------------
+
+    async def hear(self, data: bytes, *, language: str | None = None, model: str | None = None,
+                   caller: Caller | None = None) -> Heard:
+        """Transcribe an audio file (any accepted container). Empty speech is a 400."""
+        name = model or self.transcriber_for(language)
+        options = TranscribeOptions(language=language if language and language != "auto" else None)
+        result, _used, spec, seconds = await transcribe_bytes(self.router, data, name, options,
+                                                              self.max_audio_seconds, caller)
+        return self._heard(result, seconds, spec)
+
+    async def hear_samples(self, samples: np.ndarray, *, language: str | None = None, model: str | None = None,
+                           caller: Caller | None = None, require_speech: bool = True) -> Heard:
+        """Transcribe 16 kHz mono float32 samples (a live recording's buffer)."""
+        name = model or self.transcriber_for(language)
+        options = TranscribeOptions(language=language if language and language != "auto" else None)
+
+        async def run(loaded: LoadedModel) -> Transcription:
+            return await loaded.run(loaded.as_(Transcriber).transcribe, samples, options)
+
+        result, spec = await self.router.call(name, "transcribe", run, caller=caller, retry=True)
+        heard = self._heard(result, len(samples) / ASR_SAMPLE_RATE, spec, require_speech)
+        return heard
+
+    def _heard(self, result: Transcription, seconds: float, spec: ModelSpec, require_speech: bool = True) -> Heard:
+        text = result.text.strip()
+        if require_speech and not text:
+            raise InvalidRequest(
+                "No speech was heard in the recording. Hold the button while you speak, closer to the "
+                "microphone. ไม่ได้ยินเสียงพูด กรุณากดค้างไว้ขณะพูดใกล้ไมโครโฟน",
+                param="audio", code="no_speech")
+        return Heard(text=text, language=result.language, seconds=seconds, model=spec.id)
+
+    # --- speaking -----------------------------------------------------------------------------
+
+    def require_voice(self, language: str, model: str | None = None) -> str:
+        """The model id to speak `language` with; NoVoice when there is none."""
+        if model:
+            return model
+        spec = self.voice_model_for(language)
+        if spec is None:
+            raise NoVoice(
+                f"No voice for '{language}' is installed on this server, so the answer is text only. "
+                + ("An operator can add a Thai voice (the AI4Thai VAJA provider, see docs/providers.md)."
+                   if language == "th" else ""), code="no_voice")
+        return spec.id
+
+    async def speak(self, text: str, *, language: str, model: str | None = None, voice: str | None = None,
+                    speed: float = 1.0, fmt: str = "wav", caller: Caller | None = None) -> Spoken:
+        """Synthesize `text` whole and encode it as `fmt`."""
+        name = self.require_voice(language, model)
+
+        async def run(loaded: LoadedModel) -> Spoken:
+            runtime = loaded.as_(Synthesizer)
+            chosen = voice if voice is not None else self._voice_for(runtime, language)
+            rate = runtime.sample_rate(chosen)
+
+            def synthesize() -> tuple[bytes, float]:
+                pcm = b"".join(runtime.synthesize(text, chosen, speed))
+                return encode_audio(pcm, rate, fmt), len(pcm) / (2 * rate)
+
+            audio, seconds = await loaded.run(synthesize)
+            return Spoken(audio=audio, format=fmt, sample_rate=rate, seconds=seconds, model=loaded.spec.id,
+                          voice=chosen)
+
+        spoken, _spec = await self.router.call(name, "synthesize", run, caller=caller, retry=True)
+        return spoken
+
+    @staticmethod
+    def _voice_for(runtime: Synthesizer, language: str) -> str | None:
+        """The runtime's default voice, unless it is multilingual: then its voice for `language`."""
+        voices = runtime.voices()
+        if not voices or voices[0].language.split("-")[0] == language:
+            return None
+        for v in voices:
+            if v.language.split("-")[0] == language:
+                return v.id
+        return None
