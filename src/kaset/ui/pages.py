@@ -1,31 +1,44 @@
-"""The gateway's landing page at `/`. The full web app (farmer app, playground, admin
-console) is its own piece of work; until then this page points people to what exists."""
+"""The web app, served by the gateway itself: `/` (home), `/farmer/` (Crop Guardian, a PWA),
+`/playground/` and `/admin/`, with shared assets under `/static/`.
+
+Hand-written HTML, CSS and ES modules, no build step and nothing from a CDN: `make run` has
+nothing to compile and the farmer app works on a phone with no internet. Pages call the same
+public API as any client, with the user's key or sign-in token.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import HTMLResponse
+from pathlib import Path
 
-from kaset import __version__
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+STATIC_DIR = Path(__file__).parent / "static"
+# Each app is a folder with an index.html; the trailing slash matters for relative URLs.
+APPS = ("farmer", "playground", "admin")
 
 router = APIRouter(include_in_schema=False)
 
-_PAGE = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Kaset</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem;line-height:1.5}}
-a{{display:block;padding:.6rem 0;font-size:1.1rem}}</style></head>
-<body><h1>Kaset · เกษตร</h1>
-<p>Self-hosted AI services: speech, text, translation, embeddings, and Crop Guardian for farmers.
-Version {__version__}.</p>
-<a href="/docs">API reference and try-it console (/docs)</a>
-<a href="/health/ready">Readiness: which models are loaded (/health/ready)</a>
-<a href="/metrics">Metrics for Prometheus (/metrics)</a>
-<p>Every <code>/v1</code> call needs <code>Authorization: Bearer &lt;key&gt;</code>; the first start printed an
-admin key in the server's console.</p>
-</body></html>"""
+
+@router.get("/")
+async def home() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", headers={"cache-control": "no-cache"})
 
 
-@router.get("/", response_class=HTMLResponse)
-async def landing() -> HTMLResponse:
-    return HTMLResponse(_PAGE)
+class _Revalidated(StaticFiles):
+    """Static files that the browser revalidates each time (ETag, so mostly 304s): a new version
+    of Kaset is picked up at once. The farmer app's service worker keeps its own offline copy."""
+
+    def file_response(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        response = super().file_response(*args, **kwargs)
+        response.headers.setdefault("cache-control", "no-cache")
+        return response
+
+
+def mount(app: FastAPI) -> None:
+    """Add the web app's routes and static folders. Mounted last: they never shadow the API."""
+    app.include_router(router)
+    app.mount("/static", _Revalidated(directory=STATIC_DIR / "shared"), name="ui-static")
+    for name in APPS:
+        app.mount(f"/{name}", _Revalidated(directory=STATIC_DIR / name, html=True), name=f"ui-{name}")
