@@ -9,8 +9,9 @@ STAMP := $(VENV)/.kaset-installed
 APT_PACKAGES := python3-venv python3-dev build-essential cmake espeak-ng apertium apertium-eng-spa \
                 apertium-eng-cat apertium-en-gl
 # Only for `make test` and `make bench`: darknet's sample photos (dog, eagle, horses...) for the
-# vision tests, and wrk for the gateway benchmarks.
-TEST_APT_PACKAGES := darknet wrk
+# vision tests, wrk for the gateway benchmarks, Chromium and Thai fonts for the web app tests
+# (Playwright drives Debian's /usr/bin/chromium; it never downloads a browser).
+TEST_APT_PACKAGES := darknet wrk chromium fonts-thai-tlwg
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
