@@ -186,7 +186,7 @@ def test_redis_broker(tmp_path: Path, job_models: Path, pg: str) -> None:
 
     reason = redis_unreachable()
     if reason:
-        pytest.skip(reason)
+        pytest.fail(reason)
     queue = f"kaset-jobs-test-{secrets.token_hex(4)}"
     settings = job_settings(tmp_path, job_models, database_url=pg, jobs_broker_url=REDIS_URL, jobs_queue=queue)
     env = _env(tmp_path, job_models, pg, queue)
