@@ -188,6 +188,7 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
     # One metrics registry per app: nothing global, so apps in one process never mix counts.
     telemetry = Telemetry(Metrics())
     app.state.metrics = telemetry.metrics
+    app.state.telemetry = telemetry  # WebSocket routes log their sessions themselves
     # Multipart and JSON overhead on top of the largest accepted upload.
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_upload_bytes + 1024 * 1024,
                        telemetry=telemetry)

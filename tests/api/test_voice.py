@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
+from tests.api.test_usage_metrics import logged
 from tests.fixtures.audio import tone_wav
 
 QUESTION = "What should I do about grey spots on my rice leaves?"
@@ -188,6 +189,14 @@ def test_stream_partials_answer_audio_done(client: TestClient, question_pcm: byt
     assert 0 < timings["transcribe_ms"] <= timings["first_text_ms"] <= timings["first_audio_ms"] <= timings["total_ms"]
     assert [e["type"] for e in second][-2:] == ["transcript.final", "done"]
     assert second[-1]["answer"] == "" and "rice" in second[-2]["text"].lower()
+    # The session is one request-log row, under its session id, with the units of both questions.
+    deadline = time.monotonic() + 10
+    while sessions_open(client) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    row = logged(client, [ready["session"]])[ready["session"]]
+    assert row["route"] == STREAM and row["method"] == "WEBSOCKET" and row["status"] == 200
+    assert row["key_id"] is not None and row["model"] == "smollm2-135m"
+    assert row["audio_seconds"] > 2 * len(question_pcm) / 32000 and row["completion_tokens"] > 0
 
 
 def test_stream_bad_credential_closes_4401(client: TestClient) -> None:

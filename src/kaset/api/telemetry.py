@@ -47,7 +47,8 @@ class Telemetry:
 
     def finish(self, scope: Scope, request_id: str, started_at: float, duration_s: float, inference_s: float,
                status: int, model_header: str | None, usage: RequestUsage) -> None:
-        """Record one finished request. `started_at` is the wall-clock arrival time (epoch s)."""
+        """Record one finished request, or WebSocket session (its method is logged as WEBSOCKET).
+        `started_at` is the wall-clock arrival time (epoch s)."""
         route_obj = scope.get("route")
         route: str = getattr(route_obj, "path", UNROUTED) if route_obj is not None else UNROUTED
         model = usage.model or model_header or ""
@@ -62,7 +63,7 @@ class Telemetry:
         state = scope.get("state")
         key = state.get("key") if state else None
         request_log.add((
-            started_at, request_id, getattr(key, "id", None), getattr(key, "user_id", None), route, scope["method"],
-            model or None, status, duration_s * 1000.0, overhead_s * 1000.0, usage.prompt_tokens,
-            usage.completion_tokens, usage.audio_seconds, usage.images, usage.characters,
+            started_at, request_id, getattr(key, "id", None), getattr(key, "user_id", None), route,
+            scope.get("method", "WEBSOCKET"), model or None, status, duration_s * 1000.0, overhead_s * 1000.0,
+            usage.prompt_tokens, usage.completion_tokens, usage.audio_seconds, usage.images, usage.characters,
         ))

@@ -33,6 +33,7 @@ from kaset.api.schemas.voice import (
     VoiceNotice,
     VoiceTimings,
 )
+from kaset.api.telemetry import Telemetry
 from kaset.api.uploads import read_upload
 from kaset.auth.allowlist import ensure_allowed
 from kaset.auth.principal import Principal
@@ -218,34 +219,43 @@ async def _authenticate(ws: WebSocket, svc: Services) -> Principal | None:
 @sockets.websocket(STREAM_PATH)
 async def stream(ws: WebSocket) -> None:
     svc: Services = ws.app.state.services
+    started, started_at = time.perf_counter(), time.time()
     offered = ws.scope.get("subprotocols") or []
     # Accept first, then refuse with an event: a browser sees a close code, not a failed handshake.
     await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    # Units of the whole session (audio heard and spoken, tokens): tasks started below copy the
+    # context, so they all add to this one object; charged to the budgets when the session ends.
+    session_usage = RequestUsage()
     admission: Admission | None = None
     try:
         principal = await _authenticate(ws, svc)
+        ws.state.key = principal  # who the request log and metrics charge, as for HTTP requests
         if principal is not None:
             admission = await svc.quotas.admit(principal, STREAM_PATH)
     except KasetError as exc:
         await _send_and_close(ws, close_code(exc), exc)
+        _log_session(ws, new_id(), started, started_at, exc.status_code, session_usage)
         return
-    # Units of the whole session (audio heard and spoken, tokens): tasks started below copy the
-    # context, so they all add to this one object; charged to the budgets when the session ends.
-    session_usage = RequestUsage()
     token = current_usage.set(session_usage)
     sessions = voice_sessions(ws.app)
     sessions.open += 1
     session = _Session(ws, svc, principal)
+    # The session's outcome in HTTP terms for the request log: 200 when it ended normally or the
+    # client left, the error's status when the server ended it.
+    status = 200
     log.info("voice session %s opened (%d open)", session.id, sessions.open)
     try:
         await session.run()
     except _Close as close:
+        status = close.error.status_code if close.error is not None else 200
         await _send_and_close(ws, close.code, close.error)
     except KasetError as exc:
+        status = exc.status_code
         await _send_and_close(ws, close_code(exc), exc)
     except WebSocketDisconnect:
         pass
     except Exception:
+        status = 500
         log.exception("voice session %s failed", session.id)
         await _send_and_close(ws, 1011, KasetError("The voice session failed on the server. Try again."))
     finally:
@@ -258,12 +268,22 @@ async def stream(ws: WebSocket) -> None:
                 sessions.open -= 1
                 if admission is not None:
                     await admission.enforcer.finish(admission, session_usage)
+                _log_session(ws, session.id, started, started_at, status, session_usage)
                 log.info("voice session %s closed (%d open; %.1f s of audio)", session.id, sessions.open,
                          session_usage.audio_seconds)
 
         # Shielded: a server cancelling the handler (shutdown, a test client leaving) must still
         # give the quota slot back and drop the buffers.
         await asyncio.shield(asyncio.ensure_future(end()))
+
+
+def _log_session(ws: WebSocket, session_id: str, started: float, started_at: float, status: int,
+                 session_usage: RequestUsage) -> None:
+    """One request-log row and one metrics observation for the whole session, like an HTTP request."""
+    telemetry: Telemetry | None = getattr(ws.app.state, "telemetry", None)
+    if telemetry is not None:
+        telemetry.finish(ws.scope, session_id, started_at, time.perf_counter() - started, 0.0, status, None,
+                         session_usage)
 
 
 async def _send_and_close(ws: WebSocket, code: int, error: KasetError | None) -> None:
