@@ -156,6 +156,7 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
         telemetry.start(db, settings, manager)
         # Load in the background: /health/live answers at once, /health/ready once loaded.
         loader = asyncio.create_task(_load_models(manager, settings.models, on_load))
+        voices = asyncio.create_task(app.state.services.speech.list_voices())
         # Unloads models idle past their TTL (none when no model has one).
         sweeper = start_idle_sweeper(manager)
         # Durable async jobs: the embedded runner, or Celery's queue when a broker is set.
@@ -165,6 +166,7 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
         finally:
             await jobs.stop()  # first: running jobs are handed back before their models close
             loader.cancel()
+            voices.cancel()
             if sweeper is not None:
                 sweeper.cancel()
                 await asyncio.gather(sweeper, return_exceptions=True)

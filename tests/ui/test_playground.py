@@ -147,8 +147,13 @@ def test_live_partial_transcript_while_recording(open_page: Callable[..., Page])
 def test_speak_gives_a_playable_audio_and_the_curl_code_downloads_it(
         open_page: Callable[..., Page], server: Server, tmp_path: Path) -> None:
     page = ready(open_page("/playground/#speak", size="desktop"))
+    # The voice suggestions are the model's own, from GET /v1/audio/voices.
+    page.locator("#sp-model").select_option("espeak-ng")
+    expect(page.locator("#sp-voice")).to_have_value("en-us")
+    expect(page.locator("#sp-voices option[value='vi-vn-x-south']")).to_have_count(1)
     page.locator("#sp-model").select_option("piper-joe")
     expect(page.locator("#sp-voice")).to_have_value("joe")
+    expect(page.locator("#sp-voices option[value='vi']")).to_have_count(0)
     page.locator("#sp-text").fill("Good morning. The rain will come this afternoon.")
     page.locator("#sp-format").select_option("wav")
     page.locator("#sp-speed").fill("1.25")

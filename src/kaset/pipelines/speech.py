@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from kaset.registry.routing import Router
 from kaset.runtimes.base import Synthesizer, TranscribeOptions, Transcriber, Transcription
 
 Caller = Callable[[], str | None]
+log = logging.getLogger(__name__)
 
 # Sentence ends in English and in Thai text written with Western punctuation. Thai usually
 # ends a sentence with a space, which PyThaiNLP's sentence splitter handles (see _thai_sentences).
@@ -157,9 +159,21 @@ class SpeechService:
 
     def _voice_languages(self, spec: ModelSpec) -> set[str]:
         loaded = {m.spec.key: m for m in self.manager.loaded()}.get(spec.key)
-        if loaded is None:
+        # Loaded, or listed since start-up (the app asks every installed speech model for its
+        # voices in the background); else what the catalog declares.
+        voices = loaded.as_(Synthesizer).voices() if loaded is not None else self.manager.known_voices(spec)
+        if voices is None:
             return set(str(v) for v in spec.params.get("languages", []))
-        return {v.language.split("-")[0] for v in loaded.as_(Synthesizer).voices()}
+        return {v.language.split("-")[0] for v in voices}
+
+    async def list_voices(self) -> None:
+        """Ask every installed speech model for its voices (cached by the manager), so choosing a
+        voice by language sees multilingual engines' languages before they are loaded."""
+        for spec in self.manager.models_for("synthesize"):
+            try:
+                await self.manager.voices(spec)
+            except Exception as exc:  # a broken engine must not stop the others being listed
+                log.warning("could not list the voices of %s: %s", spec.id, exc)
 
     def _prefer(self, specs: list[ModelSpec]) -> ModelSpec:
         loaded = {m.spec.key for m in self.manager.loaded()}

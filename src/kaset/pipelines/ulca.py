@@ -35,7 +35,7 @@ from kaset.pipelines.speech import SpeechService
 from kaset.registry.catalog import ModelSpec
 from kaset.registry.manager import LoadedModel, ModelManager
 from kaset.registry.routing import Router
-from kaset.runtimes.base import ChatModel, GenerationParams, Synthesizer, Translator
+from kaset.runtimes.base import ChatModel, GenerationParams, Translator
 
 TaskType = Literal["asr", "translation", "tts", "llm", "advice", "diagnose", "describe"]
 Kind = Literal["text", "audio", "image"]
@@ -287,7 +287,7 @@ class Pipeline:
         if voice is not None:
             spec = self._spec(step.model)
             if spec is not None:
-                voices = [v.id for v in (await self.manager.get(spec.id, "synthesize")).as_(Synthesizer).voices()]
+                voices = [v.id for v in await self.manager.voices(spec)]
                 if voice not in voices:
                     raise _fail(step.index, step.task, f"'{spec.id}' has no voice '{voice}'; its voices: "
                                                        f"{', '.join(voices[:20])}{' …' if len(voices) > 20 else ''}.",
@@ -298,15 +298,9 @@ class Pipeline:
     async def _voice_model(self, language: str) -> ModelSpec | None:
         spec = self.speech.voice_model_for(language)
         if spec is None:
-            # A multilingual synthesizer (eSpeak NG) lists its languages only once loaded (it asks the
-            # engine); load those not loaded yet and ask again.
-            loaded = {m.spec.key for m in self.manager.loaded()}
-            for candidate in self.manager.models_for("synthesize"):
-                if "multilingual" in candidate.languages and candidate.key not in loaded:
-                    try:
-                        await self.manager.get(candidate.id, "synthesize")
-                    except KasetError:
-                        continue
+            # A multilingual synthesizer (eSpeak NG) is known to speak a language once its voices
+            # were listed (the app does it at start-up, in the background): list them, ask again.
+            await self.speech.list_voices()
             spec = self.speech.voice_model_for(language)
         return spec
 

@@ -40,7 +40,7 @@ from kaset.registry.lifecycle import (
 )
 from kaset.registry.repository import ModelRepository
 from kaset.runtimes import runtime_class
-from kaset.runtimes.base import TASK_CONTRACTS, Runtime, Task
+from kaset.runtimes.base import TASK_CONTRACTS, Runtime, Synthesizer, Task, Voice
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +275,8 @@ class ModelManager:
         self._locks: dict[str, asyncio.Lock] = {}
         # Under a memory budget loads run one at a time, each knowing what the others took.
         self._budget_lock = asyncio.Lock()
+        # Speech models' voices, loaded or not: they change only with the model's files.
+        self._voices: dict[str, list[Voice]] = {}
 
     # --- lookup ---------------------------------------------------------------------------
 
@@ -575,6 +577,34 @@ class ModelManager:
                 await asyncio.shield(self._teardown(loaded, "idle"))
                 unloaded.append(loaded.name)
         return unloaded
+
+    # --- voices ---------------------------------------------------------------------------
+
+    async def voices(self, spec: ModelSpec) -> list[Voice]:
+        """The voices a speech model speaks with, without loading it: an unloaded runtime reads
+        them from its files (Piper's JSON, `espeak-ng --voices`), in a thread."""
+        known = self._voices.get(spec.key)
+        if known is not None:
+            return known
+        if "synthesize" not in spec.tasks:
+            raise InvalidRequest(f"The model '{spec.id}' does not speak; it does {'/'.join(spec.tasks)}.",
+                                 param="model")
+        loaded = self._loaded.get(spec.key)
+        if loaded is not None:
+            runtime = loaded.as_(Synthesizer)
+        else:
+            if not self.repository.is_installed(spec):
+                raise ModelUnavailable(f"The model '{spec.key}' is not installed. "
+                                       f"Install it with: kaset models install {self.catalog.name_of(spec)}")
+            cls = runtime_class(spec.runtime)
+            runtime = cast(Synthesizer, cls(spec, self.repository.path_for(spec) if spec.needs_install else None))
+        found = await asyncio.to_thread(runtime.voices)
+        self._voices[spec.key] = found
+        return found
+
+    def known_voices(self, spec: ModelSpec) -> list[Voice] | None:
+        """The voices `voices()` found for this model, if it was asked; never blocks."""
+        return self._voices.get(spec.key)
 
     async def close(self) -> None:
         for model_id in list(self._loaded):

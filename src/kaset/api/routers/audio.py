@@ -9,16 +9,20 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from kaset import usage
-from kaset.api.deps import Services, require_json, require_multipart, services
+from kaset.api.deps import Services, check_model_allowed, require_json, require_multipart, services
 from kaset.api.schemas.audio import (
     SpeechRequest,
     TranscriptionFormat,
     TranscriptionSegment,
     TranscriptionWord,
     VerboseTranscription,
+    VoiceList,
+    VoiceObject,
 )
 from kaset.api.streaming import primed
 from kaset.api.uploads import read_upload
+from kaset.auth.allowlist import allows
+from kaset.auth.principal import Principal
 from kaset.errors import InvalidRequest
 from kaset.media.audio import AUDIO_MEDIA_TYPES, encode_audio, encode_stream
 from kaset.media.subtitles import to_srt, to_vtt
@@ -97,6 +101,31 @@ async def translations(
     """Speech in any language the model knows, transcribed into English."""
     options = TranscribeOptions(prompt=prompt or None, temperature=temperature, task="translate")
     return await _transcribe(svc, request, file, model, options, response_format)
+
+
+@router.get("/v1/audio/voices", response_model=VoiceList)
+async def list_voices(request: Request, model: str | None = None, language: str | None = None,
+                      svc: Services = Depends(services)) -> VoiceList:
+    """The voices of the installed speech models (loaded or not), or of `model`; `language`
+    ("en", "en-us", "vi"...) keeps those that speak it. A key with an allowlist sees its models only."""
+    if model is not None:
+        check_model_allowed(request, model)
+        specs = [svc.models.resolve(model)]
+    else:
+        principal: Principal | None = getattr(request.state, "key", None)
+        allowed = principal.allowed_models if principal is not None else None
+        specs = [s for s in svc.models.models_for("synthesize")
+                 if s.id != "echo" and (allowed is None or allows(allowed, s.id, svc.models.catalog))]
+    wanted = language.strip().lower().replace("_", "-") if language else None
+    data: list[VoiceObject] = []
+    for spec in specs:
+        for position, voice in enumerate(await svc.models.voices(spec)):
+            tag = voice.language.lower()
+            if wanted and not (tag == wanted or tag.split("-")[0] == wanted):
+                continue
+            data.append(VoiceObject(id=voice.id, model=spec.id, language=voice.language,
+                                    name=voice.name or voice.id, default=position == 0))
+    return VoiceList(data=data)
 
 
 @router.post("/v1/audio/speech", dependencies=[Depends(require_json)],

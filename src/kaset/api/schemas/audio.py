@@ -52,3 +52,19 @@ class VerboseTranscription(BaseModel):
     text: str
     segments: list[TranscriptionSegment]
     words: list[TranscriptionWord] | None = None
+
+
+class VoiceObject(BaseModel):
+    """A voice a speech model speaks with (Kaset extension; OpenAI has no voice list)."""
+
+    object: Literal["voice"] = "voice"
+    id: str = Field(description="What to send as `voice` to /v1/audio/speech with this model.")
+    model: str
+    language: str = Field(description="BCP 47 tag, e.g. en-us.")
+    name: str
+    default: bool = Field(description="The voice used when a request names none.")
+
+
+class VoiceList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[VoiceObject]

@@ -90,16 +90,12 @@ const TABS = ["transcribe", "speak", "translate", "chat", "vision"];
 const API = `${location.origin}/v1`;
 // Languages offered for multilingual speech recognition (whisper detects the rest with "auto").
 const SPEECH_LANGUAGES = ["en", "th", "es", "fr", "de", "pt", "zh", "ja", "vi", "id", "ms", "lo", "my", "km"];
-// Voice suggestions by runtime (docs/api.md); the API has no voice list, any id can be typed.
-const VOICES = {
-  piper: ["joe", "alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse"],
-  "espeak-ng": ["en-us", "en-gb", "es", "es-419", "fr-fr", "de", "it", "pt", "pt-br", "nl", "vi", "id", "ms", "hi",
-                "cmn", "ja", "ko", "ru", "ar", "sw"],
-};
+// Piper's catalog voices also answer to OpenAI's voice names (docs/api.md): suggested after its own.
+const OPENAI_VOICES = ["alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse"];
 const AUDIO_TYPES = { mp3: "audio/mpeg", wav: "audio/wav", opus: "audio/ogg", flac: "audio/flac", aac: "audio/aac",
                       pcm: "application/octet-stream" };
 
-const state = { models: [], pairs: [], snippets: {}, started: false };
+const state = { models: [], pairs: [], snippets: {}, voices: {}, started: false };
 
 // --- helpers ----------------------------------------------------------------------------------
 
@@ -391,9 +387,25 @@ function previewSpeech() {
   setSnippets("speak", speechSnippets(API, body, `speech.${body.response_format}`), false);
 }
 
-function onSpeechModel() {
-  const m = model($("#sp-model").value);
-  const voices = VOICES[m?.runtime] || [];
+// A speech model's voice ids, from GET /v1/audio/voices (once per model; none if it fails:
+// any id can still be typed).
+async function voicesOf(id) {
+  if (!(id in state.voices)) {
+    try {
+      state.voices[id] = (await request(`/v1/audio/voices?model=${encodeURIComponent(id)}`)).data.map((v) => v.id);
+    } catch {
+      return [];
+    }
+  }
+  return state.voices[id];
+}
+
+async function onSpeechModel() {
+  const id = $("#sp-model").value;
+  const m = model(id);
+  const own = id ? await voicesOf(id) : [];
+  if ($("#sp-model").value !== id) return;  // another model was chosen meanwhile
+  const voices = m?.runtime === "piper" ? [...own, ...OPENAI_VOICES] : own;
   $("#sp-voices").replaceChildren(...voices.map((v) => el("option", { value: v })));
   // A voice of another model would be refused: start from this model's first voice.
   if (!voices.includes($("#sp-voice").value)) $("#sp-voice").value = voices[0] || "";
