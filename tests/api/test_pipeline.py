@@ -74,7 +74,7 @@ TTS_EN: dict[str, Any] = {"taskType": "tts", "config": {"language": {"sourceLang
      400, "inputData.audio[0].audioUri", "audioContent"),
     ({"pipelineTasks": [{"taskType": "asr", "config": {"language": {"sourceLanguage": "en"}}}],
       "inputData": {"audio": [{"audioContent": base64.b64encode(b"not audio at all" * 50).decode()}]}},
-     415, None, "not a recognised audio format"),
+     415, "inputData.audio[0].audioContent", "not a recognised audio format"),
     ({"pipelineTasks": [{"taskType": "tts", "config": {"language": {"sourceLanguage": "th"}}}],
       "inputData": {"input": [{"source": "สวัสดี"}]}}, 400, "pipelineTasks[0].config.language.sourceLanguage",
      "no voice for 'th'"),

@@ -27,7 +27,7 @@ from typing import Literal, TypeVar
 import numpy as np
 
 from kaset import usage
-from kaset.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from kaset.errors import InvalidRequest
 from kaset.pipelines.advice import Advice, AdviceQuery, AdviceService, Language, detect_language
 from kaset.pipelines.diagnose import THAI_CROPS, Diagnosis, DiagnosisService
 from kaset.pipelines.speech import Caller, Heard, NoVoice, SpeechService, Spoken
@@ -213,13 +213,7 @@ class CropDoctor:
     async def _hear(self, request: Consultation) -> tuple[Heard, float]:
         assert request.audio is not None
         language = None if request.language == "auto" else request.language
-        try:
-            return await _timed(self.speech.hear(request.audio, language=language, caller=request.caller))
-        except (InvalidRequest, UnsupportedMediaType, PayloadTooLarge) as exc:
-            if exc.param != "file":
-                raise
-            # The decoder names the upload "file" (the transcription API's field); here it is "audio".
-            raise type(exc)(exc.message, param="audio", code=exc.code) from None
+        return await _timed(self.speech.hear(request.audio, language=language, caller=request.caller, param="audio"))
 
     async def _diagnose(self, request: Consultation, language: Language) -> tuple[Diagnosis, float]:
         return await _timed(self._diagnose_now(request, language))

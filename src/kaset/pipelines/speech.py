@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kaset.errors import InvalidRequest, ModelUnavailable
+from kaset.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge, UnsupportedMediaType
 from kaset.media.audio import ASR_SAMPLE_RATE, decode_audio, encode_audio
 from kaset.registry.catalog import ModelSpec
 from kaset.registry.manager import LoadedModel, ModelManager
@@ -182,13 +182,20 @@ class SpeechService:
     # --- hearing ------------------------------------------------------------------------------
 
     async def hear(self, data: bytes, *, language: str | None = None, model: str | None = None,
-                   caller: Caller | None = None) -> Heard:
-        """Transcribe an audio file (any accepted container). Empty speech is a 400."""
+                   caller: Caller | None = None, param: str = "file") -> Heard:
+        """Transcribe an audio file (any accepted container). Empty speech is a 400. `param` is
+        the request field that held the file: errors about the file (corrupt, empty, too long,
+        no speech) name it."""
         name = model or self.transcriber_for(language)
         options = TranscribeOptions(language=language if language and language != "auto" else None)
-        result, _used, spec, seconds = await transcribe_bytes(self.router, data, name, options,
-                                                              self.max_audio_seconds, caller)
-        return self._heard(result, seconds, spec)
+        try:
+            result, _used, spec, seconds = await transcribe_bytes(self.router, data, name, options,
+                                                                  self.max_audio_seconds, caller)
+        except (InvalidRequest, UnsupportedMediaType, PayloadTooLarge) as exc:
+            if exc.param != "file" or param == "file":  # the decoder says "file" (the transcription API's field)
+                raise
+            raise type(exc)(exc.message, param=param, code=exc.code) from None
+        return self._heard(result, seconds, spec, param=param)
 
     async def hear_samples(self, samples: np.ndarray, *, language: str | None = None, model: str | None = None,
                            caller: Caller | None = None, require_speech: bool = True) -> Heard:
@@ -203,13 +210,14 @@ class SpeechService:
         heard = self._heard(result, len(samples) / ASR_SAMPLE_RATE, spec, require_speech)
         return heard
 
-    def _heard(self, result: Transcription, seconds: float, spec: ModelSpec, require_speech: bool = True) -> Heard:
+    def _heard(self, result: Transcription, seconds: float, spec: ModelSpec, require_speech: bool = True,
+               param: str = "audio") -> Heard:
         text = result.text.strip()
         if require_speech and not text:
             raise InvalidRequest(
                 "No speech was heard in the recording. Hold the button while you speak, closer to the "
                 "microphone. ไม่ได้ยินเสียงพูด กรุณากดค้างไว้ขณะพูดใกล้ไมโครโฟน",
-                param="audio", code="no_speech")
+                param=param, code="no_speech")
         return Heard(text=text, language=result.language, seconds=seconds, model=spec.id)
 
     # --- speaking -----------------------------------------------------------------------------

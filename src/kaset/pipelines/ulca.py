@@ -87,6 +87,8 @@ class Item:
     audio: bytes | None = None
     image: bytes | None = None
     language: str | None = None
+    # Its position in inputData's list, for errors that name the field.
+    position: int = 0
 
 
 @dataclass
@@ -355,9 +357,9 @@ class Pipeline:
     async def run(self, tasks: list[Task], inputs: Inputs) -> tuple[list[StepResult], float]:
         steps = await self.plan(tasks, inputs)
         first = TASK_IO[tasks[0].type][0]
-        items = ([Item(text=t) for t in inputs.texts] if first == "text" else
-                 [Item(audio=a) for a in inputs.audio] if first == "audio" else
-                 [Item(image=i) for i in inputs.images])
+        items = ([Item(text=t, position=n) for n, t in enumerate(inputs.texts)] if first == "text" else
+                 [Item(audio=a, position=n) for n, a in enumerate(inputs.audio)] if first == "audio" else
+                 [Item(image=i, position=n) for n, i in enumerate(inputs.images)])
         started = time.perf_counter()
         results: list[StepResult] = []
         for step in steps:
@@ -391,7 +393,8 @@ class Pipeline:
         return text
 
     async def _run_asr(self, step: Step, item: Item, config: dict[str, Any]) -> dict[str, Any]:
-        heard = await self.speech.hear(item.audio or b"", language=step.source, model=step.model)
+        heard = await self.speech.hear(item.audio or b"", language=step.source, model=step.model,
+                                       param=f"inputData.audio[{item.position}].audioContent")
         usage.record(audio_seconds=heard.seconds, model=heard.model)
         step.model = heard.model
         config["language"] = {**(config.get("language") or {}), "sourceLanguage": heard.language}
