@@ -55,6 +55,7 @@ from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository
 from kaset.registry.routing import Router
 from kaset.store.db import Database
+from kaset.store.spoken_replies import spoken_replies
 from kaset.ui import pages
 from kaset.workers.pool import WorkerPool
 from kaset.workers.proxy import Forwarded, forwarded_handler
@@ -152,7 +153,7 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
                                       router=routing,
                                       diagnoser=diagnoser, describer=describer, identity=identity, quotas=quotas,
                                       speech=SpeechService(routing, manager, settings.max_audio_seconds),
-                                      workers=workers)
+                                      workers=workers, spoken_replies=spoken_replies(settings))
         telemetry.start(db, settings, manager)
         # Load in the background: /health/live answers at once, /health/ready once loaded.
         loader = asyncio.create_task(_load_models(manager, settings.models, on_load))
@@ -175,6 +176,7 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
                 await workers.close()
             await manager.close()
             await quotas.close()
+            await app.state.services.spoken_replies.close()
             await identity.close()
             await db.close()
 

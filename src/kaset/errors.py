@@ -146,6 +146,18 @@ class LimitsUnavailable(KasetError):
         return {"Retry-After": "5"}
 
 
+class StoreUnavailable(KasetError):
+    """A shared store the request needs (Redis) is unreachable."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "store_unavailable"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+
 class ChecksumMismatch(KasetError):
     """A model file does not match the sha256 recorded in the catalog."""
 

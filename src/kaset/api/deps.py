@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
@@ -21,6 +21,7 @@ from kaset.quotas.enforcer import ADMISSION_SCOPE_KEY, QuotaEnforcer
 from kaset.registry.manager import ModelManager
 from kaset.registry.routing import Router
 from kaset.store.db import Database
+from kaset.store.spoken_replies import MemorySpokenReplies, SpokenReplies
 from kaset.workers.pool import WorkerPool
 from kaset.workers.proxy import forward
 
@@ -46,6 +47,8 @@ class Services:
     speech: SpeechService
     # Models served by worker processes (kaset.workers); None when none are configured.
     workers: WorkerPool | None = None
+    # Spoken chat replies' transcripts by audio id (shared through Redis when configured).
+    spoken_replies: SpokenReplies = field(default_factory=MemorySpokenReplies)
 
 
 async def services(request: Request) -> Services:

@@ -55,6 +55,7 @@ from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository
 from kaset.registry.routing import Router
 from kaset.store.db import Database
+from kaset.store.spoken_replies import spoken_replies
 from kaset.usage import current_usage
 
 log = logging.getLogger("kaset.worker")
@@ -220,7 +221,8 @@ def create_worker_app(settings: Settings, model_names: list[str]) -> FastAPI:
                                       advisor=advisor, router=routing, diagnoser=diagnoser,
                                       describer=DescribeService(manager, vision_models=settings.describe_models),
                                       identity=identity, quotas=quotas,
-                                      speech=SpeechService(routing, manager, settings.max_audio_seconds))
+                                      speech=SpeechService(routing, manager, settings.max_audio_seconds),
+                                      spoken_replies=spoken_replies(settings))
         loader = asyncio.create_task(_load_all(manager, names))
         announcer = None
         if settings.worker_registry == "redis":
@@ -238,6 +240,7 @@ def create_worker_app(settings: Settings, model_names: list[str]) -> FastAPI:
                 await announcer.close()
             await manager.close()
             await quotas.close()
+            await app.state.services.spoken_replies.close()
             await db.close()
 
     app = FastAPI(title="Kaset worker", version=__version__, lifespan=lifespan)

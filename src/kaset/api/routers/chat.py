@@ -7,7 +7,6 @@ import base64
 import json
 import re
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -207,7 +206,7 @@ async def chat_completions(
 
     voice = _voice_for(body, request, svc, caller)
     await _hear_audio_parts(body, request, svc, caller)
-    _recall_spoken_replies(body)
+    await _recall_spoken_replies(body, svc)
     if voice is not None:
         # Fail before generating when nothing can speak the language the reply will likely be in.
         voice.language = _language_of(_last_user_text(body))
@@ -257,29 +256,6 @@ PCM16_RATE = 24_000
 # OpenAI's voice names: with no speech_model they mean "the default voice for the language".
 OPENAI_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer",
                            "verse", "marin", "cedar"})
-
-
-class _Transcripts:
-    """Spoken replies' transcripts by audio id, for an hour (bounded: oldest dropped first)."""
-
-    def __init__(self, max_items: int = 4096) -> None:
-        self.max_items = max_items
-        self._items: OrderedDict[str, tuple[float, str]] = OrderedDict()
-
-    def remember(self, audio_id: str, transcript: str, expires_at: float) -> None:
-        self._items[audio_id] = (expires_at, transcript)
-        while len(self._items) > self.max_items:
-            self._items.popitem(last=False)
-
-    def recall(self, audio_id: str) -> str | None:
-        found = self._items.get(audio_id)
-        if found is None or found[0] < time.time():
-            self._items.pop(audio_id, None)
-            return None
-        return found[1]
-
-
-_transcripts = _Transcripts()
 
 
 def _language_of(text: str) -> Language:
@@ -375,13 +351,13 @@ async def _hear_part(i: int, j: int, part: ContentPart, model: str, svc: Service
     return heard.text
 
 
-def _recall_spoken_replies(body: ChatCompletionRequest) -> None:
+async def _recall_spoken_replies(body: ChatCompletionRequest, svc: Services) -> None:
     """Assistant turns sent back as `{"audio": {"id": ...}}` get their transcript as content."""
     for index, message in enumerate(body.messages):
         audio = (message.model_extra or {}).get("audio")
         if message.role != "assistant" or not isinstance(audio, dict) or message.content:
             continue
-        transcript = _transcripts.recall(str(audio.get("id", "")))
+        transcript = await svc.spoken_replies.recall(str(audio.get("id", "")))
         if transcript is None:
             raise InvalidRequest(
                 f"messages[{index}].audio.id '{audio.get('id')}' is unknown or expired (a spoken reply is "
@@ -422,7 +398,7 @@ class _Voice:
         self.language = _language_of(text) if text.strip() else self.language
         self.check()
         data = await self.speak(text) if text.strip() else b""
-        _transcripts.remember(self.audio_id, text, self.expires_at)
+        await self.svc.spoken_replies.remember(self.audio_id, text, self.expires_at)
         return ChatCompletionAudio(id=self.audio_id, data=base64.b64encode(data).decode("ascii"),
                                    expires_at=self.expires_at, transcript=text)
 
@@ -512,7 +488,7 @@ async def _spoken_stream(chunks: AsyncIterator[GenerationChunk], payloads: _Chat
                 raise value
             else:
                 yield value
-        _transcripts.remember(voice.audio_id, "".join(said), voice.expires_at)
+        await voice.svc.spoken_replies.remember(voice.audio_id, "".join(said), voice.expires_at)
         last = final[-1] if final else GenerationChunk(text="", finish_reason="stop")
         yield payloads.finish(last.finish_reason or "stop")
         usage = _usage(last.prompt_tokens, last.completion_tokens)

@@ -3,10 +3,11 @@
 // from the cache only when the network fails. API calls (/v1/, /v2/) are never intercepted nor
 // cached: they carry the person's credential and photos, and a stale diagnosis would mislead.
 
-const CACHE = "kaset-farmer-v1";
+const CACHE = "kaset-farmer-v2";
 const SHELL = [
   "/farmer/", "/farmer/index.html", "/farmer/app.js", "/farmer/farmer.css", "/farmer/manifest.webmanifest",
-  "/farmer/icon-192.png", "/farmer/icon-512.png", "/static/kaset.js", "/static/kaset.css", "/static/icon.svg",
+  "/farmer/icon-192.png", "/farmer/icon-512.png", "/static/kaset.js", "/static/mic-worklet.js", "/static/kaset.css",
+  "/static/icon.svg",
 ];
 
 self.addEventListener("install", (event) => {

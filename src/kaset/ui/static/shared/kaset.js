@@ -269,11 +269,14 @@ export class Recorder {
     }
     this.context = new AudioContext();
     const source = this.context.createMediaStreamSource(this.stream);
-    // ScriptProcessor is deprecated but needs no separate worklet file and works everywhere.
-    this.node = this.context.createScriptProcessor(4096, 1, 1);
+    // An AudioWorklet (mic-worklet.js, next to this module) hands the samples over in batches.
+    await this.context.audioWorklet.addModule(new URL("mic-worklet.js", import.meta.url));
+    this.node = new AudioWorkletNode(this.context, "kaset-mic-tap", { numberOfInputs: 1, numberOfOutputs: 0,
+                                                                      channelCount: 1 });
     const ratio = this.context.sampleRate / this.sampleRate;
-    this.node.onaudioprocess = (event) => {
-      const input = event.inputBuffer.getChannelData(0);
+    this.node.port.onmessage = (event) => {
+      const { samples: input, last } = event.data;
+      if (last) this.flushed?.();
       // Each output sample averages the input samples it spans: a box filter against the
       // aliasing that picking every Nth sample would fold into the speech band.
       const out = new Int16Array(Math.floor(input.length / ratio));
@@ -288,13 +291,18 @@ export class Recorder {
       if (this.onChunk) this.onChunk(out);
     };
     source.connect(this.node);
-    this.node.connect(this.context.destination);
   }
 
   samples() { return this.pieces.reduce((n, p) => n + p.length, 0); }
 
   async stop() {
-    this.node?.disconnect();
+    if (this.node) {
+      // The last partial batch: asked for, and waited on (briefly) before the node goes.
+      const flushed = new Promise((resolve) => { this.flushed = resolve; setTimeout(resolve, 200); });
+      this.node.port.postMessage("flush");
+      await flushed;
+      this.node.disconnect();
+    }
     this.stream?.getTracks().forEach((track) => track.stop());
     await this.context?.close();
     if (this.samples() < this.sampleRate * 0.3) throw new MicError("recording_empty");
