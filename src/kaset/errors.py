@@ -133,19 +133,6 @@ class RateLimited(KasetError):
                 "x-ratelimit-remaining": str(max(self.remaining, 0)), "x-ratelimit-reset": seconds}
 
 
-class LimitsUnavailable(KasetError):
-    """The shared rate-limit store is unreachable and the server is set to refuse rather than
-    serve unmetered (KASET_LIMITS_ON_STORAGE_ERROR=reject)."""
-
-    status_code = 503
-    error_type = "server_error"
-    code = "limits_unavailable"
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": "5"}
-
-
 class StoreUnavailable(KasetError):
     """A shared store the request needs (Redis) is unreachable."""
 
@@ -156,6 +143,13 @@ class StoreUnavailable(KasetError):
     @property
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "5"}
+
+
+class LimitsUnavailable(StoreUnavailable):
+    """The shared rate-limit store is unreachable and the server is set to refuse rather than
+    serve unmetered (KASET_LIMITS_ON_STORAGE_ERROR=reject)."""
+
+    code = "limits_unavailable"
 
 
 class ChecksumMismatch(KasetError):
