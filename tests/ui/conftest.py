@@ -80,7 +80,7 @@ class Server:
         return str(response.json()["key"])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog,
            installed: Callable[[str], object], models_dir: Path) -> Iterator[Server]:
     assert Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium package"
@@ -96,19 +96,21 @@ def server(tmp_path_factory: pytest.TempPathFactory, catalog: Catalog,
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def question_wav(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A spoken English question (~3 s), synthesized by the server's Piper voice, WAV."""
     return server.speak(QUESTION, tmp_path_factory.mktemp("audio") / "question.wav")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def playwright() -> Iterator[Playwright]:
+    # Package scope, not session: Playwright's sync API keeps an event loop running in the main
+    # thread while it is open, and every async test collected after tests/ui would fail to start.
     with sync_playwright() as p:
         yield p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright: Playwright, question_wav: Path) -> Iterator[Browser]:
     """Chromium whose microphone plays the spoken question (permission granted per context)."""
     browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[

@@ -34,3 +34,9 @@ def test_speech_and_transcription_through_a_worker(tmp_path: Path, models_dir: P
                             data={"model": "whisper-tiny.en"}, files={"file": ("a.wav", wav, "audio/wav")})
             assert r2.status_code == 200, r2.text
             assert "worker" in r2.json()["text"].lower()
+            # A model's voices are asked of the worker that serves it.
+            voices = httpx.get(f"{gateway}/v1/audio/voices", params={"model": "tts-1"}, headers=auth(), timeout=30)
+            assert voices.status_code == 200, voices.text
+            assert [(v["id"], v["model"]) for v in voices.json()["data"]] == [("joe", "piper-joe")]
+            scraped = httpx.get(f"{worker.url}/metrics", timeout=10).text
+            assert 'route="/v1/audio/voices"' in scraped

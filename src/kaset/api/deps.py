@@ -113,6 +113,8 @@ _MODEL_PATH_PARAMS = ("name", "model_id", "model")
 
 async def _requested_models(request: Request) -> list[str]:
     names = [str(request.path_params[p]) for p in _MODEL_PATH_PARAMS if p in request.path_params]
+    if "model" in request.query_params:  # GET routes about one model (/v1/audio/voices?model=)
+        names.append(request.query_params["model"])
     route = request.scope.get("route")
     # Only bodies FastAPI parsed already (routes that declare a body): never a second parse, and
     # never a raw binary body (the v2 infer route names its model in the path).
