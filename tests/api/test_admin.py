@@ -185,6 +185,13 @@ def test_tokens_work_wherever_a_key_does_and_refresh(gw: Gateway) -> None:
     form = gw.call("POST", "/v1/auth/token", data={"grant_type": "password", "username": user["username"],
                                                    "password": "pass-word-1"})
     assert form.status_code == 200 and form.json()["access_token"]
+    # Sign out (form, as the web app sends it): the sign-in's refresh tokens stop working.
+    signed_out = gw.call("POST", "/v1/auth/logout", data={"refresh_token": form.json()["refresh_token"]})
+    assert signed_out.status_code == 204, signed_out.text
+    again = gw.call("POST", "/v1/auth/refresh", json={"refresh_token": form.json()["refresh_token"]})
+    assert again.status_code == 401 and error_of(again)["code"] == "token_revoked"
+    assert gw.call("POST", "/v1/auth/logout", json={"refresh_token": "eyJ.not.valid"}).status_code == 401
+    assert gw.call("POST", "/v1/auth/logout", json={}).status_code == 422
 
 
 def test_sign_in_failures(gw: Gateway) -> None:

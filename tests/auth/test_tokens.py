@@ -8,11 +8,14 @@ from pathlib import Path
 
 import jwt
 import pytest
+from sqlalchemy import func, select
 
+from kaset.auth import tokens as tokens_module
 from kaset.auth.identity import Identity
 from kaset.auth.passwords import hash_password, verify_password
 from kaset.auth.tokens import ALGORITHM, ISSUER, load_secret
 from kaset.errors import AuthenticationFailed, InvalidRequest
+from kaset.store.tables import RefreshToken
 from tests.auth.conftest import ACTOR, SECRET
 
 
@@ -72,6 +75,61 @@ async def test_refresh_issues_new_tokens_and_types_are_not_interchangeable(ident
     expired = _forge({"sub": str(user_id), "typ": "refresh", "exp": int(time.time()) - 1})
     with pytest.raises(AuthenticationFailed, match="sign in again"):
         await identity.tokens.refresh(expired)
+
+
+async def test_refresh_rotates_and_a_reused_token_signs_out_its_whole_sign_in(
+        identity: Identity, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, _, first = await _signed_in(identity)
+    other = (await identity.tokens.login("ivy", "s3cret-passphrase")).refresh_token  # another device
+    second = (await identity.tokens.refresh(first)).refresh_token
+    assert second != first
+    # Within the grace window the replaced token still works (two tabs refreshing at once).
+    third = (await identity.tokens.refresh(first)).refresh_token
+    monkeypatch.setattr(tokens_module, "REUSE_GRACE_S", 0.0)
+    with pytest.raises(AuthenticationFailed, match="already used") as caught:
+        await identity.tokens.refresh(first)  # replaced, used again: copied by someone
+    assert caught.value.code == "token_reused"
+    for descendant in (second, third):
+        with pytest.raises(AuthenticationFailed, match="sign in again") as revoked:
+            await identity.tokens.refresh(descendant)
+        assert revoked.value.code == "token_revoked"
+    # The other sign-in (its own family) is untouched.
+    assert (await identity.tokens.refresh(other)).access_token
+
+
+async def test_sign_out_ends_the_sign_in(identity: Identity) -> None:
+    user_id, _, first = await _signed_in(identity)
+    second = (await identity.tokens.refresh(first)).refresh_token
+    await identity.tokens.revoke(first)  # any token of the sign-in ends all of it
+    with pytest.raises(AuthenticationFailed) as caught:
+        await identity.tokens.refresh(second)
+    assert caught.value.code == "token_revoked"
+    # An expired token can still sign out (nothing to do); a forged one cannot.
+    await identity.tokens.revoke(_forge({"sub": str(user_id), "typ": "refresh", "exp": int(time.time()) - 5,
+                                         "jti": "gone"}))
+    with pytest.raises(AuthenticationFailed):
+        await identity.tokens.revoke(_forge({"sub": str(user_id), "typ": "refresh"}, secret="y" * 64))
+
+
+async def test_a_refresh_token_the_server_never_recorded_is_refused(identity: Identity) -> None:
+    user_id, _, _ = await _signed_in(identity)
+    # Validly signed, but not in the table: issued before rotation existed, or made with a leaked secret.
+    unknown = _forge({"sub": str(user_id), "typ": "refresh", "jti": "never-issued"})
+    with pytest.raises(AuthenticationFailed) as caught:
+        await identity.tokens.refresh(unknown)
+    assert caught.value.code == "token_revoked"
+
+
+async def test_expired_refresh_tokens_are_forgotten_at_the_next_sign_in(identity: Identity) -> None:
+    user_id, _, _ = await _signed_in(identity)
+    identity.tokens.refresh_ttl_s = -1  # the next one is born expired
+    await identity.tokens.login("ivy", "s3cret-passphrase")
+    identity.tokens.refresh_ttl_s = 3600
+    await identity.tokens.login("ivy", "s3cret-passphrase")
+    async with identity.users.db.sessions() as session:
+        rows = await session.scalar(select(func.count()).select_from(RefreshToken)
+                                    .where(RefreshToken.user_id == user_id))
+    assert rows == 2  # the first sign-in's token and the last one; the expired one is gone
 
 
 async def test_refresh_is_refused_for_a_disabled_user(identity: Identity) -> None:

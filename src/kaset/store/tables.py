@@ -102,3 +102,18 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # finished_at + KASET_JOB_RESULT_TTL_S: the periodic cleanup deletes the row and its files after.
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+
+
+class RefreshToken(Base):
+    """An issued refresh token (kaset.auth.tokens), by its `jti`. Each use replaces it with a new
+    one of the same family (one sign-in); a replaced token used again after a short grace window
+    means it was copied, and the whole family is revoked. Signing out revokes the family."""
+
+    __tablename__ = "refresh_tokens"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(Integer, index=True)
+    family: Mapped[str] = mapped_column(String(64), index=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    replaced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

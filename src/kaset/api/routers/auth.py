@@ -1,4 +1,5 @@
-"""Sign-in: POST /v1/auth/token (username + password) and POST /v1/auth/refresh.
+"""Sign-in: POST /v1/auth/token (username + password), POST /v1/auth/refresh (rotates the
+refresh token) and POST /v1/auth/logout (ends the sign-in).
 
 Both take JSON or an OAuth2-style form (application/x-www-form-urlencoded), so OAuth2 password
 clients work unchanged. Tokens go in `Authorization: Bearer <token>` wherever a key does.
@@ -73,6 +74,16 @@ async def token(request: Request, svc: Services = Depends(services)) -> Response
 
 @router.post("/v1/auth/refresh", response_model=TokenResponse, openapi_extra=_form_schema(RefreshRequest))
 async def refresh(request: Request, svc: Services = Depends(services)) -> Response:
-    """A new token pair for a valid refresh token of an active user."""
+    """A new token pair for a valid refresh token of an active user. The refresh token sent is
+    replaced: keep the new one (the old one works for 30 s more, then using it signs out)."""
     body = await _read(request, RefreshRequest)
     return _respond(await svc.identity.tokens.refresh(body.refresh_token))
+
+
+@router.post("/v1/auth/logout", status_code=204, openapi_extra=_form_schema(RefreshRequest))
+async def logout(request: Request, svc: Services = Depends(services)) -> Response:
+    """Sign out: the refresh token, and every token refreshed from the same sign-in, stop working.
+    Access tokens already issued stay valid until they expire (at most 15 minutes)."""
+    body = await _read(request, RefreshRequest)
+    await svc.identity.tokens.revoke(body.refresh_token)
+    return Response(status_code=204, headers={"Cache-Control": "no-store"})

@@ -116,6 +116,13 @@ export function credential() {
 export function signedIn() { return credential() !== null; }
 
 export function signOut() {
+  const c = credential();
+  if (c?.kind === "token" && c.refresh) {
+    // Ends the sign-in on the server too (its refresh token stops working). Not awaited: signing
+    // out must work offline; keepalive lets the request outlive a page that is closing.
+    fetch("/v1/auth/logout", { method: "POST", keepalive: true,
+      body: new URLSearchParams({ refresh_token: c.refresh }) }).catch(() => {});
+  }
   localStorage.removeItem(AUTH_KEY);
   document.dispatchEvent(new CustomEvent("kaset:signedout"));
 }
