@@ -76,9 +76,14 @@ def test_sign_in_with_a_password_then_sign_out(open_page: Callable[..., Page], s
     expect(page.locator("#app")).to_be_visible()
     stored = json.loads(page.evaluate("localStorage.getItem('kaset.auth')"))
     assert stored["kind"] == "token" and stored["username"] == ADMIN_USER
-    page.locator("#signout").click()
+    with page.expect_response("**/v1/auth/logout") as logout:
+        page.locator("#signout").click()
+    assert logout.value.status == 204
     expect(page.locator("#signin")).to_be_visible()
     assert page.evaluate("localStorage.getItem('kaset.auth')") is None
+    # Signed out on the server too: the refresh token the page held no longer works.
+    refused = server.api("POST", "/v1/auth/refresh", credential=None, json={"refresh_token": stored["refresh"]})
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "token_revoked"
 
 
 def test_a_pasted_key_is_used_for_the_calls(open_page: Callable[..., Page], server: Server) -> None:
