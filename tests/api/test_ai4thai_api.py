@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from kaset.config import Settings
 from kaset.media.audio import encode_audio
+from tests.fixtures.audio import wav_bytes
 from tests.fixtures.fake_ai4thai import SECONDS_PER_CHAR, THAI_TRANSCRIPT, ai4thai_app
 from tests.fixtures.fake_providers import FakeServer, serve
 from tests.fixtures.gateway import ready_client
@@ -83,15 +84,10 @@ def test_transcription(gateway: TestClient, fake: FakeServer) -> None:
     # A 44.1 kHz stereo upload: the gateway decodes it, the runtime sends Partii 16 kHz mono.
     t = np.arange(44_100) / 44_100
     tone = (0.4 * np.sin(2 * math.pi * 330.0 * t) * 32767).astype("<i2")
-    stereo = io.BytesIO()
-    with wave.open(stereo, "wb") as wav:
-        wav.setnchannels(2)
-        wav.setsampwidth(2)
-        wav.setframerate(44_100)
-        wav.writeframes(np.repeat(tone, 2).tobytes())
+    stereo = wav_bytes(np.repeat(tone, 2).tobytes(), 44_100, channels=2)
     response = gateway.post("/v1/audio/transcriptions",
                             data={"model": "thai-speech", "response_format": "verbose_json"},
-                            files={"file": ("speech.wav", stereo.getvalue(), "audio/wav")})
+                            files={"file": ("speech.wav", stereo, "audio/wav")})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["text"] == THAI_TRANSCRIPT and body["language"] == "th" and body["duration"] == pytest.approx(1.0)

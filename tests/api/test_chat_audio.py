@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.test_usage_metrics import logged, rid
+from tests.fixtures.audio import silence_wav, wav_bytes
 from tests.fixtures.gateway import error_of
 
 QUESTION = "The farmer waters the rice field every morning."
@@ -136,13 +137,7 @@ def test_streamed_spoken_reply(client: TestClient) -> None:
     pcm = b"".join(base64.b64decode(a["data"]) for a in data)
     seconds = len(pcm) / 2 / 24_000  # OpenAI's pcm16: 24 kHz
     assert 3 < seconds < 12
-    wav = io.BytesIO()
-    with wave.open(wav, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(24_000)
-        out.writeframes(pcm)
-    assert jiwer.wer(_words(TWO_SENTENCES), _words(_heard(client, wav.getvalue()))) < 0.25
+    assert jiwer.wer(_words(TWO_SENTENCES), _words(_heard(client, wav_bytes(pcm, 24_000)))) < 0.25
 
 
 def test_thai_reply_has_no_voice(client: TestClient) -> None:
@@ -194,14 +189,9 @@ def test_bad_audio_parts_name_the_part(client: TestClient, part: dict[str, Any],
 
 
 def test_silence_is_no_speech(client: TestClient) -> None:
-    silence = io.BytesIO()
-    with wave.open(silence, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(16000)
-        out.writeframes(b"\x00\x00" * 16000)
+    silence = silence_wav(1.0)
     response = client.post("/v1/chat/completions", json={
-        "model": "echo", "messages": [{"role": "user", "content": [_audio_part(silence.getvalue())]}]})
+        "model": "echo", "messages": [{"role": "user", "content": [_audio_part(silence)]}]})
     assert response.status_code == 400 and error_of(response)["code"] == "no_speech"
     assert error_of(response)["param"] == "messages[0].content[0]"
 

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from tests.api.test_usage_metrics import logged
-from tests.fixtures.audio import tone_wav
+from tests.fixtures.audio import silence_wav, tone_wav
 
 QUESTION = "What should I do about grey spots on my rice leaves?"
 STREAM = "/v1/voice/stream"
@@ -126,13 +126,7 @@ def test_ask_without_speech(client: TestClient, question_wav: bytes) -> None:
 
 
 def test_ask_silence_is_no_speech(client: TestClient) -> None:
-    silent = io.BytesIO()
-    with wave.open(silent, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(16000)
-        wav.writeframes(b"\0\0" * 16000 * 2)
-    response = client.post("/v1/voice/ask", files={"file": ("q.wav", silent.getvalue(), "audio/wav")},
+    response = client.post("/v1/voice/ask", files={"file": ("q.wav", silence_wav(2.0), "audio/wav")},
                            data={"language": "en"})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "no_speech"

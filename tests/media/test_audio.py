@@ -7,7 +7,6 @@ import os
 import random
 import re
 import struct
-import wave
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from kaset.registry.catalog import ModelSpec
 from kaset.runtimes.base import TranscribeOptions
 from kaset.runtimes.faster_whisper import FasterWhisperRuntime
 from kaset.runtimes.piper import PiperRuntime
+from tests.fixtures.audio import wav_bytes
 
 SENTENCE = "The farmer plants rice in the rainy season."
 RATE = 22_050
@@ -136,13 +136,7 @@ def test_pcm_is_passed_through_and_odd_bytes_dropped(pcm: bytes) -> None:
 def test_stereo_44k_is_downmixed_to_mono_16k(pcm: bytes) -> None:
     mono = np.frombuffer(pcm, dtype="<i2")
     stereo = np.repeat(mono, 2)  # same speech on both channels, interleaved
-    out = io.BytesIO()
-    with wave.open(out, "wb") as wav:
-        wav.setnchannels(2)
-        wav.setsampwidth(2)
-        wav.setframerate(RATE)
-        wav.writeframes(stereo.tobytes())
-    _, duration = decode_audio(out.getvalue(), max_seconds=60)
+    _, duration = decode_audio(wav_bytes(stereo.tobytes(), RATE, channels=2), max_seconds=60)
     assert duration == pytest.approx(seconds(pcm), abs=0.01)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import jwt
 from sqlalchemy import delete, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from kaset.auth.principal import Principal, utc
 from kaset.auth.users import UserInfo, UserStore
@@ -148,9 +149,7 @@ class TokenService:
             replaced = utc(row.replaced_at)
             if replaced is not None and (now - replaced).total_seconds() > REUSE_GRACE_S:
                 reused = True
-                await session.execute(update(RefreshToken).where(RefreshToken.family == row.family,
-                                                                 RefreshToken.revoked_at.is_(None))
-                                      .values(revoked_at=now))
+                await _revoke_family(session, row.family, now)
             elif replaced is None:
                 row.replaced_at = now
             family = row.family
@@ -169,9 +168,7 @@ class TokenService:
         async with self.users.db.sessions() as session, session.begin():
             row = await session.get(RefreshToken, str(claims.get("jti") or ""))
             if row is not None:
-                await session.execute(update(RefreshToken).where(RefreshToken.family == row.family,
-                                                                 RefreshToken.revoked_at.is_(None))
-                                      .values(revoked_at=datetime.now(UTC)))
+                await _revoke_family(session, row.family, datetime.now(UTC))
 
     async def verify_access(self, token: str) -> Principal:
         return await self.users.principal(self._decode(token, "access"))
@@ -199,3 +196,9 @@ class TokenService:
         if not isinstance(sub, str) or not sub.isdigit():
             raise AuthenticationFailed(f"Invalid {kind} token.", code="invalid_token")
         return claims
+
+
+async def _revoke_family(session: AsyncSession, family: str, now: datetime) -> None:
+    """Every refresh token of one sign-in stops working."""
+    await session.execute(update(RefreshToken).where(RefreshToken.family == family, RefreshToken.revoked_at.is_(None))
+                          .values(revoked_at=now))
