@@ -444,18 +444,19 @@ class ModelManager:
         # Inline runtimes (echo) answer on the event loop at once: nothing ever waits for them.
         loaded.capacity = sys.maxsize if loaded.runtime.inline else loaded.service_slots + loaded.max_queue
 
-    def _load_blocking(self, spec: ModelSpec, executor: ThreadPoolExecutor) -> LoadedModel:
+    def _runtime(self, spec: ModelSpec) -> Runtime:
+        """A new, unloaded runtime for the installed model."""
         if not self.repository.is_installed(spec):
-            raise ModelUnavailable(
-                f"The model '{spec.key}' is not installed. "
-                f"Install it with: kaset models install {self.catalog.name_of(spec)}"
-            )
+            raise ModelUnavailable(f"The model '{spec.key}' is not installed. "
+                                   f"Install it with: kaset models install {self.catalog.name_of(spec)}")
         cls = runtime_class(spec.runtime)
         for task in spec.tasks:
             if not issubclass(cls, TASK_CONTRACTS[task]):
                 raise ValueError(f"runtime {spec.runtime} cannot do task {task} (model {spec.id})")
-        model_dir = self.repository.path_for(spec) if spec.needs_install else None
-        runtime = cls(spec, model_dir)
+        return cls(spec, self.repository.path_for(spec) if spec.needs_install else None)
+
+    def _load_blocking(self, spec: ModelSpec, executor: ThreadPoolExecutor) -> LoadedModel:
+        runtime = self._runtime(spec)
         started = time.perf_counter()
         rss_before = process_rss_bytes()
         runtime.load()
@@ -463,7 +464,7 @@ class ModelManager:
             runtime.warmup()
         rss_delta = max(0, process_rss_bytes() - rss_before)
         seconds = time.perf_counter() - started
-        files = folder_bytes(model_dir)
+        files = folder_bytes(runtime.model_dir)
         log.info("loaded %s (%s) in %.2fs, %.1f MB (RSS +%.1f MB, files %.1f MB)", spec.id, spec.runtime, seconds,
                  mb(max(rss_delta, files)), mb(rss_delta), mb(files))
         return LoadedModel(spec=spec, runtime=runtime, executor=executor, memory_bytes=max(rss_delta, files),
@@ -590,14 +591,7 @@ class ModelManager:
             raise InvalidRequest(f"The model '{spec.id}' does not speak; it does {'/'.join(spec.tasks)}.",
                                  param="model")
         loaded = self._loaded.get(spec.key)
-        if loaded is not None:
-            runtime = loaded.as_(Synthesizer)
-        else:
-            if not self.repository.is_installed(spec):
-                raise ModelUnavailable(f"The model '{spec.key}' is not installed. "
-                                       f"Install it with: kaset models install {self.catalog.name_of(spec)}")
-            cls = runtime_class(spec.runtime)
-            runtime = cast(Synthesizer, cls(spec, self.repository.path_for(spec) if spec.needs_install else None))
+        runtime = loaded.as_(Synthesizer) if loaded is not None else cast(Synthesizer, self._runtime(spec))
         found = await asyncio.to_thread(runtime.voices)
         self._voices[spec.key] = found
         return found
