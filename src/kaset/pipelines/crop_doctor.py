@@ -29,7 +29,8 @@ import numpy as np
 from kaset import usage
 from kaset.errors import InvalidRequest
 from kaset.pipelines.advice import Advice, AdviceQuery, AdviceService, Language, detect_language
-from kaset.pipelines.diagnose import THAI_CROPS, Diagnosis, DiagnosisService
+from kaset.pipelines.diagnose import Diagnosis, DiagnosisService
+from kaset.pipelines.diagnosis_text import THAI_CROPS
 from kaset.pipelines.speech import Caller, Heard, NoVoice, SpeechService, Spoken
 
 T = TypeVar("T")

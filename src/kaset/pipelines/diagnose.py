@@ -25,17 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from kaset.errors import InvalidRequest
 from kaset.knowledge.schema import Entry, index_by_model_label
 from kaset.pipelines.advice import Language, curated_answer
+from kaset.pipelines.diagnosis_text import RETAKE_TIPS, no_model, not_a_plant, not_this_crop, unsure
 from kaset.registry.manager import ModelManager
 from kaset.runtimes.base import ImageClassifier
 
 DEFAULT_CONFIG = Path(__file__).parent / "crop_guardian.yaml"
 
-RETAKE_TIPS: dict[Language, list[str]] = {
-    "en": ["Hold the phone steady and tap the leaf to focus.", "Take the photo in daylight, out of harsh shadow.",
-           "Fill the frame with one affected leaf or fruit.", "Use a plain background if you can."],
-    "th": ["ถือโทรศัพท์ให้นิ่ง แล้วแตะที่ใบเพื่อปรับโฟกัส", "ถ่ายในที่มีแสงธรรมชาติ หลีกเลี่ยงเงาเข้ม",
-           "ถ่ายใบหรือผลที่มีอาการเพียงใบเดียวให้เต็มภาพ", "ถ้าทำได้ ให้ใช้พื้นหลังเรียบ ๆ"],
-}
 
 Range = int | list[int]
 
@@ -221,16 +216,16 @@ class DiagnosisService:
         gate = None if skip_gate else await self.gate(image)
         if gate is not None and not gate.passed:
             return Diagnosis(status="not_a_plant", language=language, crop=crop, crop_source=crop_source,
-                             gate=gate, message=_not_a_plant(gate.refused_as or "", language),
+                             gate=gate, message=not_a_plant(gate.refused_as or "", language),
                              retake_tips=RETAKE_TIPS[language])
         config = self.config.crops[crop]
         foreign = _foreign_plant(gate, expand_ranges(config.foreign_classes), config.foreign_confidence)
         if foreign is not None:
             return Diagnosis(status="unsure", language=language, crop=crop, crop_source=crop_source, gate=gate,
-                             message=_not_this_crop(foreign, crop, language), retake_tips=RETAKE_TIPS[language])
+                             message=not_this_crop(foreign, crop, language), retake_tips=RETAKE_TIPS[language])
         if not config.slots:
             return Diagnosis(status="no_model", language=language, crop=crop, crop_source=crop_source, gate=gate,
-                             message=_no_model(crop, self.crops_with_models(), language))
+                             message=no_model(crop, self.crops_with_models(), language))
         results: list[ModelResult] = []
         weights: list[float] = []
         labels: list[str] = []
@@ -251,7 +246,7 @@ class DiagnosisService:
                               ensemble=config.ensemble if len(results) > 1 else None)
         if best.score < config.unsure_below:
             diagnosis.status = "unsure"
-            diagnosis.message = _unsure(best.score, language)
+            diagnosis.message = unsure(best.score, language)
             diagnosis.retake_tips = RETAKE_TIPS[language]
             return diagnosis
         namespace = config.label_namespace or config.slots[0].variants[0].model
@@ -285,33 +280,3 @@ def _foreign_plant(gate: GateResult | None, foreign: set[int], confidence: float
         return None
     best = gate.top[0]
     return best.label if best.index in foreign and best.score >= confidence else None
-
-
-def _not_this_crop(label: str, crop: str, language: Language) -> str:
-    if language == "th":
-        return f"ภาพนี้ดูเหมือน {label} มากกว่า{THAI_CROPS.get(crop, crop)} กรุณาถ่ายภาพใบหรือผลของ{THAI_CROPS.get(crop, crop)}"
-    return f"This looks like a {label} rather than {crop}. Take a photo of a {crop} leaf or fruit."
-
-
-def _not_a_plant(label: str, language: Language) -> str:
-    if language == "th":
-        return f"ภาพนี้ดูเหมือน {label} ไม่ใช่พืช กรุณาถ่ายภาพใบ ผล หรือต้นพืชที่มีอาการ"
-    return f"This looks like a {label}, not a plant. Take a photo of the affected leaf, fruit or plant."
-
-
-def _unsure(confidence: float, language: Language) -> str:
-    if language == "th":
-        return f"ยังไม่แน่ใจ (ความมั่นใจ {confidence:.0%}) กรุณาถ่ายภาพใหม่ตามคำแนะนำด้านล่าง"
-    return f"Not sure ({confidence:.0%} confident). Please take another photo following the tips below."
-
-
-THAI_CROPS = {"mango": "มะม่วง", "rice": "ข้าว", "cassava": "มันสำปะหลัง", "durian": "ทุเรียน"}
-
-
-def _no_model(crop: str, with_models: list[str], language: Language) -> str:
-    if language == "th":
-        ready = ", ".join(THAI_CROPS.get(c, c) for c in with_models)
-        return (f"ยังไม่มีโมเดลวินิจฉัยภาพสำหรับ{THAI_CROPS.get(crop, crop)} (ตอนนี้มีสำหรับ{ready}) "
-                "ลองพิมพ์หรือพูดอาการที่พบเพื่อขอคำแนะนำแทน")
-    return (f"There is no photo model for {crop} yet (there is for {', '.join(with_models)}). "
-            "Describe the symptoms to the advice service instead.")
