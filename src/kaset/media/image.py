@@ -9,6 +9,7 @@ refused. What cannot be read gets a 4xx that says why.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
@@ -17,6 +18,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from kaset.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# What Pillow's decoders raise on damaged files: truncated streams (OSError, EOFError), bad
+# headers and chunks (SyntaxError, struct.error, ValueError), and corrupt tables that send a
+# plugin out of range (IndexError, KeyError, TypeError, ZeroDivisionError).
+_DECODE_ERRORS = (OSError, EOFError, SyntaxError, ValueError, struct.error, IndexError, KeyError, TypeError,
+                  ZeroDivisionError, MemoryError)
 # Images are classified at a few hundred pixels; anything bigger is reduced to this
 # longer side right after decoding, which bounds memory per request.
 WORKING_SIDE = 1024
@@ -38,6 +44,8 @@ def decode_image(data: bytes, *, max_pixels: int = 60_000_000) -> np.ndarray:
         ) from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise PayloadTooLarge(f"The image has more than {max_pixels:,} pixels.", param="image") from None
+    except _DECODE_ERRORS as exc:
+        raise _corrupt(exc) from None
     if image.format not in SUPPORTED_FORMATS:
         raise UnsupportedMediaType(
             f"Images in {image.format} format are not supported. Send one of: {', '.join(SUPPORTED_FORMATS)}.",
@@ -55,16 +63,29 @@ def decode_image(data: bytes, *, max_pixels: int = 60_000_000) -> np.ndarray:
             param="image",
         )
     try:
-        if image.format == "JPEG":
-            # Decode big JPEGs at a reduced scale directly (much faster, far less memory).
-            image.draft("RGB", (WORKING_SIDE, WORKING_SIDE))
-        image.seek(0)  # the first frame of an animated GIF/WebP
-        image.load()
-        upright: Image.Image = ImageOps.exif_transpose(image) or image
-        rgb = _to_rgb(upright)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidRequest(f"The image could not be decoded ({exc}); it may be truncated or corrupt.",
-                             param="image") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return _decode(image)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise PayloadTooLarge(f"The image has more than {max_pixels:,} pixels.", param="image") from None
+    except _DECODE_ERRORS as exc:
+        raise _corrupt(exc) from None
+
+
+def _corrupt(exc: BaseException) -> InvalidRequest:
+    detail = str(exc).strip() or type(exc).__name__
+    return InvalidRequest(f"The image could not be decoded ({detail}); it may be truncated or corrupt. "
+                          "Take the photo again or send the original file.", param="image", code="invalid_image")
+
+
+def _decode(image: Image.Image) -> np.ndarray:
+    if image.format == "JPEG":
+        # Decode big JPEGs at a reduced scale directly (much faster, far less memory).
+        image.draft("RGB", (WORKING_SIDE, WORKING_SIDE))
+    image.seek(0)  # the first frame of an animated GIF/WebP
+    image.load()
+    upright: Image.Image = ImageOps.exif_transpose(image) or image
+    rgb = _to_rgb(upright)
     if max(rgb.size) > WORKING_SIDE:
         rgb.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8)
