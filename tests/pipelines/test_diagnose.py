@@ -49,7 +49,8 @@ async def test_refusal_in_thai(service: DiagnosisService) -> None:
 async def test_a_flower_is_a_plant_but_not_a_mango(service: DiagnosisService) -> None:
     result = await service.diagnose(photo("flower"), crop="mango", language="en")
     assert result.gate is not None and result.gate.passed
-    assert result.status == "unsure" and "daisy" in result.message and result.retake_tips
+    assert result.status == "not_this_crop" and "daisy" in result.message and result.retake_tips
+    assert result.decided_by == "imagenet_foreign_plant"
 
 
 @module_loop

@@ -11,6 +11,7 @@ the treatment plan, in Thai or English.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import random
@@ -25,7 +26,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from kaset.errors import InvalidRequest
 from kaset.knowledge.schema import Entry, index_by_model_label
 from kaset.pipelines.advice import Language, curated_answer
-from kaset.pipelines.diagnosis_text import RETAKE_TIPS, no_model, not_a_plant, not_this_crop, unsure
+from kaset.pipelines.diagnosis_text import (
+    RETAKE_TIPS,
+    leaf_cut_off,
+    leaf_too_small,
+    no_leaf,
+    no_model,
+    not_a_plant,
+    not_crop_leaf,
+    not_one_leaf,
+    not_this_crop,
+    unstable,
+    unsure,
+)
+from kaset.pipelines.leaf_shape import NO_LEAF, LeafColour, LeafMeasure, measure_leaf
 from kaset.registry.manager import ModelManager
 from kaset.runtimes.base import ImageClassifier
 
@@ -44,6 +58,37 @@ class GateConfig(BaseModel):
     reject_confidence: float = 0.35
     animal_mass: float = 0.5
     plant_mass: float = 0.15
+    leaf_colour: LeafColour = Field(default_factory=LeafColour)
+    # Below this fraction of leaf-coloured pixels the photo holds no leaf to diagnose.
+    min_leaf_colour: float = Field(default=0.02, ge=0, le=1)
+    # A distinct leaf: a leaf-coloured region this big, clear of the frame's edges and this
+    # convex. With one in the photo the general model's "not a plant" does not stand (it calls a
+    # leaf on paper an envelope): the leaf's outline decides instead.
+    distinct_leaf_area: float = Field(default=0.04, ge=0, le=1)
+    distinct_leaf_solidity: float = Field(default=0.9, ge=0, le=1)
+
+
+class LeafProfile(BaseModel):
+    """The outline a photo's leaf must have for the crop's models to be asked about it."""
+
+    model_config = ConfigDict(extra="forbid")
+    min_area: float = Field(default=0.08, ge=0, le=1)
+    elongation: tuple[float, float] = (2.2, 7.0)
+    min_solidity: float = Field(default=0.85, ge=0, le=1)
+    max_edges: int = Field(default=1, ge=0, le=4)
+
+
+View = Literal["hflip", "vflip", "center_crop"]
+DEFAULT_VIEWS: tuple[View, ...] = ("hflip", "center_crop")
+
+
+class Stability(BaseModel):
+    """Test-time views the crop models also see; the answer must hold on enough of them."""
+
+    model_config = ConfigDict(extra="forbid")
+    views: list[View] = Field(default_factory=lambda: list(DEFAULT_VIEWS))
+    center_crop: float = Field(default=0.8, gt=0.3, le=1)
+    min_agreement: float = Field(default=0.66, ge=0, le=1)
 
 
 class Variant(BaseModel):
@@ -64,9 +109,14 @@ class CropConfig(BaseModel):
     slots: list[Slot] = Field(default_factory=list)
     ensemble: Literal["weighted_average", "vote"] = "weighted_average"
     unsure_below: float = Field(default=0.6, ge=0, le=1)
+    # At or above this the diagnosis is shown as confident (green); between unsure_below and it,
+    # as moderate, with "check with an extension officer".
+    confident_above: float = Field(default=0.85, ge=0, le=1)
     foreign_classes: list[Range] = Field(default_factory=list)
     foreign_confidence: float = 0.2
     label_namespace: str | None = None
+    leaf: LeafProfile | None = None
+    stability: Stability | None = None
 
 
 class CropGuardianConfig(BaseModel):
@@ -99,6 +149,16 @@ class Scored:
 
 
 @dataclass
+class Signal:
+    """One piece of evidence the gate weighed: its measured value against its threshold."""
+
+    name: str
+    value: float
+    threshold: float | tuple[float, float]
+    passed: bool
+
+
+@dataclass
 class GateResult:
     passed: bool
     top: list[Scored]
@@ -106,6 +166,10 @@ class GateResult:
     model: str
     version: str
     refused_as: str | None = None
+    refused_index: int | None = None
+    leaf: LeafMeasure | None = None
+    signals: list[Signal] = field(default_factory=list)
+    decided_by: str | None = None
 
 
 @dataclass
@@ -115,11 +179,16 @@ class ModelResult:
     version: str
     top: list[Scored]
     probabilities: np.ndarray
+    # The top label's agreement over the test-time views (1.0 when there are none).
+    agreement: float = 1.0
+
+
+Status = Literal["diagnosed", "unsure", "not_a_plant", "not_this_crop", "no_model"]
 
 
 @dataclass
 class Diagnosis:
-    status: Literal["diagnosed", "unsure", "not_a_plant", "no_model"]
+    status: Status
     language: Language
     crop: str | None
     crop_source: Literal["given", "inferred"] | None
@@ -127,12 +196,18 @@ class Diagnosis:
     gate: GateResult | None
     label: str | None = None
     confidence: float | None = None
+    confidence_level: Literal["high", "moderate"] | None = None
+    models_agree: bool | None = None
     top: list[Scored] = field(default_factory=list)
     per_model: list[ModelResult] = field(default_factory=list)
     ensemble: str | None = None
     entry: Entry | None = None
     plan_text: str | None = None
     retake_tips: list[str] = field(default_factory=list)
+
+    @property
+    def decided_by(self) -> str | None:
+        return self.gate.decided_by if self.gate is not None else None
 
 
 def top_k(probabilities: np.ndarray, labels: list[str], k: int) -> list[Scored]:
@@ -154,6 +229,28 @@ def combine(results: list[ModelResult], weights: list[float], method: str, label
     return np.asarray(weighted.sum(axis=0) / sum(weights), dtype=np.float32)
 
 
+def views_of(image: np.ndarray, stability: Stability | None) -> list[np.ndarray]:
+    """The photo and its test-time views: mirror images and a centre crop."""
+    views = [image]
+    for view in stability.views if stability else []:
+        if view == "hflip":
+            views.append(np.ascontiguousarray(image[:, ::-1]))
+        elif view == "vflip":
+            views.append(np.ascontiguousarray(image[::-1]))
+        else:
+            assert stability is not None
+            height, width = image.shape[:2]
+            dy, dx = int(height * (1 - stability.center_crop) / 2), int(width * (1 - stability.center_crop) / 2)
+            views.append(np.ascontiguousarray(image[dy:height - dy, dx:width - dx]))
+    return views
+
+
+@dataclass
+class _Refusal:
+    status: Status
+    message: str
+
+
 class DiagnosisService:
     def __init__(self, manager: ModelManager, entries: list[Entry], config: CropGuardianConfig | None = None,
                  rng: random.Random | None = None) -> None:
@@ -169,10 +266,15 @@ class DiagnosisService:
         return [name for name, crop in self.config.crops.items() if crop.slots]
 
     async def gate(self, image: np.ndarray) -> GateResult:
+        """The general model's view and the leaf measurement, before any crop is considered."""
         gate = self.config.gate
         model = await self.manager.get(gate.model, "classify")
-        # Through the batcher: concurrent diagnoses share one gate call.
-        probabilities = (await model.batch("classify", [image]))[0]
+        # Through the batcher: concurrent diagnoses share one gate call. The leaf is measured
+        # in a thread meanwhile.
+        probabilities_of, leaf = await asyncio.gather(
+            model.batch("classify", [image]),
+            asyncio.to_thread(measure_leaf, image, gate.leaf_colour))
+        probabilities = probabilities_of[0]
         labels = model.as_(ImageClassifier).labels
         top = top_k(probabilities, labels, 5)
         plant_score = _mass(probabilities, self.plant | self.neutral)
@@ -181,11 +283,71 @@ class DiagnosisService:
         confident_other = (best.index not in self.plant and best.index not in self.neutral
                            and best.score >= gate.reject_confidence)
         refuse = plant_score < gate.plant_mass and (confident_other or animal_score >= gate.animal_mass)
-        refused_as = None
+        refused = None
         if refuse:
-            refused_as = best.label if confident_other else next(s.label for s in top if s.index in self.animals)
+            refused = best if confident_other else next(s for s in top if s.index in self.animals)
+        signals = [
+            Signal("imagenet_plant_mass", plant_score, gate.plant_mass, plant_score >= gate.plant_mass),
+            Signal("imagenet_object", best.score if confident_other else animal_score,
+                   gate.reject_confidence if confident_other else gate.animal_mass, not refuse),
+            Signal("leaf_colour", leaf.colour_fraction, gate.min_leaf_colour,
+                   leaf.colour_fraction >= gate.min_leaf_colour),
+        ]
         return GateResult(passed=not refuse, top=top, plant_score=plant_score, model=model.spec.id,
-                          version=model.spec.version, refused_as=refused_as)
+                          version=model.spec.version, refused_as=refused.label if refused else None,
+                          refused_index=refused.index if refused else None, leaf=leaf, signals=signals)
+
+    def judge(self, gate: GateResult, crop: str, language: Language) -> _Refusal | None:
+        """The gate's verdict for this crop: None when the photo may go to the crop's models,
+        else why not. Records the deciding signal in `gate.decided_by` and every leaf signal."""
+        config = self.config.crops[crop]
+        leaf = gate.leaf or NO_LEAF
+        profile = config.leaf
+        leaf_like = profile is not None and _leaf_like(leaf, profile)
+        settings = self.config.gate
+        distinct = (leaf.area >= settings.distinct_leaf_area and leaf.solidity >= settings.distinct_leaf_solidity
+                    and leaf.edges_touched == 0)
+        # The general model's refusal stands unless the photo holds a distinct leaf.
+        if not gate.passed and not (leaf_like or distinct):
+            gate.decided_by = "imagenet_object"
+            return _Refusal("not_a_plant", not_a_plant(gate.refused_as or "", language))
+        gate.passed = True
+        colour = next(s for s in gate.signals if s.name == "leaf_colour")
+        foreign = _foreign_plant(gate, expand_ranges(config.foreign_classes), config.foreign_confidence)
+        if not colour.passed:
+            if foreign is not None:
+                gate.decided_by = "imagenet_foreign_plant"
+                return _Refusal("not_this_crop", not_this_crop(foreign, crop, language))
+            gate.passed, gate.decided_by = False, "leaf_colour"
+            return _Refusal("not_a_plant", no_leaf(language))
+        if foreign is not None and not leaf_like:
+            gate.decided_by = "imagenet_foreign_plant"
+            return _Refusal("not_this_crop", not_this_crop(foreign, crop, language))
+        if profile is None:
+            return None
+        low, high = profile.elongation
+        outlined = leaf.area >= self.config.gate.min_leaf_colour  # enough pixels for an outline to mean much
+        checks = [
+            (Signal("leaf_elongation", leaf.elongation, (low, high), not outlined or low <= leaf.elongation <= high),
+             _Refusal("not_this_crop", not_crop_leaf(crop, leaf.elongation < low, language))),
+            (Signal("leaf_area", leaf.area, profile.min_area, leaf.area >= profile.min_area),
+             _Refusal("unsure", leaf_too_small(language))),
+            (Signal("leaf_edges", leaf.edges_touched, profile.max_edges, leaf.edges_touched <= profile.max_edges),
+             _Refusal("unsure", leaf_cut_off(language))),
+            (Signal("leaf_solidity", leaf.solidity, profile.min_solidity, leaf.solidity >= profile.min_solidity),
+             _Refusal("unsure", not_one_leaf(language))),
+        ]
+        gate.signals.extend(signal for signal, _ in checks)
+        for signal, refusal in checks:
+            if signal.passed:
+                continue
+            if signal.name == "leaf_elongation" and leaf.edges_touched > profile.max_edges and leaf.elongation < high:
+                # A leaf cut off by the frame looks shorter than it is: too round says nothing then.
+                continue
+            gate.passed = refusal.status != "not_a_plant"
+            gate.decided_by = signal.name
+            return refusal
+        return None
 
     def choose_variant(self, slot: Slot, ab_key: str | None) -> Variant:
         if len(slot.variants) == 1:
@@ -203,36 +365,40 @@ class DiagnosisService:
                 return variant
         return slot.variants[-1]
 
-    async def run_slot(self, slot: Slot, variant: Variant, image: np.ndarray, k: int) -> tuple[ModelResult, list[str]]:
+    async def run_slot(self, slot: Slot, variant: Variant, views: list[np.ndarray],
+                       k: int) -> tuple[ModelResult, list[str]]:
+        """One variant on the photo (views[0]) and its test-time views, in one batch; the answer
+        is the photo's own, and `agreement` the share of views whose best label is the same."""
         model = await self.manager.get(variant.model, "classify")
-        probabilities = (await model.batch("classify", [image]))[0]
+        answers = await model.batch("classify", views)
+        probabilities = answers[0]
+        winner = int(np.argmax(probabilities))
+        agreement = sum(int(np.argmax(a)) == winner for a in answers) / len(answers)
         labels = model.as_(ImageClassifier).labels
         return (ModelResult(slot=slot.name, model=model.spec.id, version=model.spec.version,
-                            top=top_k(probabilities, labels, k), probabilities=probabilities), labels)
+                            top=top_k(probabilities, labels, k), probabilities=probabilities,
+                            agreement=agreement), labels)
 
     async def diagnose(self, image: np.ndarray, *, crop: str | None, language: Language, k: int = 3,
                        compare: bool = False, ab_key: str | None = None, skip_gate: bool = False) -> Diagnosis:
         crop, crop_source = self._crop(crop)
         gate = None if skip_gate else await self.gate(image)
-        if gate is not None and not gate.passed:
-            return Diagnosis(status="not_a_plant", language=language, crop=crop, crop_source=crop_source,
-                             gate=gate, message=not_a_plant(gate.refused_as or "", language),
-                             retake_tips=RETAKE_TIPS[language])
+        refusal = None if gate is None else self.judge(gate, crop, language)
+        if refusal is not None:
+            return Diagnosis(status=refusal.status, language=language, crop=crop, crop_source=crop_source,
+                             gate=gate, message=refusal.message, retake_tips=RETAKE_TIPS[language])
         config = self.config.crops[crop]
-        foreign = _foreign_plant(gate, expand_ranges(config.foreign_classes), config.foreign_confidence)
-        if foreign is not None:
-            return Diagnosis(status="unsure", language=language, crop=crop, crop_source=crop_source, gate=gate,
-                             message=not_this_crop(foreign, crop, language), retake_tips=RETAKE_TIPS[language])
         if not config.slots:
             return Diagnosis(status="no_model", language=language, crop=crop, crop_source=crop_source, gate=gate,
                              message=no_model(crop, self.crops_with_models(), language))
+        views = views_of(image, config.stability)
         results: list[ModelResult] = []
         weights: list[float] = []
         labels: list[str] = []
         for slot in config.slots:
             variants = slot.variants if compare else [self.choose_variant(slot, ab_key)]
             for variant in variants:
-                result, labels_of_model = await self.run_slot(slot, variant, image, k)
+                result, labels_of_model = await self.run_slot(slot, variant, views, k)
                 if labels and labels_of_model != labels:
                     raise InvalidRequest(f"Models for {crop} disagree on their labels; fix the crop guardian config.")
                 labels = labels_of_model
@@ -244,11 +410,24 @@ class DiagnosisService:
         diagnosis = Diagnosis(status="diagnosed", language=language, crop=crop, crop_source=crop_source, gate=gate,
                               message="", label=best.label, confidence=best.score, top=top, per_model=results,
                               ensemble=config.ensemble if len(results) > 1 else None)
-        if best.score < config.unsure_below:
-            diagnosis.status = "unsure"
-            diagnosis.message = unsure(best.score, language)
-            diagnosis.retake_tips = RETAKE_TIPS[language]
-            return diagnosis
+        if compare and len(results) > 1:
+            diagnosis.models_agree = (len({int(np.argmax(r.probabilities)) for r in results}) == 1
+                                      and all(r.top[0].score >= config.confident_above for r in results))
+        agreement = min(r.agreement for r in results)
+        if config.stability is not None and gate is not None:
+            stable = agreement >= config.stability.min_agreement
+            gate.signals.append(Signal("crop_model_agreement", agreement, config.stability.min_agreement, stable))
+            if not stable:
+                gate.decided_by = "crop_model_agreement"
+                return _unsure(diagnosis, unstable(language))
+        confident = best.score >= config.unsure_below
+        if gate is not None:
+            gate.signals.append(Signal("crop_confidence", best.score, config.unsure_below, confident))
+        if not confident:
+            if gate is not None:
+                gate.decided_by = "crop_confidence"
+            return _unsure(diagnosis, unsure(best.score, language))
+        diagnosis.confidence_level = "high" if best.score >= config.confident_above else "moderate"
         namespace = config.label_namespace or config.slots[0].variants[0].model
         diagnosis.entry = self.by_label.get(f"{namespace}/{best.label}")
         if diagnosis.entry is not None:
@@ -269,6 +448,18 @@ class DiagnosisService:
             return with_models[0], "inferred"
         raise InvalidRequest(f"Say which crop the photo shows: one of {', '.join(self.config.crops)}.",
                              param="crop")
+
+
+def _unsure(diagnosis: Diagnosis, message: str) -> Diagnosis:
+    diagnosis.status, diagnosis.message = "unsure", message
+    diagnosis.retake_tips = RETAKE_TIPS[diagnosis.language]
+    return diagnosis
+
+
+def _leaf_like(leaf: LeafMeasure, profile: LeafProfile) -> bool:
+    low, high = profile.elongation
+    return (leaf.area >= profile.min_area and low <= leaf.elongation <= high and leaf.solidity >= profile.min_solidity
+            and leaf.edges_touched <= profile.max_edges)
 
 
 def _mass(probabilities: np.ndarray, indices: set[int]) -> float:

@@ -41,3 +41,48 @@ def no_model(crop: str, with_models: list[str], language: Language) -> str:
                 "ลองพิมพ์หรือพูดอาการที่พบเพื่อขอคำแนะนำแทน")
     return (f"There is no photo model for {crop} yet (there is for {', '.join(with_models)}). "
             "Describe the symptoms to the advice service instead.")
+
+
+# --- what the leaf measurements decided (the gate's own signals; see pipelines/leaf_shape.py) ---
+
+def no_leaf(language: Language) -> str:
+    if language == "th":
+        return "ไม่พบใบพืชสีเขียวในภาพนี้ กรุณาถ่ายภาพใบที่มีอาการหนึ่งใบให้ชัดเจน"
+    return "I cannot see a green leaf in this photo. Take a photo of one affected leaf."
+
+
+def leaf_too_small(language: Language) -> str:
+    if language == "th":
+        return "ใบในภาพเล็กเกินไป กรุณาถ่ายให้ใกล้ขึ้นจนใบเต็มภาพเกือบทั้งหมด"
+    return "The leaf is too small in the photo to judge. Come closer so the leaf fills most of the frame."
+
+
+def leaf_cut_off(language: Language) -> str:
+    if language == "th":
+        return "ใบถูกตัดขอบภาพ กรุณาถ่ายให้เห็นทั้งใบ ตั้งแต่โคนถึงปลายใบ"
+    return "The leaf runs off the edge of the photo. Take it again with the whole leaf in view, tip to stalk."
+
+
+def not_one_leaf(language: Language) -> str:
+    if language == "th":
+        return "ยังแยกใบเดี่ยว ๆ ในภาพนี้ไม่ได้ กรุณาวางใบที่มีอาการหนึ่งใบบนพื้นเรียบแล้วถ่ายใหม่"
+    return "I cannot make out a single leaf in this photo. Lay one affected leaf on a plain surface and try again."
+
+
+def not_crop_leaf(crop: str, too_round: bool, language: Language) -> str:
+    """A leaf whose outline is not the crop's: too round or too long and narrow."""
+    if language == "th":
+        name = THAI_CROPS.get(crop, crop)
+        shape = "กลมเกินไป" if too_round else "ยาวและแคบเกินไป"
+        return (f"ใบนี้ดูไม่เหมือนใบ{name} (รูปทรง{shape}สำหรับใบ{name}) "
+                f"ระบบนี้วินิจฉัยได้เฉพาะใบ{name} ถ้าเป็นพืชอื่น ลองพิมพ์หรือพูดอาการเพื่อขอคำแนะนำ")
+    shape = "too round" if too_round else "too long and narrow"
+    return (f"This does not look like a {crop} leaf (its outline is {shape} for {crop}). The photo model only "
+            f"knows {crop} leaves; for another plant, describe the symptoms to get advice instead.")
+
+
+def unstable(language: Language) -> str:
+    if language == "th":
+        return "ผลการวิเคราะห์ไม่คงที่เมื่อมองภาพจากหลายมุม จึงยังไม่แน่ใจ กรุณาถ่ายภาพใหม่ตามคำแนะนำด้านล่าง"
+    return ("The answer changes when the photo is looked at slightly differently, so I am not sure. "
+            "Please take another photo following the tips below.")

@@ -16,13 +16,15 @@ from kaset.api.schemas.diagnose import (
     DiagnoseJSONRequest,
     DiagnoseResponse,
     GateReport,
+    LeafReport,
     ModelReport,
     ScoredLabel,
+    SignalReport,
     TreatmentPlan,
 )
 from kaset.api.uploads import read_image_request
 from kaset.media.image import decode_image
-from kaset.pipelines.diagnose import Diagnosis, Scored
+from kaset.pipelines.diagnose import Diagnosis, GateResult, Scored
 
 router = APIRouter(tags=["crop guardian"])
 
@@ -46,6 +48,18 @@ def _plan(diagnosis: Diagnosis) -> TreatmentPlan | None:
     )
 
 
+def _gate(gate: GateResult) -> GateReport:
+    leaf = gate.leaf
+    return GateReport(
+        passed=gate.passed, model=gate.model, version=gate.version, plant_score=round(gate.plant_score, 5),
+        top=_scored(gate.top), decided_by=gate.decided_by,
+        signals=[SignalReport(name=s.name, value=round(s.value, 4), threshold=s.threshold, passed=s.passed)
+                 for s in gate.signals],
+        leaf=LeafReport(colour_fraction=round(leaf.colour_fraction, 4), area=round(leaf.area, 4),
+                        elongation=round(leaf.elongation, 3), solidity=round(leaf.solidity, 3),
+                        edges_touched=leaf.edges_touched) if leaf else None)
+
+
 def to_response(diagnosis: Diagnosis) -> DiagnoseResponse:
     gate = diagnosis.gate
     used = ([f"{gate.model}@{gate.version}"] if gate else []) + [f"{r.model}@{r.version}" for r in diagnosis.per_model]
@@ -53,12 +67,12 @@ def to_response(diagnosis: Diagnosis) -> DiagnoseResponse:
         status=diagnosis.status, message=diagnosis.message, language=diagnosis.language, crop=diagnosis.crop,
         crop_source=diagnosis.crop_source, label=diagnosis.label,
         confidence=None if diagnosis.confidence is None else round(diagnosis.confidence, 5),
-        top=_scored(diagnosis.top),
+        confidence_level=diagnosis.confidence_level, models_agree=diagnosis.models_agree,
+        decided_by=diagnosis.decided_by, top=_scored(diagnosis.top),
         per_model=[ModelReport(slot=r.slot, model=r.model, version=r.version, top=_scored(r.top))
                    for r in diagnosis.per_model],
         ensemble=diagnosis.ensemble, models_used=list(dict.fromkeys(used)),
-        gate=GateReport(passed=gate.passed, model=gate.model, version=gate.version,
-                        plant_score=round(gate.plant_score, 5), top=_scored(gate.top)) if gate else None,
+        gate=_gate(gate) if gate else None,
         plan=_plan(diagnosis), retake_tips=diagnosis.retake_tips,
     )
 
