@@ -262,6 +262,10 @@ class DiagnosisService:
         self.animals = expand_ranges(self.config.gate.animal_classes) - self.neutral
         self.rng = rng or random.Random()
 
+    async def labels_of(self, model_id: str) -> list[str]:
+        model = await self.manager.get(model_id, "classify")
+        return model.as_(ImageClassifier).labels
+
     def crops_with_models(self) -> list[str]:
         return [name for name, crop in self.config.crops.items() if crop.slots]
 
