@@ -314,19 +314,19 @@ class DiagnosisService:
         # The general model's refusal stands unless the photo holds a distinct leaf.
         if not gate.passed and not (leaf_like or distinct):
             gate.decided_by = "imagenet_object"
-            return _Refusal("not_a_plant", not_a_plant(gate.refused_as or "", language))
+            return _Refusal("not_a_plant", not_a_plant(gate.refused_as or "", language, index=gate.refused_index))
         gate.passed = True
         colour = next(s for s in gate.signals if s.name == "leaf_colour")
         foreign = _foreign_plant(gate, expand_ranges(config.foreign_classes), config.foreign_confidence)
         if not colour.passed:
             if foreign is not None:
                 gate.decided_by = "imagenet_foreign_plant"
-                return _Refusal("not_this_crop", not_this_crop(foreign, crop, language))
+                return _Refusal("not_this_crop", not_this_crop(foreign, crop, language, index=gate.top[0].index))
             gate.passed, gate.decided_by = False, "leaf_colour"
             return _Refusal("not_a_plant", no_leaf(language))
         if foreign is not None and not leaf_like:
             gate.decided_by = "imagenet_foreign_plant"
-            return _Refusal("not_this_crop", not_this_crop(foreign, crop, language))
+            return _Refusal("not_this_crop", not_this_crop(foreign, crop, language, index=gate.top[0].index))
         if profile is None:
             return None
         low, high = profile.elongation
