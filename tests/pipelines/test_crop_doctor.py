@@ -20,6 +20,7 @@ from kaset.pipelines.advice import AdviceService
 from kaset.pipelines.crop_doctor import Consultation, CropDoctor, speakable, spoken_part
 from kaset.pipelines.diagnose import DiagnosisService
 from kaset.pipelines.speech import SpeechService
+from kaset.pipelines.spoken_answer import spoken_answer
 from kaset.registry.catalog import Catalog
 from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository
@@ -81,8 +82,9 @@ async def test_the_spoken_answer_says_the_answer(doctor: CropDoctor) -> None:
     verdict = await doctor.consult(Consultation(image=mango_like_leaf(seed=2, spots=25), language="en"))
     assert verdict.question is None and verdict.advice is not None and verdict.audio is not None
     heard = await doctor.speech.hear(verdict.audio.audio, language="en")
-    said = spoken_part(verdict.answer, "en")
-    assert verdict.answer.startswith(said.split(":")[0]) and len(said) < len(verdict.answer)
+    said = spoken_answer(verdict.diagnosis, verdict.advice, "en")
+    assert verdict.diagnosis is not None and verdict.diagnosis.entry is not None
+    assert verdict.diagnosis.entry.en.name in said and len(said) < len(verdict.answer) / 3
     error = jiwer.wer(_words(said), _words(heard.text))
     assert error < 0.35, (verdict.answer, heard.text, error)
 

@@ -32,6 +32,9 @@ from kaset.pipelines.advice import Advice, AdviceQuery, AdviceService, Language,
 from kaset.pipelines.diagnose import Diagnosis, DiagnosisService
 from kaset.pipelines.diagnosis_text import THAI_CROPS
 from kaset.pipelines.speech import Caller, Heard, NoVoice, SpeechService, Spoken
+from kaset.pipelines.spoken_answer import speakable as speakable
+from kaset.pipelines.spoken_answer import spoken_answer
+from kaset.pipelines.spoken_answer import spoken_part as spoken_part
 
 T = TypeVar("T")
 
@@ -116,31 +119,6 @@ def default_question(diagnosis: Diagnosis, language: Language) -> str:
     return f"How do I manage {name} on my {crop}?"
 
 
-def spoken_part(text: str, language: Language) -> str:
-    """What is read aloud: the answer's first two blocks (what it is, what to do now). A curated
-    answer goes on with spraying, safety and prevention, a minute and more of speech that a
-    farmer in the field will not sit through; those stay on the screen, and the voice says so.
-    Spray advice is never read without its safety lines: both are left to the text."""
-    blocks = [b for b in text.strip().split("\n\n") if b.strip()]
-    if len(blocks) <= 2:
-        return speakable(text)
-    return speakable("\n\n".join(blocks[:2])) + " " + _MORE_ON_SCREEN[language]
-
-
-def speakable(text: str) -> str:
-    """The text as sentences a voice can read: bullets dropped, each line ending as a sentence,
-    so "What to do now:" and the items after it are not run together."""
-    lines = []
-    for line in text.splitlines():
-        line = line.strip().lstrip(_BULLET).strip()
-        if not line:
-            continue
-        if line[-1].isascii() and line[-1].isalnum():
-            line += "."  # Thai lines end without punctuation, and a Thai voice would read a dot
-        lines.append(line)
-    return " ".join(lines)
-
-
 class CropDoctor:
     def __init__(self, diagnoser: DiagnosisService, advisor: AdviceService, speech: SpeechService) -> None:
         self.diagnoser = diagnoser
@@ -198,7 +176,7 @@ class CropDoctor:
         if request.speak:
             try:
                 spoken, timings.speech_ms = await _timed(self.speech.speak(
-                    spoken_part(answer, language), language=language, voice=request.voice, fmt=request.fmt,
+                    spoken_answer(diagnosis, advice, language), language=language, voice=request.voice, fmt=request.fmt,
                     caller=request.caller))
                 usage.record(audio_seconds=spoken.seconds)
                 audio = spoken
