@@ -25,7 +25,8 @@ def to_response(result: Advice) -> AdviceResponse:
     """The /v1/advice response object for an answer (the crop doctor embeds it as it is)."""
     return AdviceResponse(answer=result.answer, language=result.language, path=result.path,
                           curated_answer=result.curated, llm_model=result.llm_model,
-                          llm_rejected=result.llm_rejected, citations=citations(result), notes=result.notes)
+                          llm_rejected=result.llm_rejected, citations=citations(result), notes=result.notes,
+                          understood=result.understood, match_score=round(result.match_score, 4))
 
 
 @router.post("/v1/advice", response_model=AdviceResponse)

@@ -43,3 +43,9 @@ class AdviceResponse(BaseModel):
     llm_rejected: str | None = Field(description="Why the LLM's rewrite was thrown away, if it was.")
     citations: list[Citation]
     notes: list[str]
+    understood: bool = Field(default=True, description="Whether the question matched an entry well enough "
+                             "(match_score at least the threshold) or a diagnosis named the entry. When false "
+                             "the answer asks to rephrase and holds no treatment plan; the citations are only "
+                             "suggestions.")
+    match_score: float = Field(default=0.0, description="How well the question's words match the best entry "
+                               "(embedding cosine plus the lexical score; without the crop and diagnosis boosts).")
