@@ -2,8 +2,9 @@
 
 tests/pipelines/advice_questions.yaml holds 73 questions in Thai and English (by symptom, in
 growers' words, with and without the `crop` field, a few with a `diagnosis` hint), each with the
-entry that should answer it, and 20 strings that are no question (garbled transcripts, noise,
-other topics). Run with `-s` to see the figures docs/crop-guardian.md quotes.
+entry that should answer it, 25 more written after the retrieval was changed (reported apart),
+and 20 strings that are no question (garbled transcripts, noise, other topics). Run with `-s` to
+see the figures docs/crop-guardian.md quotes.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ import pytest
 import yaml
 
 from kaset.pipelines.advice import (
+    NEGATED,
     UNDERSTOOD_THRESHOLD,
     Advice,
     AdviceQuery,
     AdviceService,
     curated_answer,
+    describes_symptoms,
     detect_language,
     not_understood_answer,
+    question_terms,
 )
 from kaset.registry.catalog import Catalog
 from kaset.registry.manager import ModelManager
@@ -30,9 +34,11 @@ from kaset.registry.repository import ModelRepository
 
 DATA = yaml.safe_load((Path(__file__).parent / "advice_questions.yaml").read_text(encoding="utf-8"))
 QUESTIONS: list[dict[str, str]] = DATA["questions"]
+LATER: list[dict[str, str]] = DATA["later_questions"]
 NOT_QUESTIONS: list[str] = DATA["not_questions"]
 HEALTHY = "mango-healthy"
 MIN_TOP1 = 0.97
+MIN_TOP1_LATER = 0.9  # questions the retrieval was not changed on: 24 of 25 when written
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
 
@@ -58,16 +64,25 @@ async def advisor(
     await manager.close()
 
 
-@pytest.fixture(scope="module")
-async def answered(advisor: AdviceService) -> list[Answered]:
+async def _answer_all(advisor: AdviceService, items: list[dict[str, str]]) -> list[Answered]:
     index = await advisor.index()
     out = []
-    for item in QUESTIONS:
+    for item in items:
         query = AdviceQuery(question=item["q"], crop=item.get("crop"), diagnosis=item.get("diagnosis"),
                             use_llm=False)
         symptomatic = index.describes_symptoms(item["q"], detect_language(item["q"]))
         out.append(Answered(item, await advisor.advise(query), symptomatic))
     return out
+
+
+@pytest.fixture(scope="module")
+async def answered(advisor: AdviceService) -> list[Answered]:
+    return await _answer_all(advisor, QUESTIONS)
+
+
+@pytest.fixture(scope="module")
+async def answered_later(advisor: AdviceService) -> list[Answered]:
+    return await _answer_all(advisor, LATER)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +108,17 @@ async def test_top1_accuracy(answered: list[Answered]) -> None:
     accuracy = 1 - len(wrong) / len(answered)
     print(f"\ntop-1: {len(answered) - len(wrong)}/{len(answered)} = {accuracy:.1%}; wrong: {wrong}")
     assert accuracy >= MIN_TOP1, wrong
+
+
+@module_loop
+async def test_top1_on_later_questions(answered_later: list[Answered]) -> None:
+    wrong = [(a.item["expect"], a.top, a.item["q"]) for a in answered_later if a.top != a.item["expect"]]
+    accuracy = 1 - len(wrong) / len(answered_later)
+    print(f"\nlater questions top-1: {len(answered_later) - len(wrong)}/{len(answered_later)} = {accuracy:.1%}; "
+          f"wrong: {wrong}; lowest match score {min(a.advice.match_score for a in answered_later):.3f}")
+    assert accuracy >= MIN_TOP1_LATER, wrong
+    assert all(a.top != HEALTHY for a in answered_later if a.item["expect"] != HEALTHY)
+    assert all(a.advice.understood for a in answered_later)
 
 
 @module_loop
@@ -166,3 +192,28 @@ async def test_http_response_carries_the_two_fields(answered: list[Answered], no
     assert real["understood"] is True and real["match_score"] == round(answered[0].advice.match_score, 4)
     assert garbled["understood"] is False and garbled["match_score"] < UNDERSTOOD_THRESHOLD
     assert garbled["citations"] and garbled["answer"] == not_understood_answer("th")
+
+
+@pytest.mark.parametrize(("text", "language", "symptom"), [
+    ("My mango trees look fine, no spots anywhere", "en", False),
+    ("The leaves don't have any spots", "en", False),
+    ("no spots, but the leaves are turning yellow", "en", True),
+    ("the young fruit are not growing", "en", True),
+    ("when should I spray against anthracnose?", "en", True),
+    ("how often should I walk the orchard?", "en", False),
+    ("ต้นมะม่วงสวยดี ไม่มีโรค ไม่มีจุด", "th", False),
+    ("ยังไม่เห็นอะไรผิดปกติ", "th", False),
+    ("ดอกร่วงหมด ไม่ติดลูก", "th", True),
+    ("ข้าวไม่โตเลย", "th", True),
+    ("ใบมะม่วงมีจุดสีดำ", "th", True),
+])
+def test_describes_symptoms(text: str, language: str, symptom: bool) -> None:
+    assert describes_symptoms(text, language, frozenset({"anthracnose"})) is symptom  # type: ignore[arg-type]
+
+
+def test_terms_share_growers_words_and_mark_negation() -> None:
+    assert question_terms("tiny dots and specks", "en") == ["tiny", "spot", "spot"]
+    assert question_terms("no spots", "en") == [NEGATED + "spot"]
+    # ลูก is what growers call a fruit (ผล); สีดำ is also ดำ (black); the negated ติด is apart.
+    terms = question_terms("ลูกมีจุดสีดำ ไม่ติด", "th")
+    assert "ผล" in terms and "ดำ" in terms and "จุด" in terms and NEGATED + "ติด" in terms and "ติด" not in terms
