@@ -17,6 +17,7 @@ gets a request, in its language, to say it again in other words, never a treatme
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -282,6 +283,7 @@ def _en_term(word: str) -> str:
     return _EN_CANON.get(word) or _EN_CANON.get(_stem(word)) or _stem(word)
 
 
+@functools.cache
 def _thai_stopwords() -> frozenset[str]:
     from pythainlp.corpus import thai_stopwords
 
