@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from playwright.sync_api import Page, WebSocket, WebSocketRoute, expect
+from playwright.sync_api import Page, Route, WebSocket, WebSocketRoute, expect
 
 from tests.fixtures.images import jpeg, mango_like_leaf, photo
 from tests.ui.conftest import ADMIN_PASSWORD, ADMIN_USER, Server, screenshot
@@ -107,8 +107,12 @@ def check_mango_card(page: Page, plan_heading: str, language: str) -> None:
     meter = card.locator("[role=meter]")
     percent = int(meter.get_attribute("aria-valuenow") or "-1")
     assert 0 < percent <= 100
-    # Amber exactly when the confidence is low.
-    assert ("low" in (meter.get_attribute("class") or "")) == (percent < 60)
+    # Green only when the diagnosis says its confidence is high; amber with a caveat otherwise.
+    high = card.get_attribute("data-confidence") == "high"
+    assert ("low" in (meter.get_attribute("class") or "")) == (not high)
+    if not high:
+        expect(card.locator(".confidence-text")).to_contain_text(
+            "check with an extension officer" if language == "en" else "ตรวจสอบกับเจ้าหน้าที่ส่งเสริมการเกษตร")
     expect(card.locator(".plan-part h3").first).to_be_visible()
     expect(card.locator("h3", has_text=plan_heading)).to_be_visible()
     assert card.locator("ul.actions li").count() >= 1
@@ -132,7 +136,8 @@ def test_a_mango_leaf_photo_card_comparison_and_history(open_page: Callable[...,
         card.locator(".chemical-part summary").click()
         expect(card.locator("ul.chemical")).to_be_visible()
         expect(card.locator("ul.safety li").first).to_be_visible()
-    # English has a voice: the answer's audio plays from the button.
+    # English has a voice: the answer's audio follows the text and plays from the button.
+    expect(card.locator(".spoken")).to_have_attribute("data-speech", "ready", timeout=MODEL_CALL_MS)
     player = card.locator("audio.answer-audio")
     assert (player.get_attribute("src") or "").startswith("blob:")
     card.locator("button.play").click()
@@ -148,11 +153,15 @@ def test_a_mango_leaf_photo_card_comparison_and_history(open_page: Callable[...,
     card.locator("button.compare").click()
     columns = page.locator("#compare-result .model-column")
     expect(columns).to_have_count(2, timeout=MODEL_CALL_MS)
+    # Model ids sit behind "Details".
+    expect(columns.first).to_be_hidden()
+    page.locator("#compare-result details.model-details summary").click()
     assert sorted(c.get_attribute("data-model") or "" for c in columns.all()) == ["mango-disease@1", "mango-disease@2"]
     for column in columns.all():
         shown = {label.inner_text() for label in column.locator(".top-label").all()}
         assert shown and shown <= MANGO_LABELS, shown
-    expect(page.locator("#compare-result .alert")).to_have_text(re.compile("The models (agree|disagree)"))
+    expect(page.locator("#compare-result .alert")).to_have_text(
+        re.compile("The models (agree|disagree|give the same answer but are not confident)"))
     shot(page, "farmer-compare-desktop-en")
 
     # The history on the device: the diagnosis with its thumbnail, after a reload too.
@@ -221,9 +230,11 @@ def test_a_plant_the_models_are_unsure_of_in_thai(open_page: Callable[..., Page]
     choose_photo(page, jpeg(photo("flower")), name="flower.jpg")
     page.locator("#diagnose").click()
     card = page.locator("#result article.diagnosis")
-    expect(card).to_have_attribute("data-status", "unsure", timeout=MODEL_CALL_MS)
-    expect(card.locator(".pill")).to_have_text("ไม่แน่ใจ")
-    expect(card.locator(".label-name")).to_have_text("เรายังไม่แน่ใจว่าเป็นโรคอะไร")
+    # A plant, but not the crop (the gate's not_this_crop), its name in Thai.
+    expect(card).to_have_attribute("data-status", "not_this_crop", timeout=MODEL_CALL_MS)
+    expect(card.locator(".pill")).to_have_text("ไม่ใช่พืชที่เลือก")
+    expect(card.locator(".label-name")).to_have_text("รูปนี้ดูไม่เหมือนพืชที่คุณเลือก")
+    expect(card.locator(".message")).to_have_text(re.compile("^ภาพนี้ดูเหมือนดอกเดซี่มากกว่ามะม่วง"))
     expect(card.locator("h3", has_text="วิธีถ่ายรูปให้ดีขึ้น")).to_be_visible()
     assert card.locator("ul.tips li").count() >= 2
     assert re.search("[\u0e00-\u0e7f]", card.locator("ul.tips li").first.inner_text())
@@ -248,36 +259,38 @@ def test_hold_to_talk_shows_the_transcript_and_plays_the_answer(open_page: Calla
     page = ready(open_page("/farmer/"))
     sent: list[str | bytes] = []
     received: list[dict[str, object]] = []
+    asked: list[str] = []
 
     def watch(ws: WebSocket) -> None:
         ws.on("framesent", lambda payload: sent.append(payload))
         ws.on("framereceived", lambda payload: received.append(json.loads(payload)))
 
     page.on("websocket", watch)
+    page.on("request", lambda r: asked.append(r.post_data or "") if r.url.endswith("/v1/crop-doctor") else None)
     page.locator("#tabs [data-tab=ask]").click()
     shot(page, "farmer-ask-phone-en")
     hold_to_talk(page, 3.2)
     transcript = page.locator("#transcript.final")
     expect(transcript).to_contain_text("mango", ignore_case=True, timeout=MODEL_CALL_MS)
-    expect(page.locator("#voice-answer .sentence").first).to_be_visible(timeout=MODEL_CALL_MS)
+    # The answer's text, whole: the plan's steps are list items, none cut in two.
+    items = page.locator("#voice-answer li")
+    expect(items.first).to_be_visible(timeout=MODEL_CALL_MS)
+    for item in items.all():
+        assert item.inner_text().rstrip().endswith((".", ")")), item.inner_text()  # each item ends as written
     player = page.locator("#voice-audio")
     expect(player).to_have_attribute("src", re.compile("^blob:"), timeout=MODEL_CALL_MS)
-    expect(player).to_have_attribute("data-played", re.compile("[1-9]"), timeout=60_000)
+    expect(player).to_have_attribute("data-played", "1", timeout=60_000)
     expect(page.locator("#talk")).to_have_attribute("data-state", "idle", timeout=MODEL_CALL_MS)
-    # The next sentence's audio follows the first one.
-    if sum(1 for event in received if event["type"] == "audio") > 1:
-        expect(player).to_have_attribute("data-played", re.compile("[2-9]|[1-9][0-9]"), timeout=MODEL_CALL_MS)
-    # What went over the socket: start (advice, English), PCM, stop; the server's partial
-    # transcript, sentences and their audio.
+    # What went over the socket: start (transcribe, English), PCM, stop; the server's partial and
+    # final transcripts. The transcript then went to the crop doctor, without speech.
     texts = [json.loads(frame) for frame in sent if isinstance(frame, str)]
-    assert texts[0]["type"] == "start" and texts[0]["mode"] == "advice" and texts[0]["language"] == "en"
-    assert texts[-1]["type"] == "stop"
+    assert texts[0]["type"] == "start" and texts[0]["mode"] == "transcribe" and texts[0]["language"] == "en"
+    assert texts[-1]["type"] in ("stop", "cancel") and {"type": "stop"} in texts
     pcm = sum(len(frame) for frame in sent if isinstance(frame, bytes))
     assert pcm > 16000 * 2 * 2, pcm  # more than 2 s of 16 kHz 16-bit audio
     kinds = [event["type"] for event in received]
-    assert "transcript.partial" in kinds and "answer.delta" in kinds and "audio" in kinds and kinds[-1] == "done"
-    assert page.locator("#voice-answer .sentence").count() == kinds.count("answer.delta")
-    print("voice stream timings (ms):", received[-1].get("timings"))  # shown with -s
+    assert "transcript.partial" in kinds and "transcript.final" in kinds and kinds[-1] == "done"
+    assert len(asked) == 1 and 'name="speak"' in asked[0] and "mango" in asked[0].lower()
     shot(page, "farmer-voice-answer-phone-en")
 
 
@@ -302,14 +315,14 @@ def test_hold_to_talk_without_websockets_asks_in_one_call(open_page: Callable[..
     page.reload()
     ready(page)
     asked: list[str] = []
-    page.on("request", lambda r: asked.append(r.url) if "/v1/voice/ask" in r.url else None)
+    page.on("request", lambda r: asked.append(r.url) if "/v1/crop-doctor" in r.url or "/v1/voice/" in r.url else None)
     page.locator("#tabs [data-tab=ask]").click()
     hold_to_talk(page, 3.2)
     expect(page.locator("#transcript.final")).to_contain_text("mango", ignore_case=True, timeout=MODEL_CALL_MS)
-    assert len(asked) == 1
-    expect(page.locator("#voice-answer .sentence").first).to_be_visible()
+    assert [url.split("/v1/")[1] for url in asked] == ["crop-doctor"]  # the recording, heard there
+    expect(page.locator("#voice-answer li").first).to_be_visible()
     player = page.locator("#voice-audio")
-    expect(player).to_have_attribute("src", re.compile("^blob:"))
+    expect(player).to_have_attribute("src", re.compile("^blob:"), timeout=MODEL_CALL_MS)
     expect(player).to_have_attribute("data-played", "1", timeout=60_000)
     expect(page.locator("#voice-alert")).to_be_hidden()
 
@@ -521,3 +534,113 @@ def test_the_service_worker_caches_the_shell_but_never_the_api(open_page: Callab
     ready(page)
     expect(page.locator("#tabs")).to_be_visible()
     page.context.set_offline(False)
+
+
+# --- text first, speech after; honest confidence; Thai labels --------------------------------
+
+
+def test_the_text_is_shown_before_the_speech(open_page: Callable[..., Page], server: Server) -> None:
+    page = ready(open_page("/farmer/"))
+    held: list[Route] = []
+    doctor: list[str] = []
+    page.on("request", lambda r: doctor.append(r.post_data or "") if r.url.endswith("/v1/crop-doctor") else None)
+    page.route("**/v1/audio/speech", lambda route: held.append(route))  # the speech waits until released
+    page.locator("#tabs [data-tab=ask]").click()
+    page.locator("#question").fill("How do I treat anthracnose on mango leaves?")
+    page.locator("#ask").click()
+    card = page.locator("#typed-result article.answer-card")
+    expect(card.locator(".answer-text li").first).to_be_visible(timeout=MODEL_CALL_MS)
+    # The text is on screen and the button free while the speech is still being made.
+    expect(card.locator(".spoken")).to_have_attribute("data-speech", "pending")
+    expect(page.locator("#ask")).to_be_enabled()
+    assert len(doctor) == 1 and 'name="speak"\r\n\r\nfalse' in doctor[0]
+    deadline = time.monotonic() + 60
+    while not held:
+        assert time.monotonic() < deadline, "the app never asked for the speech"
+        page.wait_for_timeout(100)
+    spoken = json.loads(held[0].request.post_data or "{}")
+    assert spoken["input"].startswith("For Mango anthracnose, what to do now:"), spoken
+    assert spoken["input"].endswith("The details are on the screen.") and len(spoken["input"]) <= 420
+    for route in held:
+        route.continue_()
+    expect(card.locator(".spoken")).to_have_attribute("data-speech", "ready", timeout=MODEL_CALL_MS)
+    assert (card.locator("audio.answer-audio").get_attribute("src") or "").startswith("blob:")
+
+
+def test_the_apps_spoken_text_is_the_servers(open_page: Callable[..., Page], server: Server) -> None:
+    from kaset.knowledge.schema import load_entries
+    from kaset.pipelines.diagnose import Diagnosis
+    from kaset.pipelines.spoken_answer import spoken_answer
+
+    entries = {entry.id: entry for entry in load_entries()}
+    page = ready(open_page("/farmer/"))
+    for language in ("en", "th"):
+        body = server.api("POST", "/v1/crop-doctor", data={"language": language, "speak": "false", "crop": "mango"},
+                          files={"image": ("leaf.jpg", LEAF, "image/jpeg")}).json()
+        d = body["diagnosis"]
+        assert d["status"] == "diagnosed" and d["plan"], d
+        diagnosis = Diagnosis(status="diagnosed", language=language, crop="mango", crop_source="given",
+                              message=d["message"], gate=None, entry=entries[d["plan"]["entry_id"]])
+        diagnosis.confidence_level = d["confidence_level"]
+        in_app = page.evaluate("data => import('/farmer/spoken.js').then(m => m.spokenText(data))", body)
+        assert in_app == spoken_answer(diagnosis, None, language)
+
+
+def test_moderate_confidence_is_amber_with_a_caveat(open_page: Callable[..., Page], server: Server) -> None:
+    page = ready(open_page("/farmer/", language="th"))
+
+    def moderate(route: Route) -> None:
+        body = route.fetch().json()
+        if body["diagnosis"] and body["diagnosis"]["status"] == "diagnosed":
+            body["diagnosis"]["confidence_level"] = "moderate"
+            body["diagnosis"]["models_agree"] = False if body["diagnosis"]["per_model"][1:] else None
+        route.fulfill(json=body)
+
+    page.route("**/v1/crop-doctor", moderate)
+    page.locator("#crops label", has_text="มะม่วง").click()
+    choose_photo(page, LEAF)
+    page.locator("#diagnose").click()
+    card = page.locator("#result article.diagnosis")
+    expect(card).to_have_attribute("data-confidence", "moderate", timeout=MODEL_CALL_MS)
+    expect(card.locator("[role=meter]")).to_have_class(re.compile(r"\blow\b"))
+    expect(card.locator(".confidence-text")).to_contain_text("ตรวจสอบกับเจ้าหน้าที่ส่งเสริมการเกษตร")
+    card.locator("button.compare").click()
+    verdict = page.locator("#compare-result .alert")
+    expect(verdict).to_have_attribute("data-kind", "notice", timeout=MODEL_CALL_MS)
+    expect(verdict).not_to_have_text("ทุกโมเดลตอบตรงกัน")
+    shot(page, "farmer-moderate-phone-th")
+
+
+# Model ids, ensemble names and the mango model's English labels.
+MODEL_WORDS = re.compile(r"mango-disease|efficientnet|@\d|weighted_average|vote\b|" + "|".join(MANGO_LABELS))
+
+
+def test_thai_shows_no_model_ids_outside_details(open_page: Callable[..., Page], server: Server) -> None:
+    page = ready(open_page("/farmer/", language="th"))
+    page.locator("#crops label", has_text="มะม่วง").click()
+    choose_photo(page, LEAF)
+    page.locator("#diagnose").click()
+    card = page.locator("#result article.diagnosis")
+    expect(card).to_have_attribute("data-status", "diagnosed", timeout=MODEL_CALL_MS)
+    card.locator("button.compare").click()
+    expect(page.locator("#compare-result .model-column")).to_have_count(2, timeout=MODEL_CALL_MS)
+    # Everything a Thai farmer sees without opening "Details" (sources are publications, left out).
+    shown = page.evaluate("""() => [...document.querySelectorAll('#result article, #compare-result article')].map(a => {
+        const copy = a.cloneNode(true);
+        copy.querySelectorAll('details.model-details, .sources-part').forEach(n => n.remove());
+        return copy.innerText; }).join('\\n')""")
+    assert not MODEL_WORDS.search(shown), MODEL_WORDS.search(shown)
+    assert "ภาพนี้ดูเหมือน" not in shown or not re.search(r"ภาพนี้ดูเหมือน\s*[A-Za-z]", shown)
+    page.locator("#compare-result details.model-details summary").click()
+    expect(page.locator("#compare-result .model-column").first).to_be_visible()
+    expect(page.locator("#compare-result details.model-details")).to_contain_text("mango-disease@")
+
+
+def test_a_thai_refusal_names_the_object_in_thai(open_page: Callable[..., Page], server: Server) -> None:
+    page = ready(open_page("/farmer/", language="th"))
+    choose_photo(page, DOG.read_bytes(), name="dog.jpg")
+    page.locator("#diagnose").click()
+    card = page.locator("#result article.diagnosis")
+    expect(card).to_have_attribute("data-status", "not_a_plant", timeout=MODEL_CALL_MS)
+    message = card.locator(".message").inner_text()
+    assert "ไม่ใช่พืช" in message and not re.search("[A-Za-z]", message), message

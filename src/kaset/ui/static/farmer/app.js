@@ -3,9 +3,10 @@
 // view; a history kept on the phone. Installable (manifest + service worker), no build step.
 
 import {
-  $, addMessages, ApiError, applyTranslations, base64ToBlob, credential, describeError, el, language, MicError,
+  $, addMessages, ApiError, applyTranslations, credential, describeError, el, language, MicError,
   notify, openSocket, Recorder, request, signIn, signOut, t, tokenClaims, useApiKey, wireLanguageSwitch,
 } from "/static/kaset.js";
+import { spokenText } from "./spoken.js";
 
 addMessages({
   en: {
@@ -19,10 +20,16 @@ addMessages({
     "fm.photo.take": "Take a photo", "fm.photo.choose": "Choose a photo", "fm.photo.check": "Check my plant",
     "fm.working": "Checking…", "fm.comparing": "Comparing…",
     "fm.status.diagnosed": "Diagnosis", "fm.status.unsure": "Not sure", "fm.status.not_a_plant": "Not a plant",
-    "fm.status.no_model": "No photo check for this crop yet",
+    "fm.status.no_model": "No photo check for this crop yet", "fm.status.not_this_crop": "Not this crop",
+    "fm.title.not_this_crop": "This does not look like your crop",
+    "fm.title.unlisted": "A problem the knowledge base does not describe yet",
     "fm.title.unsure": "We are not sure what this is", "fm.title.not_a_plant": "This does not look like a plant",
     "fm.title.no_model": "Ask about this crop instead",
-    "fm.confidence": "Confidence", "fm.confidence.low": "low — check with an extension officer",
+    "fm.confidence": "Confidence", "fm.confidence.low": "not certain — check with an extension officer",
+    "fm.confidence.high": "high",
+    "fm.details": "Details", "fm.details.models": "Models", "fm.details.label": "Model label",
+    "fm.details.ensemble": "Combined by", "fm.details.decided": "Decided by",
+    "fm.speech.pending": "Preparing the spoken answer…",
     "fm.retake.title": "How to take a better photo", "fm.retake": "Take another photo",
     "fm.plan.summary": "Summary", "fm.plan.actions": "What to do now", "fm.plan.chemical": "If you spray",
     "fm.plan.safety": "Safety", "fm.plan.prevention": "Prevent it next time", "fm.plan.sources": "Sources",
@@ -32,6 +39,7 @@ addMessages({
     "fm.compare": "Compare the models", "fm.compare.title": "Model comparison",
     "fm.compare.none": "No crop model looked at this photo.", "fm.compare.agree": "The models agree.",
     "fm.compare.disagree": "The models disagree: check with an extension officer.",
+    "fm.compare.unsure": "The models give the same answer but are not confident: check with an extension officer.",
     "fm.compare.final": "Final answer", "fm.compare.ensemble": "combined by {how}",
     "fm.ask.title": "Ask about your crop",
     "fm.talk.hold": "Hold to talk", "fm.talk.listening": "Listening… release when done",
@@ -57,10 +65,16 @@ addMessages({
     "fm.photo.take": "ถ่ายรูป", "fm.photo.choose": "เลือกรูป", "fm.photo.check": "ตรวจพืชของฉัน",
     "fm.working": "กำลังตรวจ…", "fm.comparing": "กำลังเปรียบเทียบ…",
     "fm.status.diagnosed": "ผลการวินิจฉัย", "fm.status.unsure": "ไม่แน่ใจ", "fm.status.not_a_plant": "ไม่ใช่พืช",
-    "fm.status.no_model": "ยังตรวจพืชนี้จากรูปไม่ได้",
+    "fm.status.no_model": "ยังตรวจพืชนี้จากรูปไม่ได้", "fm.status.not_this_crop": "ไม่ใช่พืชที่เลือก",
+    "fm.title.not_this_crop": "รูปนี้ดูไม่เหมือนพืชที่คุณเลือก",
+    "fm.title.unlisted": "ปัญหานี้ยังไม่มีในคลังความรู้",
     "fm.title.unsure": "เรายังไม่แน่ใจว่าเป็นโรคอะไร", "fm.title.not_a_plant": "รูปนี้ดูไม่เหมือนพืช",
     "fm.title.no_model": "ลองถามคำถามเกี่ยวกับพืชนี้แทน",
-    "fm.confidence": "ความมั่นใจ", "fm.confidence.low": "ต่ำ ควรปรึกษาเจ้าหน้าที่ส่งเสริมการเกษตร",
+    "fm.confidence": "ความมั่นใจ", "fm.confidence.low": "ยังไม่แน่ใจ ตรวจสอบกับเจ้าหน้าที่ส่งเสริมการเกษตร",
+    "fm.confidence.high": "สูง",
+    "fm.details": "รายละเอียด", "fm.details.models": "โมเดล", "fm.details.label": "ชื่อผลของโมเดล",
+    "fm.details.ensemble": "วิธีรวมผล", "fm.details.decided": "ตัดสินโดย",
+    "fm.speech.pending": "กำลังเตรียมเสียงอ่าน…",
     "fm.retake.title": "วิธีถ่ายรูปให้ดีขึ้น", "fm.retake": "ถ่ายรูปใหม่",
     "fm.plan.summary": "สรุป", "fm.plan.actions": "สิ่งที่ควรทำตอนนี้", "fm.plan.chemical": "หากต้องใช้สารเคมี",
     "fm.plan.safety": "ความปลอดภัย", "fm.plan.prevention": "ป้องกันครั้งต่อไป", "fm.plan.sources": "แหล่งข้อมูล",
@@ -69,7 +83,8 @@ addMessages({
     "fm.audio.notkept": "ประวัติไม่ได้เก็บเสียงคำตอบไว้",
     "fm.compare": "เปรียบเทียบโมเดล", "fm.compare.title": "เปรียบเทียบผลของแต่ละโมเดล",
     "fm.compare.none": "ไม่มีโมเดลพืชตัวใดตรวจรูปนี้", "fm.compare.agree": "ทุกโมเดลตอบตรงกัน",
-    "fm.compare.disagree": "โมเดลตอบไม่ตรงกัน ควรปรึกษาเจ้าหน้าที่ส่งเสริมการเกษตร",
+    "fm.compare.disagree": "โมเดลตอบไม่ตรงกัน ตรวจสอบกับเจ้าหน้าที่ส่งเสริมการเกษตร",
+    "fm.compare.unsure": "โมเดลตอบตรงกันแต่ยังไม่มั่นใจ ตรวจสอบกับเจ้าหน้าที่ส่งเสริมการเกษตร",
     "fm.compare.final": "คำตอบสุดท้าย", "fm.compare.ensemble": "รวมผลแบบ {how}",
     "fm.ask.title": "ถามเรื่องพืชของคุณ",
     "fm.talk.hold": "กดค้างเพื่อพูด", "fm.talk.listening": "กำลังฟัง… ปล่อยเมื่อพูดจบ",
@@ -88,8 +103,6 @@ addMessages({
 
 const HISTORY_KEY = "kaset.farmer.history";
 const HISTORY_MAX = 30;
-// Below this the meter turns amber: the model may well be wrong, whatever the status says.
-const LOW_CONFIDENCE = 0.6;
 
 const state = {
   photo: null,          // the File being diagnosed
@@ -174,16 +187,46 @@ function busy(button, labelKey) {
   return () => { button.disabled = false; button.replaceChildren(...original); };
 }
 
-// A blob URL for a response's audio: made once per audio (a language switch re-renders the card).
-function audioUrl(audio) {
-  if (!state.urls.has(audio)) {
-    const type = audio.format === "mp3" ? "audio/mpeg" : `audio/${audio.format}`;
-    state.urls.set(audio, URL.createObjectURL(base64ToBlob(audio.data, type)));
+// The spoken answer of a response: answers are asked for with speak=false, shown at once, and
+// their short spoken text (spoken.js) is then sent to /v1/audio/speech. `data.speech` is
+// {status: "pending" | "ready" | "none" | "failed", url, notice}; its blob URL is released when
+// the answer leaves the screen.
+const voices = new Map();  // language -> Promise of {model, voice} or null
+
+function voiceFor(lang) {
+  if (!voices.has(lang)) {
+    voices.set(lang, request(`/v1/audio/voices?language=${encodeURIComponent(lang)}`).then((list) => {
+      const found = (list.data || []).filter((v) => v.model !== "echo");
+      const chosen = found.find((v) => v.default) || found[0];
+      return chosen ? { model: chosen.model, voice: chosen.id } : null;
+    }, () => { voices.delete(lang); return null; }));
   }
-  return state.urls.get(audio);
+  return voices.get(lang);
 }
 
-// Audio (hundreds of kB each) of answers no longer on screen is released.
+async function fetchSpeech(data, onChange) {
+  const speech = data.speech = { status: "pending" };
+  onChange();
+  try {
+    const chosen = await voiceFor(data.language);
+    if (!chosen) {
+      speech.status = "none";
+    } else {
+      const response = await request("/v1/audio/speech", { method: "POST", raw: true, json: {
+        model: chosen.model, voice: chosen.voice, input: spokenText(data), response_format: "wav" } });
+      speech.url = URL.createObjectURL(await response.blob());
+      state.urls.set(speech, speech.url);
+      speech.status = "ready";
+    }
+  } catch (err) {
+    speech.status = "failed";
+    speech.error = describeError(err, "audio");
+  }
+  onChange();
+  return speech;
+}
+
+// Speech of answers no longer on screen is released.
 function releaseAudio(keep) {
   for (const [audio, url] of state.urls) {
     if (!keep.includes(audio)) { URL.revokeObjectURL(url); state.urls.delete(audio); }
@@ -191,7 +234,13 @@ function releaseAudio(keep) {
 }
 
 function onScreenAudio() {
-  return [state.shown?.data?.audio, state.typed?.audio, ...(state.voice ? state.voice.audioEvents : [])].filter(Boolean);
+  return [state.shown?.data?.speech, state.typed?.speech, state.voice?.data?.speech].filter(Boolean);
+}
+
+// The card's spoken-answer part, replaced in place when the speech arrives (a re-render of the
+// whole card would close the sections the person opened).
+function refreshSpoken(root, data, saved) {
+  return () => root.querySelector(".spoken")?.replaceWith(spokenAnswer(data, saved));
 }
 
 function noticeText(notice) {
@@ -235,7 +284,9 @@ function photoForm({ compare = false } = {}) {
   form.append("language", language());
   const crop = selectedCrop();
   if (crop) form.append("crop", crop);
-  if (compare) { form.append("compare", "true"); form.append("speak", "false"); }
+  // The text comes back without speech, so it is on screen at once; the speech follows (fetchSpeech).
+  form.append("speak", "false");
+  if (compare) form.append("compare", "true");
   return form;
 }
 
@@ -251,6 +302,8 @@ async function diagnose() {
     renderDiagnosis();
     remember(data);
     $("#result").scrollIntoView({ block: "start", behavior: "smooth" });
+    const refresh = refreshSpoken($("#result"), data, null);
+    fetchSpeech(data, () => { if (state.shown?.data === data) refresh(); });
   } catch (err) {
     showError(err, "image");
   } finally {
@@ -289,9 +342,11 @@ function sourceLinks(sources) {
                                        s.publisher ? `${s.title} — ${s.publisher}` : s.title)), "sources");
 }
 
-function confidenceMeter(confidence, status) {
+// Green only when the diagnosis says its confidence is high (at or above the crop's calibrated
+// bar); amber, with "check with an extension officer", otherwise, whatever the percentage.
+function confidenceMeter(confidence, status, level) {
   const percent = Math.round(confidence * 100);
-  const low = confidence < LOW_CONFIDENCE || status !== "diagnosed";
+  const low = status !== "diagnosed" || level !== "high";
   return el("div", { class: "confidence" },
     el("div", { class: "confidence-text" }, el("span", {}, t("fm.confidence")), " ",
        el("strong", {}, `${percent}%`), low ? el("span", { class: "muted" }, ` · ${t("fm.confidence.low")}`) : null),
@@ -302,22 +357,48 @@ function confidenceMeter(confidence, status) {
 
 // The play button and the player for a response's spoken answer, or why there is none.
 function spokenAnswer(data, saved) {
+  const speech = data.speech;
+  if (saved) return el("div", { class: "spoken" }, el("p", { class: "muted" }, t("fm.audio.notkept")));
   const notices = (data.notices || []).map((n) => el("p", { class: "alert", "data-kind": "notice", "data-code": n.code },
                                                        noticeText(n)));
-  if (data.audio && !saved) {
-    const player = el("audio", { controls: true, preload: "auto", src: audioUrl(data.audio), class: "answer-audio" });
+  if (speech?.status === "ready") {
+    const player = el("audio", { controls: true, preload: "auto", src: speech.url, class: "answer-audio" });
     const label = el("span", {}, t("fm.play"));
     const play = el("button", { type: "button", class: "big play", onclick: () => (player.paused ? player.play() : player.pause()) },
                     icon("speaker"), label);
     player.addEventListener("play", () => { label.textContent = t("fm.pause"); });
     player.addEventListener("pause", () => { label.textContent = t("fm.play"); });
-    return el("div", { class: "spoken" }, play, player, ...notices);
+    return el("div", { class: "spoken", "data-speech": "ready" }, play, player, ...notices);
   }
-  if (saved) return el("div", { class: "spoken" }, el("p", { class: "muted" }, t("fm.audio.notkept")));
-  if (!notices.length && !data.audio && data.answer) {
+  if (speech?.status === "pending") {
+    return el("div", { class: "spoken", "data-speech": "pending" },
+              el("p", { class: "muted" }, el("span", { class: "spinner", "aria-hidden": "true" }), " ", t("fm.speech.pending")));
+  }
+  if (speech?.status === "failed") {
+    notices.push(el("p", { class: "alert", "data-kind": "notice", "data-code": "speech_failed" }, speech.error));
+  } else if (!notices.length && data.answer) {
     notices.push(el("p", { class: "alert", "data-kind": "notice", "data-code": "no_voice" }, t("err.no_voice")));
   }
-  return el("div", { class: "spoken" }, ...notices);
+  return el("div", { class: "spoken", "data-speech": speech?.status || "none" }, ...notices);
+}
+
+// A disease's name in the answer's language: the knowledge base entry's, never a model label
+// in Thai (the label is under "Details").
+function labelName(d, language) {
+  if (d.plan?.name) return d.plan.name;
+  return language === "th" ? t("fm.title.unlisted") : (d.label || t("fm.title.unlisted"));
+}
+
+// Model ids, versions and how they were combined: folded away, for whoever wants to know.
+function modelDetails(d) {
+  const rows = [];
+  if (d.label) rows.push([t("fm.details.label"), d.label]);
+  if (d.models_used?.length) rows.push([t("fm.details.models"), d.models_used.join(", ")]);
+  if (d.ensemble) rows.push([t("fm.details.ensemble"), d.ensemble]);
+  if (d.gate?.decided_by) rows.push([t("fm.details.decided"), d.gate.decided_by]);
+  if (!rows.length) return null;
+  return el("details", { class: "plan-part model-details" }, el("summary", {}, t("fm.details")),
+            el("dl", {}, rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { lang: "en" }, v)])));
 }
 
 function diagnosisCard(data, saved) {
@@ -325,19 +406,21 @@ function diagnosisCard(data, saved) {
   if (!d) return el("article", { class: "card diagnosis" }, el("p", {}, data.answer));
   const plan = d.plan;
   const status = d.status;
-  const pillClass = { diagnosed: "pill", unsure: "pill warn", not_a_plant: "pill bad", no_model: "pill warn" }[status];
-  const title = status === "diagnosed" ? (plan?.name || d.label) : t(`fm.title.${status}`);
+  const pillClass = { diagnosed: "pill", unsure: "pill warn", not_a_plant: "pill bad", not_this_crop: "pill bad",
+                      no_model: "pill warn" }[status] || "pill warn";
+  const title = status === "diagnosed" ? labelName(d, data.language) : t(`fm.title.${status}`);
   const parts = [
     el("div", { class: "card-head" }, el("span", { class: pillClass, "data-status": status }, t(`fm.status.${status}`)),
        d.crop && status !== "not_a_plant" ? el("span", { class: "muted crop-name" }, t(`crop.${d.crop}`)) : null),
     el("h2", { class: "label-name" }, title),
   ];
   if (saved) parts.push(el("p", { class: "muted" }, t("fm.history.saved", { date: formatDate(saved.at) })));
-  if (d.confidence !== null && d.confidence !== undefined) parts.push(confidenceMeter(d.confidence, status));
-  if (d.message && d.message !== title) parts.push(el("p", { class: "message" }, d.message));
+  if (d.confidence !== null && d.confidence !== undefined) parts.push(confidenceMeter(d.confidence, status, d.confidence_level));
+  // A diagnosed photo's message is its disease's name (or, without an entry, the model's label).
+  if (d.message && d.message !== title && status !== "diagnosed") parts.push(el("p", { class: "message" }, d.message));
   // The spoken answer near the top: for many farmers, listening is easier than reading the plan.
   parts.push(spokenAnswer(data, saved));
-  if (status === "unsure" || status === "not_a_plant") {
+  if (status === "unsure" || status === "not_a_plant" || status === "not_this_crop") {
     parts.push(section("fm.retake.title", list(d.retake_tips || [], "tips")),
                el("button", { type: "button", class: "big secondary retake", onclick: () => $("#camera").click() },
                   icon("camera"), t("fm.retake")));
@@ -363,12 +446,15 @@ function diagnosisCard(data, saved) {
     }
     if (plan.sources?.length) parts.push(fold("fm.plan.sources", "sources-part", sourceLinks(plan.sources)));
   }
+  const details = modelDetails(d);
+  if (details) parts.push(details);
   if (!saved && d.status !== "not_a_plant") {
     const compare = el("button", { type: "button", class: "secondary compare" }, t("fm.compare"));
     compare.addEventListener("click", () => compareModels(compare));
     parts.push(compare);
   }
-  return el("article", { class: `card diagnosis status-${status}`, "data-status": status, lang: data.language }, ...parts);
+  return el("article", { class: `card diagnosis status-${status}`, "data-status": status, lang: data.language,
+                         "data-confidence": d.confidence_level || "" }, ...parts);
 }
 
 function renderDiagnosis() {
@@ -386,21 +472,26 @@ function renderComparison() {
   if (!models.length) {
     parts.push(el("p", {}, t("fm.compare.none")), el("p", { class: "muted" }, d?.message || data.answer));
   } else {
-    const tops = new Set(models.map((m) => m.top[0]?.label));
-    parts.push(el("p", { class: tops.size === 1 ? "alert" : "alert", "data-kind": tops.size === 1 ? "ok" : "notice" },
-                  t(tops.size === 1 ? "fm.compare.agree" : "fm.compare.disagree")));
-    parts.push(el("div", { class: "compare-grid" }, models.map((m) => el("div", { class: "model-column", "data-model": `${m.model}@${m.version}` },
+    // "Agree" only when the server says they agree and are confident (`models_agree`); the same
+    // top label at 57% and 60% is not agreement worth a green box.
+    const same = new Set(models.map((m) => m.top[0]?.label)).size === 1;
+    const agree = d.models_agree === true;
+    const verdict = agree ? "fm.compare.agree" : same ? "fm.compare.unsure" : "fm.compare.disagree";
+    parts.push(el("p", { class: "alert", "data-kind": agree ? "ok" : "notice", "data-verdict": verdict }, t(verdict)));
+    if (d.label) {
+      parts.push(el("p", { class: "final" }, el("strong", {}, `${t("fm.compare.final")}: `), labelName(d, data.language),
+                    d.confidence != null ? ` (${Math.round(d.confidence * 100)}%)` : ""));
+    }
+    const columns = el("div", { class: "compare-grid" }, models.map((m) => el("div", { class: "model-column", "data-model": `${m.model}@${m.version}` },
       el("h3", {}, `${m.model}@${m.version}`), el("p", { class: "muted" }, m.slot),
       el("ol", { class: "model-top" }, m.top.map((s) => el("li", {},
         el("div", { class: "score-line" }, el("span", { class: "top-label" }, s.label), el("span", {}, `${Math.round(s.score * 100)}%`)),
-        el("div", { class: s.score < LOW_CONFIDENCE ? "meter low" : "meter" }, el("span", { style: `width:${Math.round(s.score * 100)}%` })))))))));
-    if (d.label) {
-      parts.push(el("p", { class: "final" }, el("strong", {}, `${t("fm.compare.final")}: `), d.plan?.name || d.label,
-                    d.confidence != null ? ` (${Math.round(d.confidence * 100)}%)` : "",
-                    d.ensemble ? el("span", { class: "muted" }, ` · ${t("fm.compare.ensemble", { how: d.ensemble })}`) : null));
-    }
+        el("div", { class: agree ? "meter" : "meter low" }, el("span", { style: `width:${Math.round(s.score * 100)}%` }))))))));
+    // Model ids and their English labels: behind "Details", so a Thai screen reads Thai.
+    parts.push(el("details", { class: "plan-part model-details", lang: "en" }, el("summary", { lang: data.language }, t("fm.details")),
+                  columns, d.ensemble ? el("p", { class: "muted" }, t("fm.compare.ensemble", { how: d.ensemble })) : null));
   }
-  $("#compare-result").replaceChildren(el("article", { class: "card comparison" }, ...parts));
+  $("#compare-result").replaceChildren(el("article", { class: "card comparison", lang: data.language }, ...parts));
 }
 
 // --- history (on this device only) --------------------------------------------------------------
@@ -421,9 +512,9 @@ function remember(data) {
   const d = data.diagnosis;
   if (!d) return;
   // The spoken answer is large (hundreds of kB): history keeps the text only.
-  const { audio, ...kept } = data;
+  const { audio, speech, ...kept } = data;
   const entry = { id: `${Date.now()}-${Math.random().toString(36).slice(2, 8)}`, at: new Date().toISOString(),
-                  thumb: state.thumb, status: d.status, label: d.status === "diagnosed" ? (d.plan?.name || d.label) : null,
+                  thumb: state.thumb, status: d.status, label: d.status === "diagnosed" ? labelName(d, data.language) : null,
                   confidence: d.confidence, crop: d.crop, response: kept };
   saveHistory([entry, ...loadHistory()].slice(0, HISTORY_MAX));
 }
@@ -473,8 +564,11 @@ async function askTyped(event) {
     form.append("language", "auto");
     const crop = selectedCrop();
     if (crop) form.append("crop", crop);
-    state.typed = await request("/v1/crop-doctor", { method: "POST", body: form });
+    form.append("speak", "false");
+    const data = state.typed = await request("/v1/crop-doctor", { method: "POST", body: form });
     renderTyped();
+    const refresh = refreshSpoken($("#typed-result"), data, null);
+    fetchSpeech(data, () => { if (state.typed === data) refresh(); });
   } catch (err) {
     showError(err);
   } finally {
@@ -518,13 +612,14 @@ function socketError(error) {
   return new ApiError(status, error);
 }
 
-// One spoken question: press starts the recorder and the stream, release ends the speech;
-// partial transcripts, then each sentence of the answer and its audio, played in order.
+// One spoken question: press starts the recorder and the stream, release ends the speech. The
+// stream only transcribes (partial transcripts while speaking, then the final one); the
+// transcript then goes to /v1/crop-doctor like a typed question: the answer's text is shown as
+// soon as it comes, whole (lists as lists), and its short spoken answer plays after it.
 class VoiceQuestion {
   constructor() {
     this.socket = null; this.opened = false; this.finished = false; this.released = false;
-    this.pending = []; this.audio = new Map(); this.next = 0; this.total = null; this.played = 0;
-    this.sentences = 0; this.audioEvents = [];
+    this.pending = []; this.transcript = null; this.data = null;
     this.player = $("#voice-audio");
     this.recorder = new Recorder({ onChunk: (chunk) => this.send(chunk) });
   }
@@ -554,7 +649,7 @@ class VoiceQuestion {
     this.socket.binaryType = "arraybuffer";
     this.socket.onopen = () => {
       this.opened = true;
-      this.socket.send(JSON.stringify({ type: "start", mode: "advice", language: language(), voice: null,
+      this.socket.send(JSON.stringify({ type: "start", mode: "transcribe", language: language(), voice: null,
                                         response_format: "wav", sample_rate: 16000, crop: selectedCrop() }));
       for (const chunk of this.pending.splice(0)) this.socket.send(chunk);
       if (this.stopMessage) this.socket.send(this.stopMessage);
@@ -587,47 +682,59 @@ class VoiceQuestion {
       if (this.opened) this.socket.send(stop); else this.stopMessage = stop;
       this.wav = wav;  // kept in case the socket turns out not to connect at all
     } else {
-      await this.ask(wav);
+      await this.ask({ audio: wav });
     }
   }
 
-  // The WebSocket could not be opened (a proxy without WebSocket support): one POST instead.
-  async ask(wav) {
+  // The question to the crop doctor: the transcript, or (the WebSocket could not be opened: a
+  // proxy without WebSocket support) the whole recording, heard there.
+  async ask({ question = null, audio = null }) {
     const form = new FormData();
-    form.append("file", wav, "question.wav");
-    form.append("mode", "advice");
+    if (question) form.append("question", question);
+    if (audio) form.append("audio", audio, "question.wav");
     form.append("language", language());
+    form.append("speak", "false");
     const crop = selectedCrop();
     if (crop) form.append("crop", crop);
     try {
-      const data = await request("/v1/voice/ask", { method: "POST", body: form });
+      const data = await request("/v1/crop-doctor", { method: "POST", body: form });
       if (this.finished) return;
-      showTranscript(data.transcript, true);
-      (data.sentences?.length ? data.sentences : [data.answer]).forEach((text, index) => addSentence(index, text));
-      for (const notice of data.notices || []) voiceNotice(notice);
-      this.total = 1;
-      if (data.audio) { this.audioEvents.push(data.audio); this.enqueue(0, audioUrl(data.audio)); }
-      this.complete();
+      if (data.transcript) showTranscript(data.transcript, true);
+      this.answered(data);
     } catch (err) {
       this.fail(err);
     }
+  }
+
+  answered(data) {
+    this.data = data;
+    showVoiceAnswer(data);
+    this.finished = true;
+    setTalk("idle");
+    fetchSpeech(data, () => {
+      const speech = data.speech;
+      if (state.voice !== this || speech.status === "pending") return;
+      if (speech.status === "ready") this.play(speech.url);
+      else if (speech.status === "failed") voiceNotice({ code: "speech_failed", message: speech.error });
+      else if (!(data.notices || []).some((n) => n.code === "no_voice")) voiceNotice({ code: "no_voice" });
+    });
+  }
+
+  play(url) {
+    this.player.hidden = false;
+    this.player.src = url;
+    this.player.play().then(() => { this.player.dataset.played = "1"; },
+                            () => { /* blocked autoplay: the controls are there to press */ });
   }
 
   onEvent(event) {
     if (this.finished) return;
     switch (event.type) {
       case "transcript.partial": showTranscript(event.text, false); break;
-      case "transcript.final": showTranscript(event.text, true); break;
-      case "answer.delta":
-        addSentence(event.index, event.text);
-        this.sentences = Math.max(this.sentences, event.index + 1);
-        break;
-      case "audio": this.audioEvents.push(event); this.enqueue(event.index, audioUrl(event)); break;
-      case "notice": voiceNotice(event); break;
+      case "transcript.final": this.transcript = event.text; showTranscript(event.text, true); break;
       case "done":
-        this.total = this.sentences;
-        this.complete();
         this.socket.close(1000);
+        this.ask({ question: this.transcript });
         break;
       case "error": this.fail(socketError(event.error || {})); break;
       default: break;
@@ -635,41 +742,14 @@ class VoiceQuestion {
   }
 
   onClose() {
-    if (this.finished) return;
+    if (this.finished || this.transcript !== null) return;
     if (!this.opened) {
       // Never connected: fall back to the one-call API with the whole recording.
       this.socketFailed = true;
-      if (this.wav) this.ask(this.wav);
+      if (this.wav) this.ask({ audio: this.wav });
       return;
     }
     this.fail(new Error(t("err.stream_lost")), "stream_lost");
-  }
-
-  enqueue(index, url) {
-    this.audio.set(index, url);
-    this.playNext();
-  }
-
-  // Sentences play in order as their audio arrives; after `done`, a sentence without audio is skipped.
-  playNext() {
-    if (!this.player.paused && !this.player.ended) return;
-    while (this.total !== null && this.next < this.total && !this.audio.has(this.next)) this.next += 1;
-    const url = this.audio.get(this.next);
-    if (!url) return;
-    this.next += 1;
-    this.player.hidden = false;
-    this.player.src = url;
-    this.player.onended = () => this.playNext();
-    this.player.play().then(() => {
-      this.played += 1;
-      this.player.dataset.played = String(this.played);
-    }, () => { /* blocked autoplay: the controls are there to press */ });
-  }
-
-  complete() {
-    this.finished = true;
-    setTalk("idle");
-    this.playNext();
   }
 
   fail(err, code = null) {
@@ -729,13 +809,12 @@ function showTranscript(text, final) {
   node.classList.toggle("final", final);
 }
 
-function addSentence(index, text) {
+// The answer to a spoken question, whole: paragraphs, and the plan's steps as list items.
+function showVoiceAnswer(data) {
   $("#voice-output").hidden = false;
-  const answer = $("#voice-answer");
-  // List items of the curated plan ("What to do now: - Cut out dead twigs…") go on their own lines.
-  const [lead, ...items] = text.split(/(?:^|\s)[-•]\s+/);
-  answer.append(el("span", { class: "sentence", "data-index": String(index) },
-                   lead ? `${lead} ` : null, items.map((item) => el("span", { class: "bullet" }, item, " "))));
+  $("#voice-answer").setAttribute("lang", data.language);
+  $("#voice-answer").replaceChildren(...formatAnswer(data.answer));
+  for (const notice of data.notices || []) voiceNotice(notice);
 }
 
 function voiceNotice(notice) {

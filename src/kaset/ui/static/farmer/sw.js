@@ -3,9 +3,9 @@
 // from the cache only when the network fails. API calls (/v1/, /v2/) are never intercepted nor
 // cached: they carry the person's credential and photos, and a stale diagnosis would mislead.
 
-const CACHE = "kaset-farmer-v2";
+const CACHE = "kaset-farmer-v3";
 const SHELL = [
-  "/farmer/", "/farmer/index.html", "/farmer/app.js", "/farmer/farmer.css", "/farmer/manifest.webmanifest",
+  "/farmer/", "/farmer/index.html", "/farmer/app.js", "/farmer/spoken.js", "/farmer/farmer.css", "/farmer/manifest.webmanifest",
   "/farmer/icon-192.png", "/farmer/icon-512.png", "/static/kaset.js", "/static/mic-worklet.js", "/static/kaset.css",
   "/static/icon.svg",
 ];
