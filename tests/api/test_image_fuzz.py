@@ -12,7 +12,7 @@ def test_the_gateway_answers_damaged_photos_with_4xx(client: TestClient) -> None
     each format, every one a 4xx in the error envelope or a 200 diagnosis."""
     for fmt in FORMATS:
         corpus = damaged(encoded(fmt), seed=7)
-        for data in corpus[::8] + [b"\xff\xd8\xff\xe0garbage"]:
+        for data in [*corpus[::8], b"\xff\xd8\xff\xe0garbage"]:
             response = client.post("/v1/diagnose", files={"image": ("photo.bin", data, "application/octet-stream")},
                                    data={"crop": "mango"})
             assert response.status_code < 500, (fmt, response.text)

@@ -104,4 +104,5 @@ def test_the_sweep_meets_the_false_accept_target() -> None:
     loose, _ = choose(rows, false_accept=0.25, confident_error=0.5)
     assert loose is not None and 0.6 < loose <= 0.8
     assert choose(rows, false_accept=1.0, confident_error=1.0, floor=0.7)[0] == 0.7
-    assert choose(rows, false_accept=0.0, confident_error=0.0, floor=1.0)[0] == 1.0  # no diagnosis at all: the CLI refuses to write it
+    # Nothing diagnosed at all: the CLI refuses to write such a config.
+    assert choose(rows, false_accept=0.0, confident_error=0.0, floor=1.0)[0] == 1.0
