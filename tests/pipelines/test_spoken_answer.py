@@ -92,6 +92,18 @@ def test_an_answer_to_a_question() -> None:
     assert len(thai) <= MAX_CHARS["th"]
 
 
+def test_a_question_not_understood_speaks_no_entry() -> None:
+    advice = advice_on(BY_ID["mango-scab"], "th")
+    advice.understood, advice.answer = False, "ขอโทษค่ะ ไม่เข้าใจคำถาม กรุณาพูดอีกครั้ง"
+    said = spoken_answer(None, advice, "th")
+    assert said == "ขอโทษค่ะ ไม่เข้าใจคำถาม กรุณาพูดอีกครั้ง" and BY_ID["mango-scab"].th.name not in said
+    # With a diagnosed photo, the photo's answer is spoken and the misheard question adds nothing.
+    photo = spoken_answer(diagnosed(BY_ID["mango-anthracnose"], "en"), advice_on(BY_ID["mango-scab"], "en"), "en")
+    advice_en = advice_on(BY_ID["mango-scab"], "en")
+    advice_en.understood = False
+    assert spoken_answer(diagnosed(BY_ID["mango-anthracnose"], "en"), advice_en, "en") == photo
+
+
 @pytest.mark.parametrize("language", ["en", "th"])
 def test_a_refused_photo_says_the_message_and_one_tip(language: Language) -> None:
     gate = GateResult(passed=False, top=[], plant_score=0.0, model="efficientnet-lite0", version="1",

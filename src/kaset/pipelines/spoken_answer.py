@@ -68,6 +68,11 @@ def spoken_answer(diagnosis: Diagnosis | None, advice: Advice | None, language: 
     """The short spoken answer to a consultation (see the module docstring)."""
     words = _WORDS[language]
     pieces: list[str] = []
+    if advice is not None and not advice.understood:
+        # The question was not understood: its answer asks to say it again; no entry is spoken.
+        if diagnosis is None:
+            return speakable(advice.answer)
+        advice = None
     if diagnosis is not None and diagnosis.status != "diagnosed":
         pieces.append(diagnosis.message)
         tip = retake_tip(diagnosis)

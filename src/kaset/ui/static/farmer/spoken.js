@@ -63,6 +63,8 @@ function entrySpeech({ name, actions }, language, { lead, caution = [], heading 
 // The entry an answer to a question was grounded on: its name and its "what to do now" items,
 // read from the curated answer's second block ("What to do now:" and "- " lines).
 function adviceEntry(advice) {
+  // A question the advisor did not understand has no entry to speak from: its answer asks again.
+  if (advice?.understood === false) return null;
   const name = advice?.citations?.[0]?.name;
   if (!name) return null;
   const blocks = String(advice.curated_answer || advice.answer || "").split(/\n\s*\n/);
