@@ -42,14 +42,80 @@ class NoVoice(ModelUnavailable):
     """No installed model speaks the language asked for."""
 
 
+# "Did I understand?": Whisper's own signals about a transcription, judged by `understood`.
+# Chosen on bench/thai_asr.py's sets with whisper-base, beam 5 (tests/fixtures/thai_speech.py):
+# 40 clear recorded Thai phrases (2-8 s) against 6 garbled ones (clips reversed, chopped and
+# shuffled, three voices over each other), white noise and a quiet room.
+# - average log-probability per token (weighted by text length): clear speech -0.3 to -0.99;
+#   shuffled and babble -2.8 to -3.5, reversed -0.98 and -1.31. Whisper's own failure line is
+#   -1.0, which clear Thai grazes; -1.2 keeps a margin under the clear set.
+LOGPROB_MIN = -1.2
+# - no-speech probability (the highest of any segment): clear at most 0.20; quiet-room noise that
+#   Whisper wrote "โอเค โอเค ..." for, 0.72. Whisper's own no_speech_threshold is 0.6.
+NO_SPEECH_MAX = 0.6
+# - compression ratio (gzip; high = repetitive text): clear at most 1.56, reversed speech 1.86,
+#   the quiet room 2.04. Whisper's own 2.4 is for full 30 s windows; a farmer's question is short.
+COMPRESSION_MAX = 1.8
+# Languages a farmer's question can be in: Whisper hearing Javanese or Japanese in "auto" mode
+# means it did not follow what was said (reversed Thai speech came out as 'jw' and 'id').
+UNDERSTOOD_LANGUAGES = ("en", "th")
+
+
 @dataclass
 class Heard:
-    """What a transcription gave: text, the language spoken, the audio's length, who heard it."""
+    """What a transcription gave: text, the language spoken, the audio's length, who heard it,
+    and Whisper's confidence signals (None when the model gave no segments)."""
 
     text: str
     language: str
     seconds: float
     model: str
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+    compression_ratio: float | None = None
+
+
+def doubt(heard: Heard, languages: tuple[str, ...] = UNDERSTOOD_LANGUAGES) -> str | None:
+    """Why the transcript should not be trusted (a short reason), or None when it should.
+    See LOGPROB_MIN and the thresholds after it for how the limits were chosen."""
+    if not heard.text.strip():
+        return "nothing was heard"
+    if heard.language not in languages:
+        return f"Whisper heard language '{heard.language}'"
+    if heard.avg_logprob is not None and heard.avg_logprob < LOGPROB_MIN:
+        return f"low confidence (average log-probability {heard.avg_logprob:.2f} < {LOGPROB_MIN})"
+    if heard.no_speech_prob is not None and heard.no_speech_prob > NO_SPEECH_MAX:
+        return f"probably not speech (no-speech probability {heard.no_speech_prob:.2f} > {NO_SPEECH_MAX})"
+    if heard.compression_ratio is not None and heard.compression_ratio > COMPRESSION_MAX:
+        return f"repetitive transcript (compression ratio {heard.compression_ratio:.2f} > {COMPRESSION_MAX})"
+    return None
+
+
+def understood(heard: Heard, languages: tuple[str, ...] = UNDERSTOOD_LANGUAGES) -> bool:
+    """Whether the speech was heard well enough to act on (see `doubt`)."""
+    return doubt(heard, languages) is None
+
+
+NOT_CAUGHT: dict[str, str] = {
+    "en": "I did not catch that. Please say it again, a little slower and closer to the microphone.",
+    "th": "ขออภัย ฟังไม่ชัด กรุณาพูดอีกครั้ง ช้าลงเล็กน้อยและใกล้ไมโครโฟน",
+}
+
+
+def not_caught(language: str) -> str:
+    """'I did not catch that: please say it again', in the farmer's language (Thai unless English)."""
+    return NOT_CAUGHT["en" if language == "en" else "th"]
+
+
+def signals(result: Transcription) -> tuple[float | None, float | None, float | None]:
+    """(average log-probability weighted by each segment's text length, the highest no-speech
+    probability, the highest compression ratio) of a transcription; Nones without segments."""
+    segments = result.segments
+    if not segments:
+        return None, None, None
+    weights = [max(1, len(s.text.strip())) for s in segments]
+    logprob = sum(s.avg_logprob * w for s, w in zip(segments, weights, strict=True)) / sum(weights)
+    return logprob, max(s.no_speech_prob for s in segments), max(s.compression_ratio for s in segments)
 
 
 @dataclass
@@ -218,7 +284,9 @@ class SpeechService:
                 "No speech was heard in the recording. Hold the button while you speak, closer to the "
                 "microphone. ไม่ได้ยินเสียงพูด กรุณากดค้างไว้ขณะพูดใกล้ไมโครโฟน",
                 param=param, code="no_speech")
-        return Heard(text=text, language=result.language, seconds=seconds, model=spec.id)
+        logprob, no_speech, compression = signals(result)
+        return Heard(text=text, language=result.language, seconds=seconds, model=spec.id, avg_logprob=logprob,
+                     no_speech_prob=no_speech, compression_ratio=compression)
 
     # --- speaking -----------------------------------------------------------------------------
 

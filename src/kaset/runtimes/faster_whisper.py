@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +70,7 @@ class FasterWhisperRuntime(Transcriber):
         # The segments are a lazy generator: the decoding happens while we consume it.
         ours = [_segment(s) for s in segments]
         return Transcription(
-            text="".join(s.text for s in ours).strip(),
+            text=clean_text("".join(s.text for s in ours)),
             language=info.language,
             duration=float(info.duration),
             segments=ours,
@@ -108,6 +109,27 @@ class FasterWhisperRuntime(Transcriber):
         if self._model is None:
             raise ModelUnavailable(f"Model '{self.spec.id}' is not loaded.")
         return self._model
+
+
+# A run of the same 1-4 characters repeated 4+ times ("สาสาสาสา", "9,9,9,9"): Whisper's
+# hallucinated repeats on speech it cannot follow. Kept once; no Thai or English word repeats a
+# syllable four times in a row (the Thai repetition mark ๆ is written once). Digits are left
+# alone: 1000000 is a number.
+_REPEATS = re.compile(r"(.{1,4}?)\1{3,}", re.DOTALL)
+_THAI_DIGITS = str.maketrans("๐๑๒๓๔๕๖๗๘๙", "0123456789")
+
+
+def clean_text(text: str) -> str:
+    """The transcript, tidied: Thai digits as Arabic ones (Whisper writes both; one form for the
+    advisor and the CER), hallucinated repeats collapsed, Thai vowels and tone marks put in
+    their one valid order (PyThaiNLP's normalize), spaces squeezed."""
+    text = text.translate(_THAI_DIGITS)
+    text = _REPEATS.sub(lambda m: m.group() if m.group(1).isdigit() else m.group(1), text)  # 1000000 stays
+    if any("\u0e00" <= c <= "\u0e7f" for c in text):
+        from pythainlp.util import normalize
+
+        text = normalize(text)
+    return " ".join(text.split())
 
 
 def _temperatures(temperature: float) -> float | tuple[float, ...]:
