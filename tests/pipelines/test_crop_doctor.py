@@ -19,7 +19,7 @@ from kaset.knowledge.schema import load_entries
 from kaset.pipelines.advice import AdviceService
 from kaset.pipelines.crop_doctor import Consultation, CropDoctor, speakable, spoken_part
 from kaset.pipelines.diagnose import DiagnosisService
-from kaset.pipelines.speech import SpeechService
+from kaset.pipelines.speech import SpeechService, not_caught
 from kaset.pipelines.spoken_answer import spoken_answer
 from kaset.registry.catalog import Catalog
 from kaset.registry.manager import ModelManager
@@ -158,3 +158,58 @@ def test_speakable_drops_bullets_and_ends_lines() -> None:
     long = text + "\n\nIf you spray:\n- copper: at bud break\n\nTo prevent it:\n- Prune"
     assert spoken_part(long, "en") == speakable(text) + " Spraying, safety and prevention are in the written answer."
     assert spoken_part("Short answer. Two sentences.", "en") == "Short answer. Two sentences."
+
+
+# --- spoken Thai the doctor did not understand -------------------------------------------------------
+
+thai = pytest.importorskip("tests.fixtures.thai_speech")
+
+
+def _thai_clips() -> None:
+    if not thai.available():
+        pytest.skip("needs the recorded Thai clips: pip install thai-talking-clock==1.0.1")
+
+
+@module_loop
+async def test_garbled_thai_speech_gets_say_it_again_and_no_advice(doctor: CropDoctor) -> None:
+    _thai_clips()
+    verdict = await doctor.consult(Consultation(audio=thai.wav_bytes(thai.garbled_set()["shuffled"]),
+                                                language="auto", speak=False))
+    assert verdict.understood is False and verdict.advice is None and verdict.diagnosis is None
+    assert verdict.transcript  # shown to the farmer, so they see what was heard
+    # In "auto" the language is whatever Whisper heard when it is English or Thai, else Thai.
+    assert verdict.answer == not_caught(verdict.language)
+    assert not_caught("th") == "ขออภัย ฟังไม่ชัด กรุณาพูดอีกครั้ง ช้าลงเล็กน้อยและใกล้ไมโครโฟน"
+    assert [n.code for n in verdict.notices] == ["not_understood"]
+    assert verdict.timings.advice_ms is None  # nothing was asked of the advisor
+
+
+@module_loop
+async def test_garbled_speech_with_a_photo_still_diagnoses_the_photo(doctor: CropDoctor) -> None:
+    _thai_clips()
+    verdict = await doctor.consult(Consultation(image=mango_like_leaf(seed=2, spots=25),
+                                                audio=thai.wav_bytes(thai.garbled_set()["babble"]), language="th"))
+    assert verdict.understood is False and verdict.diagnosis is not None and verdict.diagnosis.status == "diagnosed"
+    assert verdict.advice is not None and verdict.advice.hits[0].entry.id == verdict.diagnosis.entry.id  # type: ignore[union-attr]
+    assert verdict.answer.startswith("ขออภัย ฟังไม่ชัด") and verdict.advice.answer in verdict.answer
+    assert "not_understood" in [n.code for n in verdict.notices]
+
+
+@module_loop
+async def test_clear_thai_speech_that_is_no_farm_question_is_not_advised(doctor: CropDoctor) -> None:
+    # Clear speech passes Whisper's check; the advisor then matches "the time is ..." to nothing.
+    _thai_clips()
+    phrase = thai.thai_speech_set()[2]
+    verdict = await doctor.consult(Consultation(audio=phrase.wav(), language="th", speak=False))
+    assert verdict.heard is not None and verdict.transcript
+    assert verdict.understood is False and verdict.advice is None
+    assert [n.code for n in verdict.notices] == ["not_understood"]
+
+
+@module_loop
+async def test_a_clear_spoken_question_is_understood(doctor: CropDoctor) -> None:
+    spoken = await doctor.speech.speak("My rice leaves have grey diamond shaped spots. What should I do?",
+                                       language="en", fmt="wav")
+    verdict = await doctor.consult(Consultation(audio=spoken.audio, speak=False))
+    assert verdict.understood is True and verdict.advice is not None and verdict.advice.understood
+    assert "not_understood" not in [n.code for n in verdict.notices]

@@ -31,7 +31,7 @@ from kaset.errors import InvalidRequest
 from kaset.pipelines.advice import Advice, AdviceQuery, AdviceService, Language, detect_language
 from kaset.pipelines.diagnose import Diagnosis, DiagnosisService
 from kaset.pipelines.diagnosis_text import THAI_CROPS
-from kaset.pipelines.speech import Caller, Heard, NoVoice, SpeechService, Spoken
+from kaset.pipelines.speech import Caller, Heard, NoVoice, SpeechService, Spoken, doubt, not_caught
 from kaset.pipelines.spoken_answer import speakable as speakable
 from kaset.pipelines.spoken_answer import spoken_answer
 from kaset.pipelines.spoken_answer import spoken_part as spoken_part
@@ -97,6 +97,10 @@ class Verdict:
     audio: Spoken | None
     notices: list[Notice] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)
+    # False when the spoken question was not understood (Whisper's own signals doubted it, or the
+    # advisor matched it to nothing): nothing in the answer comes from that speech, and the
+    # notices hold `not_understood`. True when there was no spoken question.
+    understood: bool = True
 
 
 async def _timed(step: Awaitable[T]) -> tuple[T, float]:
@@ -164,19 +168,38 @@ class CropDoctor:
                 elif not task.cancelled():
                     task.exception()  # retrieved: one error is reported, not logged twice
 
-        asked = " ".join(t for t in (question, heard.text if heard else None) if t) or None
+        # "Did I understand?" before anything is advised from the speech: Whisper's own signals
+        # first (a garbled transcript is not sent to the advisor at all), then the advisor's match.
+        heard_ok = heard is None or doubt(heard) is None
+        found = diagnosis is not None and diagnosis.status == "diagnosed"
+        asked = " ".join(t for t in (question, heard.text if heard and heard_ok else None) if t) or None
         advice: Advice | None = None
-        if asked is not None or (diagnosis is not None and diagnosis.status == "diagnosed"):
-            advising = self._advise(asked, diagnosis, request.crop, language, request.rephrase)
-            advice, timings.advice_ms = await _timed(advising)
+        if asked is not None or found:
+            advice, timings.advice_ms = await _timed(
+                self._advise(asked, diagnosis, request.crop, language, request.rephrase))
+            if heard is not None and heard_ok and advice is not None and not advice.understood:
+                # The advisor matched the spoken question to nothing: that speech is not trusted
+                # either, and the photo or the typed question is answered on its own.
+                heard_ok = False
+                advice = None
+                if question is not None or found:
+                    advice, again_ms = await _timed(
+                        self._advise(question, diagnosis, request.crop, language, request.rephrase))
+                    timings.advice_ms += again_ms
         answer = self._answer(diagnosis, advice, language)
-
         notices: list[Notice] = []
+        spoken_text = spoken_answer(diagnosis, advice, language) if answer else ""
+        if not heard_ok:
+            caught = not_caught(language)
+            notices.append(Notice(code="not_understood", message=caught))
+            answer = "\n\n".join(p for p in (caught, answer) if p)
+            spoken_text = " ".join(p for p in (caught, spoken_text) if p)
+
         audio: Spoken | None = None
         if request.speak:
             try:
                 spoken, timings.speech_ms = await _timed(self.speech.speak(
-                    spoken_answer(diagnosis, advice, language), language=language, voice=request.voice, fmt=request.fmt,
+                    spoken_text, language=language, voice=request.voice, fmt=request.fmt,
                     caller=request.caller))
                 usage.record(audio_seconds=spoken.seconds)
                 audio = spoken
@@ -185,7 +208,7 @@ class CropDoctor:
         timings.total_ms = (time.perf_counter() - began) * 1000
         return Verdict(language=language, question=question, transcript=heard.text if heard else None, heard=heard,
                        diagnosis=diagnosis, advice=advice, answer=answer, audio=audio, notices=notices,
-                       timings=timings)
+                       timings=timings, understood=heard_ok)
 
     # --- steps --------------------------------------------------------------------------------
 
@@ -211,6 +234,8 @@ class CropDoctor:
         if heard is not None:
             if heard.language in ("en", "th"):
                 return heard.language  # type: ignore[return-value]
+            if doubt(heard) is not None:
+                return "th"  # Whisper heard another language in speech it did not follow: the farmers' language
             return _language_of(heard.text)
         return "th"
 

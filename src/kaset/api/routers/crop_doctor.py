@@ -94,6 +94,7 @@ def to_response(verdict: Verdict) -> CropDoctorResponse:
                           seconds=round(spoken.seconds, 3), model=spoken.model, voice=spoken.voice)
         if spoken is not None else None,
         notices=[VoiceNotice(code=n.code, message=n.message) for n in verdict.notices],
+        understood=verdict.understood,
         timings=CropDoctorTimings(**{k: None if v is None else round(v, 1) for k, v in vars(timings).items()}),
     )
 

@@ -47,4 +47,7 @@ class CropDoctorResponse(BaseModel):
     answer: str = Field(description="What to show and speak, in `language`.")
     audio: VoiceAudio | None
     notices: list[VoiceNotice]
+    understood: bool = Field(default=True, description="False: the spoken question was not understood (notice "
+                             "`not_understood`): the answer asks to say it again, and nothing in it comes from that "
+                             "speech (a photo sent with it is still diagnosed).")
     timings: CropDoctorTimings
