@@ -1,4 +1,6 @@
-"""Choosing a voice by language with the real speech models installed (Piper, eSpeak NG), and\nhearing real recorded Thai speech with Whisper base: clear phrases are trusted, garbled ones,\nnoise and silence are not."""
+"""Choosing a voice by language with the real speech models installed (Piper, eSpeak NG), and
+hearing real recorded Thai speech with Whisper base: clear phrases are trusted, garbled ones,
+noise and silence are not."""
 
 from __future__ import annotations
 
