@@ -13,7 +13,7 @@ import pytest
 
 from kaset.errors import InvalidRequest
 from kaset.pipelines.advice import AdviceService
-from kaset.pipelines.speech import SpeechService, Spoken
+from kaset.pipelines.speech import SpeechService, Spoken, doubt, not_caught
 from kaset.pipelines.voice import (
     Answered,
     Audio,
@@ -145,3 +145,50 @@ async def test_unknown_mode_and_language(assistant: VoiceAssistant) -> None:
         await _events(assistant, "hello there", mode="poetry")
     with pytest.raises(InvalidRequest, match="Thai or English"):
         await _events(assistant, "我的水稻叶子上有褐色斑点", mode="advice")
+
+
+# --- spoken questions the assistant did not understand ---------------------------------------------
+
+thai = pytest.importorskip("tests.fixtures.thai_speech")
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_garbled_thai_speech_is_answered_with_say_it_again(assistant: VoiceAssistant,
+                                                                  installed: Callable[[str], object]) -> None:
+    if not thai.available():
+        pytest.skip("needs the recorded Thai clips: pip install thai-talking-clock==1.0.1")
+    installed("whisper-base")
+    heard = await assistant.speech.hear(thai.wav_bytes(thai.garbled_set()["babble"]), language="th")
+    assert heard.text and doubt(heard) is not None
+    for mode in ("advice", "assistant"):
+        events = [e for _, e in await _events(assistant, heard.text, mode=mode, language="th", heard=heard)]
+        answered = events[-1]
+        assert isinstance(answered, Answered) and answered.understood is False and answered.advice is None
+        assert [e.text for e in events if isinstance(e, Delta)] == [not_caught("th")]
+        assert next(e.code for e in events if isinstance(e, Notice)) == "not_understood"
+        assert answered.model is None  # no model was asked anything
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_clear_speech_the_advisor_cannot_match_is_not_advised(assistant: VoiceAssistant,
+                                                                    installed: Callable[[str], object]) -> None:
+    if not thai.available():
+        pytest.skip("needs the recorded Thai clips: pip install thai-talking-clock==1.0.1")
+    installed("whisper-base")
+    heard = await assistant.speech.hear(thai.thai_speech_set()[2].wav(), language="th")  # "the time is ..."
+    assert doubt(heard) is None
+    events = [e for _, e in await _events(assistant, heard.text, mode="advice", language="th", heard=heard)]
+    answered = events[-1]
+    assert isinstance(answered, Answered) and answered.understood is False and answered.answer == not_caught("th")
+    assert "not_understood" in [n.code for n in answered.notices]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_clear_spoken_question_is_answered(assistant: VoiceAssistant) -> None:
+    spoken = await assistant.speech.speak("My mango fruit has black spots. What should I do?", language="en")
+    heard = await assistant.speech.hear(spoken.audio, language="en")
+    events = [e for _, e in await _events(assistant, heard.text, mode="advice", language="en", speak=False,
+                                          heard=heard)]
+    answered = events[-1]
+    assert isinstance(answered, Answered) and answered.understood and answered.advice is not None
+    assert "not_understood" not in [n.code for n in answered.notices]

@@ -34,7 +34,17 @@ from typing import Any, Literal
 from kaset import usage
 from kaset.errors import InvalidRequest, ModelUnavailable, UpstreamError
 from kaset.pipelines.advice import Advice, AdviceQuery, AdviceService, Language, detect_language
-from kaset.pipelines.speech import MIN_SENTENCE_CHARS, Caller, NoVoice, SpeechService, Spoken, split_sentences
+from kaset.pipelines.speech import (
+    MIN_SENTENCE_CHARS,
+    Caller,
+    Heard,
+    NoVoice,
+    SpeechService,
+    Spoken,
+    doubt,
+    not_caught,
+    split_sentences,
+)
 from kaset.registry.manager import LoadedModel
 from kaset.registry.routing import Router
 from kaset.runtimes.base import ChatModel, GenerationChunk, GenerationParams
@@ -93,6 +103,9 @@ class Answered:
     first_text_s: float | None = None
     first_audio_s: float | None = None
     text_s: float = 0.0
+    # False when the spoken question was not understood: the answer is only "I did not catch
+    # that" (a `not_understood` notice went before it) and nothing was advised from the speech.
+    understood: bool = True
 
 
 VoiceEvent = Delta | Audio | Notice | Answered
@@ -184,10 +197,14 @@ class VoiceAssistant:
 
     async def answer(self, question: str, *, mode: str = "advice", language: str | None = None,
                      crop: str | None = None, speak: bool = True, voice: str | None = None, fmt: str = "wav",
-                     caller: Caller | None = None) -> AsyncIterator[VoiceEvent]:
+                     caller: Caller | None = None, heard: Heard | None = None) -> AsyncIterator[VoiceEvent]:
         """Answer `question` (already heard) sentence by sentence; see the module docstring.
 
         `language` is the spoken language if known ("en"/"th"), else it is detected from the text.
+        `heard`: the transcription the question came from. When Whisper's signals doubt it
+        (`speech.doubt`), or the advisor matched it to nothing, the answer is only "I did not
+        catch that, please say it again" in the farmer's language, with a `not_understood`
+        notice: nothing is advised or generated from that speech.
         Cancelling the consumer (closing the generator) cancels generation and synthesis.
         """
         if mode not in MODES:
@@ -195,6 +212,11 @@ class VoiceAssistant:
         started = time.perf_counter()
         lang: Language = language if language in ("en", "th") else detect_language(question)  # type: ignore[assignment]
         notices: list[Notice] = []
+        spoken_question = heard is not None
+        if heard is not None and doubt(heard) is not None:
+            # Whisper's own signals doubt the transcript: nothing is asked of the models.
+            mode = "not_caught"
+            notices.append(Notice("not_understood", not_caught(lang)))
         if mode == "assistant" and not self.writes(lang):
             notices.append(Notice("assistant_language", (
                 f"The assistant model ({self.chat_model}) does not write "
@@ -213,6 +235,8 @@ class VoiceAssistant:
         events: asyncio.Queue[VoiceEvent | _Finished] = asyncio.Queue()
         to_speak: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
         result: dict[str, object] = {}
+
+        result["spoken"] = spoken_question
 
         async def produce() -> None:
             # Sentences into both queues the moment they exist; `None` ends the speaker.
@@ -267,21 +291,33 @@ class VoiceAssistant:
         if not sentences:
             raise UpstreamError("The model gave an empty answer. Ask again, in other words.", code="empty_answer")
         advice = result.get("advice")
+        understood = not result.get("not_understood")
+        if not understood and not any(n.code == "not_understood" for n in notices):
+            notice = Notice("not_understood", sentences[0])  # the advisor matched the speech to nothing
+            notices.append(notice)
+            yield notice
         yield Answered(
             answer=" ".join(sentences), sentences=sentences, language=lang,
-            path=advice.path if isinstance(advice, Advice) else "assistant",
+            path=advice.path if isinstance(advice, Advice) else "assistant" if understood else "curated",
             model=(advice.llm_model if isinstance(advice, Advice) else str(result.get("model") or "")) or None,
             advice=advice if isinstance(advice, Advice) else None, notices=notices,
-            first_text_s=first_text, first_audio_s=first_audio, text_s=text_done - started)
+            first_text_s=first_text, first_audio_s=first_audio, text_s=text_done - started, understood=understood)
 
     async def _sentences(self, question: str, mode: str, language: Language, crop: str | None,
                          caller: Caller | None, result: dict[str, object]) -> AsyncIterator[str]:
         if mode == "advice":
             advice = await self.advisor.advise(AdviceQuery(question=question, language=language, crop=crop,
                                                             use_llm=self.rephrase_advice))
-            result["advice"] = advice
-            for sentence in split_sentences(advice.answer):
-                yield sentence
+            if not advice.understood and result.get("spoken"):
+                mode = "not_caught"  # the advisor matched the spoken question to nothing
+            else:
+                result["advice"] = advice
+                for sentence in split_sentences(advice.answer):
+                    yield sentence
+                return
+        if mode == "not_caught":
+            result["not_understood"] = True
+            yield not_caught(language)
             return
         async for sentence in self._assistant(question, caller, result):
             yield sentence

@@ -122,7 +122,7 @@ async def ask(
     usage.record(audio_seconds=heard.seconds)
     heard_at = time.perf_counter()
     events = assistant.answer(heard.text, mode=mode, language=_answer_language(asked, heard), crop=crop,
-                              speak=speak, voice=voice, fmt="pcm", caller=caller)
+                              speak=speak, voice=voice, fmt="pcm", caller=caller, heard=heard)
     reply = await collect(events, response_format)
     answered = reply.answered
     audio = None
@@ -132,7 +132,8 @@ async def ask(
     return VoiceAskResponse(
         transcript=heard.text, language=answered.language, answer=answered.answer, sentences=answered.sentences,
         audio=audio, notices=[VoiceNotice(code=n.code, message=n.message) for n in answered.notices],
-        path=answered.path, citations=citations(answered.advice) if answered.advice is not None else [],
+        path=answered.path, understood=answered.understood,
+        citations=citations(answered.advice) if answered.advice is not None else [],
         models=VoiceModels(transcribe=heard.model, answer=answered.model, speech=reply.speech_model),
         timings=VoiceTimings(
             transcribe_ms=round((heard_at - started) * 1000, 1), answer_ms=round(answered.text_s * 1000, 1),
@@ -475,7 +476,8 @@ class _Session:
         if start.mode != "transcribe":
             asked = None if start.language == "auto" else start.language
             events = self.assistant.answer(heard.text, mode=start.mode, language=_answer_language(asked, heard),
-                                           crop=start.crop, voice=start.voice, fmt=start.response_format)
+                                           crop=start.crop, voice=start.voice, fmt=start.response_format,
+                                           heard=heard)
             answer = await self._send_answer(events, stopped, timings)
         timings["total_ms"] = _ms(time.perf_counter() - stopped)
         await self.send({"type": "done", "answer": answer, "timings": timings})

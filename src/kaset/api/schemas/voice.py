@@ -45,6 +45,8 @@ class VoiceAskResponse(BaseModel):
     audio: VoiceAudio | None
     notices: list[VoiceNotice]
     path: Literal["llm", "curated", "assistant"]
+    understood: bool = Field(default=True, description="False: the spoken question was not understood; the answer "
+                             "only asks to say it again (notice `not_understood`) and nothing was advised from it.")
     citations: list[Citation]
     models: VoiceModels
     timings: VoiceTimings
