@@ -39,13 +39,6 @@ from kaset.pipelines.spoken_answer import spoken_part as spoken_part
 T = TypeVar("T")
 
 LanguageChoice = Literal["en", "th", "auto"]
-# Answers are spoken a line at a time; a bullet's dash is not something to say aloud.
-_BULLET = "-*•"
-
-_MORE_ON_SCREEN: dict[Language, str] = {
-    "en": "Spraying, safety and prevention are in the written answer.",
-    "th": "วิธีใช้สารเคมี ความปลอดภัย และการป้องกัน อยู่ในคำตอบที่เป็นข้อความ",
-}
 _RETAKE_LEAD: dict[Language, str] = {"en": "For a better photo:", "th": "คำแนะนำในการถ่ายภาพใหม่:"}
 
 
