@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,42 +10,29 @@ import pytest
 from kaset.errors import InvalidRequest
 from kaset.knowledge.schema import load_entries
 from kaset.pipelines.diagnose import CropGuardianConfig, DiagnosisService, ModelResult, Slot, Variant, combine
-from kaset.registry.catalog import Catalog
-from kaset.registry.manager import ModelManager
-from kaset.registry.repository import ModelRepository
 from tests.fixtures.images import mango_like_leaf, photo
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest.fixture(scope="module")
-async def service(catalog: Catalog, installed: Callable[[str], object],
-                  models_dir: Path) -> AsyncIterator[DiagnosisService]:
-    installed("efficientnet-lite0")
-    installed("mango-disease")
-    manager = ModelManager(catalog, ModelRepository(models_dir))
-    yield DiagnosisService(manager, load_entries(), rng=random.Random(1))
-    await manager.close()
-
-
 @module_loop
 @pytest.mark.parametrize("name,expected", [("chelsea", "cat"), ("coffee", "espresso"), ("rocket", "missile")])
-async def test_the_gate_refuses_non_plants(service: DiagnosisService, name: str, expected: str) -> None:
-    result = await service.diagnose(photo(name), crop="mango", language="en")
+async def test_the_gate_refuses_non_plants(diagnoser: DiagnosisService, name: str, expected: str) -> None:
+    result = await diagnoser.diagnose(photo(name), crop="mango", language="en")
     assert result.status == "not_a_plant"
     assert expected in result.message and "not a plant" in result.message
     assert result.per_model == [] and result.plan_text is None
 
 
 @module_loop
-async def test_refusal_in_thai(service: DiagnosisService) -> None:
-    result = await service.diagnose(photo("chelsea"), crop="mango", language="th")
+async def test_refusal_in_thai(diagnoser: DiagnosisService) -> None:
+    result = await diagnoser.diagnose(photo("chelsea"), crop="mango", language="th")
     assert result.status == "not_a_plant" and "ไม่ใช่พืช" in result.message
 
 
 @module_loop
-async def test_a_flower_is_a_plant_but_not_a_mango(service: DiagnosisService) -> None:
-    result = await service.diagnose(photo("flower"), crop="mango", language="en")
+async def test_a_flower_is_a_plant_but_not_a_mango(diagnoser: DiagnosisService) -> None:
+    result = await diagnoser.diagnose(photo("flower"), crop="mango", language="en")
     assert result.gate is not None and result.gate.passed
     assert result.status == "not_this_crop" and "daisy" in result.message and result.retake_tips
     assert result.decided_by == "imagenet_foreign_plant"
@@ -55,8 +40,8 @@ async def test_a_flower_is_a_plant_but_not_a_mango(service: DiagnosisService) ->
 
 @module_loop
 @pytest.mark.parametrize("language,plan_word", [("en", "What to do now"), ("th", "สิ่งที่ควรทำตอนนี้")])
-async def test_mango_path_returns_a_plan(service: DiagnosisService, language: str, plan_word: str) -> None:
-    result = await service.diagnose(mango_like_leaf(seed=2, spots=25), crop=None, language=language)  # type: ignore[arg-type]
+async def test_mango_path_returns_a_plan(diagnoser: DiagnosisService, language: str, plan_word: str) -> None:
+    result = await diagnoser.diagnose(mango_like_leaf(seed=2, spots=25), crop=None, language=language)  # type: ignore[arg-type]
     assert result.crop == "mango" and result.crop_source == "inferred"
     assert result.status == "diagnosed", result.message
     assert result.label in {"Anthracnose", "Bacterial Canker", "Healthy", "Powdery Mildew", "Scab", "Sooty Mould",
@@ -68,34 +53,34 @@ async def test_mango_path_returns_a_plan(service: DiagnosisService, language: st
 
 
 @module_loop
-async def test_unsure_below_threshold(service: DiagnosisService) -> None:
-    strict = service.config.model_copy(deep=True)
+async def test_unsure_below_threshold(diagnoser: DiagnosisService) -> None:
+    strict = diagnoser.config.model_copy(deep=True)
     strict.crops["mango"].unsure_below = 0.999
-    picky = DiagnosisService(service.manager, load_entries(), strict)
+    picky = DiagnosisService(diagnoser.manager, load_entries(), strict)
     result = await picky.diagnose(mango_like_leaf(seed=2, spots=25), crop="mango", language="en")
     assert result.status == "unsure" and result.plan_text is None and len(result.retake_tips) >= 3
 
 
 @module_loop
-async def test_crop_without_a_model(service: DiagnosisService) -> None:
-    result = await service.diagnose(mango_like_leaf(seed=0, spots=0), crop="rice", language="en")
+async def test_crop_without_a_model(diagnoser: DiagnosisService) -> None:
+    result = await diagnoser.diagnose(mango_like_leaf(seed=0, spots=0), crop="rice", language="en")
     assert result.status == "no_model" and "advice" in result.message
 
 
 @module_loop
-async def test_unknown_crop(service: DiagnosisService) -> None:
+async def test_unknown_crop(diagnoser: DiagnosisService) -> None:
     with pytest.raises(InvalidRequest, match="banana"):
-        await service.diagnose(mango_like_leaf(seed=0, spots=0), crop="banana", language="en")
+        await diagnoser.diagnose(mango_like_leaf(seed=0, spots=0), crop="banana", language="en")
 
 
 def test_ab_split_follows_weights_and_sticks_to_a_key() -> None:
     slot = Slot(name="s", variants=[Variant(model="a", weight=9), Variant(model="b", weight=1)])
     config = CropGuardianConfig.load()
-    service = DiagnosisService.__new__(DiagnosisService)
-    service.config, service.rng = config, random.Random(7)
-    picks = [service.choose_variant(slot, None).model for _ in range(2000)]
+    diagnoser = DiagnosisService.__new__(DiagnosisService)
+    diagnoser.config, diagnoser.rng = config, random.Random(7)
+    picks = [diagnoser.choose_variant(slot, None).model for _ in range(2000)]
     assert 0.85 < picks.count("a") / len(picks) < 0.95
-    assert len({service.choose_variant(slot, "device-42").model for _ in range(20)}) == 1
+    assert len({diagnoser.choose_variant(slot, "device-42").model for _ in range(20)}) == 1
 
 
 def test_ensembles() -> None:
@@ -112,8 +97,8 @@ def test_ensembles() -> None:
 
 
 @module_loop
-async def test_compare_runs_every_version(service: DiagnosisService) -> None:
-    result = await service.diagnose(mango_like_leaf(seed=2, spots=25), crop="mango", language="en", compare=True)
+async def test_compare_runs_every_version(diagnoser: DiagnosisService) -> None:
+    result = await diagnoser.diagnose(mango_like_leaf(seed=2, spots=25), crop="mango", language="en", compare=True)
     assert sorted((m.model, m.version) for m in result.per_model) == [("mango-disease", "1"), ("mango-disease", "2")]
     assert result.ensemble == "weighted_average"
     # Version 2 averages the photo with its mirror image, so the two versions differ.
@@ -121,11 +106,11 @@ async def test_compare_runs_every_version(service: DiagnosisService) -> None:
 
 
 @module_loop
-async def test_ab_split_reports_the_version_that_answered(service: DiagnosisService) -> None:
+async def test_ab_split_reports_the_version_that_answered(diagnoser: DiagnosisService) -> None:
     versions = set()
     for key in ("farm-1", "farm-2", "farm-3", "farm-4", "farm-5", "farm-6", "farm-7", "farm-8", "farm-9", "farm-10",
                 "farm-11", "farm-12", "farm-13", "farm-14", "farm-15", "farm-16", "farm-17", "farm-18"):
-        result = await service.diagnose(mango_like_leaf(seed=2, spots=25), crop="mango", language="en", ab_key=key)
+        result = await diagnoser.diagnose(mango_like_leaf(seed=2, spots=25), crop="mango", language="en", ab_key=key)
         assert len(result.per_model) == 1
         versions.add(result.per_model[0].version)
     assert versions == {"1", "2"}

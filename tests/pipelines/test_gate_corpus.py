@@ -9,41 +9,24 @@ here: none ships in any package in reach (docs/crop-guardian.md says so).
 
 from __future__ import annotations
 
-import random
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 
-from kaset.knowledge.schema import load_entries
 from kaset.pipelines.diagnose import DiagnosisService
-from kaset.registry.catalog import Catalog
-from kaset.registry.manager import ModelManager
-from kaset.registry.repository import ModelRepository
 from tests.fixtures.images import REDPATCH_LEAVES, mango_like_leaf, not_mango_photos, redpatch_leaf, variants
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest.fixture(scope="module")
-async def service(catalog: Catalog, installed: Callable[[str], object],
-                  models_dir: Path) -> AsyncIterator[DiagnosisService]:
-    installed("efficientnet-lite0")
-    installed("mango-disease")
-    manager = ModelManager(catalog, ModelRepository(models_dir))
-    yield DiagnosisService(manager, load_entries(), rng=random.Random(3))
-    await manager.close()
-
-
 @module_loop
 @pytest.mark.parametrize("crop", ["mango", None])
-async def test_no_photo_that_is_not_a_mango_leaf_is_diagnosed(service: DiagnosisService, crop: str | None) -> None:
+async def test_no_photo_that_is_not_a_mango_leaf_is_diagnosed(diagnoser: DiagnosisService, crop: str | None) -> None:
     outcomes: Counter[str] = Counter()
     diagnosed = []
     for name, photo in not_mango_photos():
         for suffix, variant in variants(photo):
-            result = await service.diagnose(variant, crop=crop, language="en")
+            result = await diagnoser.diagnose(variant, crop=crop, language="en")
             outcomes[result.status] += 1
             assert result.decided_by, f"{name}{suffix}: no signal named for {result.status}"
             if result.status == "diagnosed":
@@ -58,19 +41,20 @@ async def test_no_photo_that_is_not_a_mango_leaf_is_diagnosed(service: Diagnosis
 @module_loop
 @pytest.mark.parametrize("name", REDPATCH_LEAVES)
 @pytest.mark.parametrize("language,words", [("en", "does not look like a mango leaf"), ("th", "ดูไม่เหมือนใบมะม่วง")])
-async def test_a_real_leaf_of_another_plant_is_not_a_mango_leaf(service: DiagnosisService, name: str,
+async def test_a_real_leaf_of_another_plant_is_not_a_mango_leaf(diagnoser: DiagnosisService, name: str,
                                                                 language: str, words: str) -> None:
-    result = await service.diagnose(redpatch_leaf(name), crop="mango", language=language)  # type: ignore[arg-type]
+    result = await diagnoser.diagnose(redpatch_leaf(name), crop="mango", language=language)  # type: ignore[arg-type]
     assert result.status == "not_this_crop", (result.status, result.decided_by, result.message)
     assert words in result.message and result.decided_by == "leaf_elongation"
     assert result.gate is not None and result.gate.passed  # it is a plant
 
 
 @module_loop
-async def test_drawn_mango_like_leaves_still_reach_the_model(service: DiagnosisService) -> None:
+async def test_drawn_mango_like_leaves_still_reach_the_model(diagnoser: DiagnosisService) -> None:
     statuses = Counter()
     for seed in range(12):
-        result = await service.diagnose(mango_like_leaf(seed=seed, spots=(seed * 7) % 30), crop="mango", language="en")
+        leaf = mango_like_leaf(seed=seed, spots=(seed * 7) % 30)
+        result = await diagnoser.diagnose(leaf, crop="mango", language="en")
         statuses[result.status] += 1
         assert result.status in ("diagnosed", "unsure"), (seed, result.decided_by, result.message)
         assert result.per_model, "the gate let the leaf through to the mango model"
@@ -78,8 +62,8 @@ async def test_drawn_mango_like_leaves_still_reach_the_model(service: DiagnosisS
 
 
 @module_loop
-async def test_every_signal_is_reported(service: DiagnosisService) -> None:
-    result = await service.diagnose(mango_like_leaf(seed=2, spots=25), crop="mango", language="en")
+async def test_every_signal_is_reported(diagnoser: DiagnosisService) -> None:
+    result = await diagnoser.diagnose(mango_like_leaf(seed=2, spots=25), crop="mango", language="en")
     assert result.gate is not None
     names = [s.name for s in result.gate.signals]
     assert names == ["imagenet_plant_mass", "imagenet_object", "leaf_colour", "leaf_elongation", "leaf_area",

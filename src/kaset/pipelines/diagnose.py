@@ -316,9 +316,8 @@ class DiagnosisService:
             gate.decided_by = "imagenet_object"
             return _Refusal("not_a_plant", not_a_plant(gate.refused_as or "", language, index=gate.refused_index))
         gate.passed = True
-        colour = next(s for s in gate.signals if s.name == "leaf_colour")
         foreign = _foreign_plant(gate, expand_ranges(config.foreign_classes), config.foreign_confidence)
-        if not colour.passed:
+        if leaf.colour_fraction < settings.min_leaf_colour:
             if foreign is not None:
                 gate.decided_by = "imagenet_foreign_plant"
                 return _Refusal("not_this_crop", not_this_crop(foreign, crop, language, index=gate.top[0].index))
