@@ -25,6 +25,7 @@ from kaset.registry.catalog import Catalog
 from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository
 from kaset.registry.routing import Router
+from tests.fixtures import thai_speech as thai
 from tests.fixtures.images import mango_like_leaf
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -162,17 +163,9 @@ def test_speakable_drops_bullets_and_ends_lines() -> None:
 
 # --- spoken Thai the doctor did not understand -------------------------------------------------------
 
-thai = pytest.importorskip("tests.fixtures.thai_speech")
-
-
-def _thai_clips() -> None:
-    if not thai.available():
-        pytest.skip("needs the recorded Thai clips: pip install thai-talking-clock==1.0.1")
-
 
 @module_loop
 async def test_garbled_thai_speech_gets_say_it_again_and_no_advice(doctor: CropDoctor) -> None:
-    _thai_clips()
     verdict = await doctor.consult(Consultation(audio=thai.wav_bytes(thai.garbled_set()["shuffled"]),
                                                 language="auto", speak=False))
     assert verdict.understood is False and verdict.advice is None and verdict.diagnosis is None
@@ -186,7 +179,6 @@ async def test_garbled_thai_speech_gets_say_it_again_and_no_advice(doctor: CropD
 
 @module_loop
 async def test_garbled_speech_with_a_photo_still_diagnoses_the_photo(doctor: CropDoctor) -> None:
-    _thai_clips()
     verdict = await doctor.consult(Consultation(image=mango_like_leaf(seed=2, spots=25),
                                                 audio=thai.wav_bytes(thai.garbled_set()["babble"]), language="th"))
     assert verdict.understood is False and verdict.diagnosis is not None and verdict.diagnosis.status == "diagnosed"
@@ -198,7 +190,6 @@ async def test_garbled_speech_with_a_photo_still_diagnoses_the_photo(doctor: Cro
 @module_loop
 async def test_clear_thai_speech_that_is_no_farm_question_is_not_advised(doctor: CropDoctor) -> None:
     # Clear speech passes Whisper's check; the advisor then matches "the time is ..." to nothing.
-    _thai_clips()
     phrase = thai.thai_speech_set()[2]
     verdict = await doctor.consult(Consultation(audio=phrase.wav(), language="th", speak=False))
     assert verdict.heard is not None and verdict.transcript

@@ -17,6 +17,7 @@ from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository
 from kaset.registry.routing import Router
 from kaset.runtimes.faster_whisper import clean_text
+from tests.fixtures import thai_speech as thai
 
 
 @pytest.fixture
@@ -50,15 +51,12 @@ async def test_voices_are_read_from_the_files_of_an_unloaded_model(speech: Speec
 
 # --- Thai speech: how well it is heard, and whether the server admits it did not ------------------
 
-thai = pytest.importorskip("tests.fixtures.thai_speech")
 module_loop = pytest.mark.asyncio(loop_scope="module")
 
 
 @pytest.fixture(scope="module")
 async def hearing(catalog: Catalog, installed: Callable[[str], object], models_dir: Path
                   ) -> AsyncIterator[SpeechService]:
-    if not thai.available():
-        pytest.skip("needs the recorded Thai clips: pip install thai-talking-clock==1.0.1")
     installed("whisper-base")
     manager = ModelManager(catalog, ModelRepository(models_dir))
     yield SpeechService(Router(manager), manager, 60)

@@ -29,6 +29,7 @@ from kaset.registry.catalog import Catalog
 from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository
 from kaset.registry.routing import Router
+from tests.fixtures import thai_speech as thai
 
 THAI_QUESTION = "ใบข้าวมีจุดสีน้ำตาลรูปตา ทำอย่างไรดี"
 
@@ -149,14 +150,11 @@ async def test_unknown_mode_and_language(assistant: VoiceAssistant) -> None:
 
 # --- spoken questions the assistant did not understand ---------------------------------------------
 
-thai = pytest.importorskip("tests.fixtures.thai_speech")
 
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_garbled_thai_speech_is_answered_with_say_it_again(assistant: VoiceAssistant,
                                                                   installed: Callable[[str], object]) -> None:
-    if not thai.available():
-        pytest.skip("needs the recorded Thai clips: pip install thai-talking-clock==1.0.1")
     installed("whisper-base")
     heard = await assistant.speech.hear(thai.wav_bytes(thai.garbled_set()["babble"]), language="th")
     assert heard.text and doubt(heard) is not None
@@ -172,8 +170,6 @@ async def test_garbled_thai_speech_is_answered_with_say_it_again(assistant: Voic
 @pytest.mark.asyncio(loop_scope="module")
 async def test_clear_speech_the_advisor_cannot_match_is_not_advised(assistant: VoiceAssistant,
                                                                     installed: Callable[[str], object]) -> None:
-    if not thai.available():
-        pytest.skip("needs the recorded Thai clips: pip install thai-talking-clock==1.0.1")
     installed("whisper-base")
     heard = await assistant.speech.hear(thai.thai_speech_set()[2].wav(), language="th")  # "the time is ..."
     assert doubt(heard) is None
