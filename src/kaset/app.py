@@ -56,6 +56,7 @@ from kaset.registry.repository import ModelRepository
 from kaset.registry.routing import Router
 from kaset.store.db import Database
 from kaset.store.spoken_replies import spoken_replies
+from kaset.tracing import GATEWAY_SERVICE, install_tracing, shutdown_tracing
 from kaset.ui import pages
 from kaset.workers.pool import WorkerPool
 from kaset.workers.proxy import Forwarded, forwarded_handler
@@ -179,6 +180,7 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
             await app.state.services.spoken_replies.close()
             await identity.close()
             await db.close()
+            await shutdown_tracing(app)
 
     app = FastAPI(
         title="Kaset",
@@ -196,6 +198,9 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
     # Multipart and JSON overhead on top of the largest accepted upload.
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_upload_bytes + 1024 * 1024,
                        telemetry=telemetry)
+    # OpenTelemetry, when OTEL_EXPORTER_OTLP_ENDPOINT is set (docs/tracing.md): after the other
+    # middleware, so its span covers them; off, nothing is added.
+    install_tracing(app, GATEWAY_SERVICE)
     # Routes are matched in order, a few µs each: the busiest model routes go first, and
     # health probes and scrapes (cheap, answered without a key) after them.
     secured = [Depends(authenticate)]

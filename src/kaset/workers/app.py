@@ -56,6 +56,7 @@ from kaset.registry.repository import ModelRepository
 from kaset.registry.routing import Router
 from kaset.store.db import Database
 from kaset.store.spoken_replies import spoken_replies
+from kaset.tracing import WORKER_SERVICE, install_tracing, shutdown_tracing
 from kaset.usage import current_usage
 
 log = logging.getLogger("kaset.worker")
@@ -242,6 +243,7 @@ def create_worker_app(settings: Settings, model_names: list[str]) -> FastAPI:
             await quotas.close()
             await app.state.services.spoken_replies.close()
             await db.close()
+            await shutdown_tracing(app)
 
     app = FastAPI(title="Kaset worker", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
@@ -252,6 +254,7 @@ def create_worker_app(settings: Settings, model_names: list[str]) -> FastAPI:
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_upload_bytes + 1024 * 1024,
                        telemetry=telemetry)
     app.add_middleware(DrainMiddleware, state=drain)
+    install_tracing(app, WORKER_SERVICE)  # outermost; nothing when tracing is off (docs/tracing.md)
     guard = [Depends(_token_guard(token))]
     for router in WORKER_ROUTERS:
         app.include_router(router, dependencies=guard)

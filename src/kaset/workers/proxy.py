@@ -26,6 +26,7 @@ from starlette.responses import Response, StreamingResponse
 
 from kaset.errors import ModelUnavailable, UpstreamTimeout
 from kaset.registry.manager import inference_seconds
+from kaset.tracing import inject
 from kaset.usage import record
 from kaset.workers.pool import Replica, WorkerPool
 
@@ -121,6 +122,7 @@ async def _forward(request: Request, pool: WorkerPool, name: str) -> Response:
     rid = request.scope.get("kaset.request_id")
     if rid:
         headers["x-request-id"] = str(rid)
+    inject(headers)  # W3C traceparent of this request's span, when tracing is on
     path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(5.0, pool.timeout_s), sock_read=pool.timeout_s)
     tried: list[Replica] = []
