@@ -28,7 +28,7 @@ finishReason SAFETY and the like) is a 400 with code `content_filter`, not an em
 from __future__ import annotations
 
 import mimetypes
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -68,24 +68,18 @@ class GeminiRuntime(ProviderRuntime):
         method = "streamGenerateContent?alt=sse" if stream else "generateContent"
         return f"{self.base_url}/{self.api_version}/models/{self.upstream_model}:{method}"
 
-    # --- the four entry points (chat_multimodal and describe_image come from the base) --------
+    # --- the two coroutines every entry point runs, async or blocking (see the base class);
+    # complete() is the base's default: the prompt as one user turn -----------------------------
 
-    def _generate(self, messages: Messages, params: GenerationParams) -> Generation:
-        reply = self._call(self._post_json(self._url(stream=False), self._request(messages, params)))
+    async def _agenerate(self, messages: Messages, params: GenerationParams) -> Generation:
+        reply = await self._post_json(self._url(stream=False), self._request(messages, params))
         text, finish = self._candidate_text(reply)
         prompt_tokens, completion_tokens = _usage(reply)
         return Generation(text=text, finish_reason=finish, prompt_tokens=prompt_tokens,
                           completion_tokens=completion_tokens)
 
-    def _generate_stream(self, messages: Messages, params: GenerationParams) -> Iterator[GenerationChunk]:
-        body = self._request(messages, params)
-        return self._iterate(lambda: self._chunks(body))
-
-    def complete(self, prompt: str, params: GenerationParams) -> Generation:
-        return self._generate([{"role": "user", "content": prompt}], params)
-
-    def complete_stream(self, prompt: str, params: GenerationParams) -> Iterator[GenerationChunk]:
-        return self._generate_stream([{"role": "user", "content": prompt}], params)
+    def _agenerate_stream(self, messages: Messages, params: GenerationParams) -> AsyncIterator[GenerationChunk]:
+        return self._chunks(self._request(messages, params))
 
     # --- request ---------------------------------------------------------------------------------
 

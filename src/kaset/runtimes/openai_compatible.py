@@ -11,12 +11,14 @@ brings httpx, a second HTTP stack with its own pool and its own retry policy (it
 retries 429 and 5xx twice by default), while retries and fallbacks are the gateway's
 decision, and aiohttp is what the gateway's other upstream hops use (measured ~5x less
 per-hop overhead than httpx here). The wire format is small enough to handle directly.
-See `kaset.runtimes.provider` for the threading model, secrets and error mapping.
+See `kaset.runtimes.provider` for the two ways in (async on the caller's loop, blocking on the
+runtime's loop thread), secrets and error mapping: this module only builds the requests and
+reads the replies, as coroutines both ways share.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from kaset.runtimes.base import Generation, GenerationChunk, GenerationParams
@@ -52,28 +54,28 @@ class OpenAICompatibleRuntime(ProviderRuntime):
 
     # --- chat ----------------------------------------------------------------------------------
 
-    def _generate(self, messages: Messages, params: GenerationParams) -> Generation:
+    async def _agenerate(self, messages: Messages, params: GenerationParams) -> Generation:
         body = {**self._body(params, stream=False), "messages": messages}
-        reply = self._call(self._post_json(self._url("chat/completions"), body))
+        reply = await self._post_json(self._url("chat/completions"), body)
         choice = self._first_choice(reply)
         message = choice.get("message") or {}
         return _generation(_text(message.get("content")), choice, reply)
 
-    def _generate_stream(self, messages: Messages, params: GenerationParams) -> Iterator[GenerationChunk]:
+    def _agenerate_stream(self, messages: Messages, params: GenerationParams) -> AsyncIterator[GenerationChunk]:
         body = {**self._body(params, stream=True), "messages": messages}
-        return self._iterate(lambda: self._chunks(self._url("chat/completions"), body, chat=True))
+        return self._chunks(self._url("chat/completions"), body, chat=True)
 
-    # --- text completion -----------------------------------------------------------------------
+    # --- text completion (the blocking complete() and complete_stream() run these) -------------
 
-    def complete(self, prompt: str, params: GenerationParams) -> Generation:
+    async def acomplete(self, prompt: str, params: GenerationParams) -> Generation:
         body = {**self._body(params, stream=False), "prompt": prompt}
-        reply = self._call(self._post_json(self._url("completions"), body))
+        reply = await self._post_json(self._url("completions"), body)
         choice = self._first_choice(reply)
         return _generation(_text(choice.get("text")), choice, reply)
 
-    def complete_stream(self, prompt: str, params: GenerationParams) -> Iterator[GenerationChunk]:
+    def acomplete_stream(self, prompt: str, params: GenerationParams) -> AsyncIterator[GenerationChunk]:
         body = {**self._body(params, stream=True), "prompt": prompt}
-        return self._iterate(lambda: self._chunks(self._url("completions"), body, chat=False))
+        return self._chunks(self._url("completions"), body, chat=False)
 
     # --- wire format ---------------------------------------------------------------------------
 

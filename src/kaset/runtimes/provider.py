@@ -2,26 +2,39 @@
 
 A provider runtime is a runtime whose "weights" are somebody else's server: a `ChatModel`
 for OpenAI-compatible servers and Gemini (`ProviderRuntime`), speech and translation for
-AI4Thai (`kaset.runtimes.ai4thai`). The HTTP plumbing below (`ProviderClient`: the loop
-thread, the session, the key, the error mapping) is independent of the task; `ProviderRuntime`
-adds the chat contract on top. Its methods are blocking, like every runtime's: the model manager
-runs them in the model's executor threads. The HTTP work, though, is done with aiohttp (the
-project's client for gateway-to-upstream hops), and an aiohttp `ClientSession` belongs to
-one event loop. The choices were:
+AI4Thai (`kaset.runtimes.ai4thai`). The HTTP plumbing below (`ProviderClient`: the sessions,
+the key, the error mapping) is independent of the task; `ProviderRuntime` adds the chat
+contract on top. The HTTP work is done with aiohttp (the project's client for
+gateway-to-upstream hops), and an aiohttp `ClientSession` belongs to one event loop.
 
-- a synchronous client in each executor thread: no shared connection pool across the
-  model's `max_concurrent` threads, and a second HTTP stack in the project;
-- a fresh event loop per call (`asyncio.run`): a session cannot outlive its loop, so every
-  call would pay a new TCP and TLS handshake;
-- the gateway's own loop: couples a runtime to the server that happens to call it, and a
-  slow upstream read would then share the loop that serves every other request.
+Two ways in, one implementation. Every chat entry point exists as a coroutine or an async
+iterator (`achat`, `achat_stream`, `acomplete`, `acomplete_stream`, `achat_multimodal`,
+`achat_multimodal_stream`, `adescribe_image`), and the blocking methods of the `ChatModel`
+contract (`chat`, `chat_stream`, ...) run those very coroutines; request building, reply
+parsing and error mapping exist once.
 
-So each provider runtime owns one small event loop on a daemon thread, started by `load()`,
-with one `ClientSession` created on it (keep-alive connections shared by all calls of the
-model). A blocking method hands its coroutine to that loop and waits on the future; a
-stream runs as one task on the loop that feeds a thread-safe queue the executor thread reads
-from. The waiting thread is idle, and all session access happens on the one loop thread, so
-the session needs no lock.
+- The async methods (`ProviderRuntime.async_native` is true) run on the *caller's* event
+  loop: the gateway's, with no thread hop at all. A provider call is waiting on a socket,
+  and an event loop is the cheapest place to wait; the runtime does no CPU work worth a
+  thread. Going through the blocking path instead cost two thread hops per call (the model's
+  executor, then the loop thread below): measured +0.91 ms p50 and 15% of the upstream's
+  requests/s at 16 connections (docs/benchmarks.md, "Provider models").
+- The blocking methods are for callers that have no event loop (Celery job workers,
+  scripts, the model manager's executor path for runtimes that are not async-native). For
+  them, the runtime owns one small event loop on a daemon thread (`_LoopThread`), started by
+  `load()`. A blocking method hands its coroutine to that loop and waits on the future; a
+  stream runs as one task on the loop that feeds a thread-safe queue the calling thread
+  reads from. The alternatives were a synchronous client in each thread (no shared
+  connection pool, a second HTTP stack in the project) and a fresh loop per call
+  (`asyncio.run`: a session cannot outlive its loop, so every call would pay a new TCP and
+  TLS handshake).
+
+Sessions: one per event loop that calls the runtime, made on that loop on its first request
+(`_require_session`): the loop thread's for the blocking path, the gateway's for the async
+path (a test's own loop, too). Each keeps its keep-alive connections for all the calls made
+on its loop, and is only ever touched from its loop, so it needs no lock. `aclose()` closes
+the calling loop's session; `unload()` closes every one it can reach (a loop that has
+already been closed took its connections with it).
 
 Secrets: the key comes from the environment (`api_key_env`) or a file (`api_key_file`, a
 Docker or Kubernetes secret mount), never from the catalog itself, whose params may be shown
@@ -43,7 +56,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
@@ -80,6 +93,8 @@ GRACE_S = 5.0
 MAX_ERROR_CHARS = 300
 MAX_ERROR_BODY = 64 * 1024
 REDACTED = "[redacted]"
+# Session closes scheduled by `unload()` on the loop that called it, kept until they finish.
+_closing: set[asyncio.Task[None]] = set()
 
 
 @dataclass
@@ -129,8 +144,9 @@ class _LoopThread:
 
 
 class ProviderClient(Runtime):
-    """The HTTP side of a provider runtime, whatever its task: one event loop thread and one
-    aiohttp session per model, the key, and the mapping of upstream failures to KasetErrors.
+    """The HTTP side of a provider runtime, whatever its task: the loop thread of the blocking
+    path, one aiohttp session per calling event loop, the key, and the mapping of upstream
+    failures to KasetErrors.
 
     params: base_url (required), api_key_env (name of the environment variable holding the
     key) or api_key_file (a file holding it), timeout_s (default 60), trust_env (use
@@ -144,36 +160,67 @@ class ProviderClient(Runtime):
         self.base_url = str(self.params.get("base_url") or "").rstrip("/")
         self.timeout_s = float(self.params.get("timeout_s", DEFAULT_TIMEOUT_S))
         self._api_key: str | None = None
+        self._loaded = False
         self._runner: _LoopThread | None = None
-        self._session: aiohttp.ClientSession | None = None
+        # One session per event loop that has made a request (see the module docstring).
+        self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        self._sessions_lock = threading.Lock()
+        connect = min(self.timeout_s, 10.0)
+        self._timeout = aiohttp.ClientTimeout(total=self.timeout_s, connect=connect)
+        # A long answer may legitimately stream for minutes: bound the wait per read instead.
+        self._stream_timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_read=self.timeout_s)
 
     # --- lifecycle --------------------------------------------------------------------------
 
     def load(self) -> None:
         self._check_params()
         self._api_key = self._read_key()
-        runner = _LoopThread(f"provider-{self.spec.id}")
-        self._session = runner.submit(self._open_session()).result(timeout=10)
-        self._runner = runner
+        self._runner = _LoopThread(f"provider-{self.spec.id}")
+        self._loaded = True
 
     def warmup(self) -> None:
         """Nothing: a warm-up call would spend the operator's quota, and a provider that is down
         at start must not mark the model failed (requests get a clear 502/503 instead)."""
 
     def unload(self) -> None:
-        runner, session = self._runner, self._session
-        self._runner = self._session = None
-        if runner is None:
-            return
-        if session is not None:
-            try:
-                runner.submit(session.close()).result(timeout=5)
-            except Exception:  # closing is best effort; the loop goes away next
-                log.debug("closing the HTTP session of %s failed", self.spec.id, exc_info=True)
-        runner.stop()
+        """Close every session this runtime can reach and stop the loop thread. Callable from
+        any thread, the calling loop's included (its session then closes in a task)."""
+        self._loaded = False
+        runner, self._runner = self._runner, None
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, {}
+        for loop, session in sessions.items():
+            self._close_session(loop, session)
+        if runner is not None:
+            runner.stop()
 
-    async def _open_session(self) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(trust_env=bool(self.params.get("trust_env", False)))
+    async def aclose(self) -> None:
+        """Close the session of the calling event loop (the async path's). The runtime stays
+        loaded: a later call on this loop opens a new session."""
+        loop = asyncio.get_running_loop()
+        with self._sessions_lock:
+            session = self._sessions.pop(loop, None)
+        if session is not None:
+            await session.close()
+
+    def _close_session(self, loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession) -> None:
+        if session.closed or loop.is_closed():
+            return  # a closed loop cannot run the close; its connections went with it
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        try:
+            if loop is running:
+                task = loop.create_task(session.close())
+                _closing.add(task)
+                task.add_done_callback(_closing.discard)
+            elif loop.is_running():
+                asyncio.run_coroutine_threadsafe(session.close(), loop).result(timeout=5)
+            else:
+                log.debug("the event loop of an HTTP session of %s is not running; left to the GC", self.spec.id)
+        except Exception:  # closing is best effort
+            log.debug("closing an HTTP session of %s failed", self.spec.id, exc_info=True)
 
     def _check_params(self) -> None:
         if "api_key" in self.params:
@@ -243,8 +290,9 @@ class ProviderClient(Runtime):
             future.cancel()
             raise self._timeout_error() from None
 
-    def _iterate(self, make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
-        """Items of an async iterator run on the runtime's loop, for a blocking consumer.
+    def _iterate(self, stream: AsyncIterator[T]) -> Iterator[T]:
+        """Items of an async iterator (not started yet) run on the runtime's loop, for a
+        blocking consumer.
 
         One task drives the whole upstream stream (aiohttp ties a response to the task that
         opened it) and feeds a queue; closing this generator early cancels that task, which
@@ -255,7 +303,7 @@ class ProviderClient(Runtime):
 
         async def pump() -> None:
             try:
-                async for item in make():
+                async for item in stream:
                     items.put(("item", item))
             except asyncio.CancelledError:
                 raise
@@ -286,11 +334,7 @@ class ProviderClient(Runtime):
         return {}
 
     def _request_timeout(self, stream: bool) -> aiohttp.ClientTimeout:
-        connect = min(self.timeout_s, 10.0)
-        if stream:
-            # A long answer may legitimately stream for minutes: bound the wait per read instead.
-            return aiohttp.ClientTimeout(total=None, connect=connect, sock_read=self.timeout_s)
-        return aiohttp.ClientTimeout(total=self.timeout_s, connect=connect)
+        return self._stream_timeout if stream else self._timeout
 
     @contextlib.asynccontextmanager
     async def _open(self, method: str, url: str | URL, *, stream: bool = False,
@@ -349,9 +393,18 @@ class ProviderClient(Runtime):
             raise self._connection_error(exc) from None
 
     def _require_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+        """The session of the running event loop, made on its first request."""
+        if not self._loaded:
             raise ModelUnavailable(f"Model '{self.spec.id}' is not loaded.")
-        return self._session
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
+            session = aiohttp.ClientSession(trust_env=bool(self.params.get("trust_env", False)))
+            with self._sessions_lock:
+                for old in [other for other in self._sessions if other.is_closed()]:
+                    del self._sessions[old]  # loops that went away without aclose()
+                self._sessions[loop] = session
+        return session
 
     # --- errors ----------------------------------------------------------------------------------
 
@@ -435,8 +488,15 @@ class ProviderRuntime(ProviderClient, ChatModel):
 
     params, besides ProviderClient's: model (the upstream model name, required), vision (the
     model accepts images), context_length (informational, default 32768).
+
+    Async-native: the `a`-methods run on the caller's event loop (see the module docstring);
+    the blocking ones run the same coroutines on the runtime's loop thread. A stream method
+    returns an async generator that has not sent anything yet (its input is checked at the
+    call): iterate it on one loop, and `aclose()` it (`contextlib.aclosing`) to stop early,
+    which closes the upstream response.
     """
 
+    async_native: ClassVar[bool] = True
     default_vision: ClassVar[bool] = False
 
     def __init__(self, spec: ModelSpec, model_dir: Path | None) -> None:
@@ -455,38 +515,70 @@ class ProviderRuntime(ProviderClient, ChatModel):
     def context_length(self) -> int:
         return int(self.params.get("context_length", DEFAULT_CONTEXT_LENGTH))
 
-    # --- what subclasses implement ----------------------------------------------------------
+    # --- what subclasses implement: the coroutines both paths run ---------------------------
 
-    def _generate(self, messages: Messages, params: GenerationParams) -> Generation:
+    async def _agenerate(self, messages: Messages, params: GenerationParams) -> Generation:
         raise NotImplementedError
 
-    def _generate_stream(self, messages: Messages, params: GenerationParams) -> Iterator[GenerationChunk]:
+    def _agenerate_stream(self, messages: Messages, params: GenerationParams) -> AsyncIterator[GenerationChunk]:
+        """Build the request now (bad input raises here, at the call) and return the async
+        generator that sends it and yields the chunks."""
         raise NotImplementedError
 
-    # --- the ChatModel contract, plus images ------------------------------------------------
+    # --- async, on the caller's event loop ----------------------------------------------------
+
+    async def achat(self, messages: list[dict[str, str]], params: GenerationParams) -> Generation:
+        return await self._agenerate(list(messages), params)
+
+    def achat_stream(self, messages: list[dict[str, str]], params: GenerationParams) -> AsyncIterator[GenerationChunk]:
+        return self._agenerate_stream(list(messages), params)
+
+    async def acomplete(self, prompt: str, params: GenerationParams) -> Generation:
+        """Text completion; this default sends the prompt as one user turn (for providers with
+        no raw completion route)."""
+        return await self._agenerate([{"role": "user", "content": prompt}], params)
+
+    def acomplete_stream(self, prompt: str, params: GenerationParams) -> AsyncIterator[GenerationChunk]:
+        return self._agenerate_stream([{"role": "user", "content": prompt}], params)
+
+    async def achat_multimodal(self, messages: Messages, params: GenerationParams) -> Generation:
+        """Chat whose message contents may be lists of OpenAI parts (text, image_url)."""
+        self._check_images(messages)
+        return await self._agenerate(messages, params)
+
+    def achat_multimodal_stream(self, messages: Messages, params: GenerationParams) -> AsyncIterator[GenerationChunk]:
+        self._check_images(messages)
+        return self._agenerate_stream(messages, params)
+
+    async def adescribe_image(self, image_jpeg: bytes, prompt: str, params: GenerationParams) -> Generation:
+        """Ask the provider about one JPEG photo, sent inline as a data URL part."""
+        return await self.achat_multimodal(_image_messages(image_jpeg, prompt), params)
+
+    # --- blocking: the same coroutines, on the runtime's loop thread -------------------------
 
     def chat(self, messages: list[dict[str, str]], params: GenerationParams) -> Generation:
-        return self._generate(list(messages), params)
+        return self._call(self.achat(messages, params))
 
     def chat_stream(self, messages: list[dict[str, str]], params: GenerationParams) -> Iterator[GenerationChunk]:
-        return self._generate_stream(list(messages), params)
+        return self._iterate(self.achat_stream(messages, params))
+
+    def complete(self, prompt: str, params: GenerationParams) -> Generation:
+        return self._call(self.acomplete(prompt, params))
+
+    def complete_stream(self, prompt: str, params: GenerationParams) -> Iterator[GenerationChunk]:
+        return self._iterate(self.acomplete_stream(prompt, params))
 
     def chat_multimodal(self, messages: Messages, params: GenerationParams) -> Generation:
         """Chat whose message contents may be lists of OpenAI parts (text, image_url)."""
         self._check_images(messages)
-        return self._generate(messages, params)
+        return self._call(self._agenerate(messages, params))
 
     def chat_multimodal_stream(self, messages: Messages, params: GenerationParams) -> Iterator[GenerationChunk]:
-        self._check_images(messages)
-        return self._generate_stream(messages, params)
+        return self._iterate(self.achat_multimodal_stream(messages, params))
 
     def describe_image(self, image_jpeg: bytes, prompt: str, params: GenerationParams) -> Generation:
         """Ask the provider about one JPEG photo, sent inline as a data URL part."""
-        messages: Messages = [{"role": "user", "content": [
-            {"type": "text", "text": prompt},
-            {"type": "image_url", "image_url": {"url": jpeg_data_url(image_jpeg)}},
-        ]}]
-        return self.chat_multimodal(messages, params)
+        return self.chat_multimodal(_image_messages(image_jpeg, prompt), params)
 
     def _check_images(self, messages: Messages) -> None:
         if not self.vision and has_images(messages):
@@ -536,6 +628,13 @@ def retry_after_header(value: str | None) -> float | None:
 
 def jpeg_data_url(image_jpeg: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(image_jpeg).decode("ascii")
+
+
+def _image_messages(image_jpeg: bytes, prompt: str) -> Messages:
+    return [{"role": "user", "content": [
+        {"type": "text", "text": prompt},
+        {"type": "image_url", "image_url": {"url": jpeg_data_url(image_jpeg)}},
+    ]}]
 
 
 def has_images(messages: Messages) -> bool:
