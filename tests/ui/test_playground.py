@@ -114,8 +114,10 @@ def test_record_from_the_microphone_then_transcribe(open_page: Callable[..., Pag
     expect(page.locator("#tr-audio")).to_have_attribute("src", re.compile(r"^blob:"))
     expect(page.locator("#tr-text")).not_to_be_empty(timeout=MODEL_CALL_MS)
     shown = page.locator("#tr-text").inner_text()
-    # Whisper mishears the rare words ("antric nose", "mangle"): most of the others must be there.
-    assert heard(QUESTION, shown) >= 5, shown
+    # The fake microphone loops the file, so the recording starts anywhere in the question and
+    # Whisper mishears the cut and the rare words ("antric nose", "mangle", "angle leads"): half
+    # of the eight words, and the verb, must be there (a broken recording gives none of them).
+    assert heard(QUESTION, shown) >= 4 and "treat" in words(shown), shown
     assert "-F 'file=@recording.wav'" in snippet(page, "transcribe", "curl")
     shot(page, "playground-record-phone")
 
