@@ -3,6 +3,7 @@ OTLP export to a local receiver, and nothing at all when tracing is off."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from kaset.app import create_app
 from kaset.config import Settings
-from kaset.tracing import GATEWAY_SERVICE, TracingMiddleware, inject, install_tracing, model_call
+from kaset.tracing import GATEWAY_SERVICE, TracingMiddleware, inject, install_tracing, model_call, setup
 from tests.fixtures.worker_process import worker_process
 
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "hello rice"}]}
@@ -289,6 +290,18 @@ def test_the_environment_turns_on_otlp_export(monkeypatch: pytest.MonkeyPatch, t
     assert span["attributes"]["kaset.model"].string_value == "echo"
     assert span["attributes"]["http.response.status_code"].int_value == 200
     assert receiver.content_types == {"/v1/traces application/x-protobuf"}
+
+
+def test_a_collector_that_is_down_holds_shutdown_only_for_the_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+        tracing = setup(GATEWAY_SERVICE)
+        assert tracing is not None
+        tracing.tracer.start_span("lost").end()
+        started = time.monotonic()
+        tracing.shutdown(grace_s=0.5)  # the exporter alone would retry for its 10 s timeout
+        assert time.monotonic() - started < 3
 
 
 def test_traceparent_reaches_a_real_worker(tmp_path: Path, models_dir: Path, receiver: OtlpReceiver) -> None:

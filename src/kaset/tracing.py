@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 
 GATEWAY_SERVICE = "kaset-gateway"
 WORKER_SERVICE = "kaset-worker"
+# How long a shutdown waits for the last spans to be exported.
+SHUTDOWN_GRACE_S = 3.0
 
 # Set in the request's OpenTelemetry context next to its span, so code deep in a request can
 # open child spans (`model_call`) without being handed the app's tracer.
@@ -56,10 +59,19 @@ class Tracing:
     provider: TracerProvider
     tracer: trace.Tracer
     service: str
+    exporter: SpanExporter
 
-    def shutdown(self) -> None:
-        """Export what is still buffered (bounded by the exporter's timeout) and stop."""
-        self.provider.shutdown()
+    def shutdown(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        """Export what is still buffered and stop. A collector that is down would hold this for
+        the exporter's whole timeout (10 s by default), retrying: after `grace_s` the exporter
+        is shut down, which ends its retries."""
+        timer = threading.Timer(grace_s, self.exporter.shutdown)
+        timer.daemon = True
+        timer.start()
+        try:
+            self.provider.shutdown()
+        finally:
+            timer.cancel()
 
 
 def enabled_by_env() -> bool:
@@ -84,10 +96,11 @@ def setup(default_service: str, exporter: SpanExporter | None = None) -> Tracing
     if exporter is None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        exporter = OTLPSpanExporter()
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     else:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return Tracing(provider, provider.get_tracer("kaset", __version__), service)
+    return Tracing(provider, provider.get_tracer("kaset", __version__), service, exporter)
 
 
 def install_tracing(app: Starlette, default_service: str, exporter: SpanExporter | None = None) -> Tracing | None:
