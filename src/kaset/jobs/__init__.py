@@ -2,7 +2,7 @@
 
 The database is the source of truth (kaset.jobs.store). The same job functions
 (kaset.jobs.kinds) run in the embedded runner (kaset.jobs.runner) and in Celery workers
-(kaset.jobs.celery_app).
+(kaset.jobs.celery_app); the API publishes to those workers through kaset.jobs.queue.
 """
 
 STATUSES = ("pending", "in_progress", "completed", "failed", "canceled")

@@ -1,14 +1,7 @@
-"""The distributed mode: Celery carries job ids from the API to `kaset jobs-worker` processes.
+"""The distributed mode's worker side: `kaset jobs-worker` runs the jobs Celery carries from the API.
 
-The message is only a job id; the database stays the source of truth. Settings that make a
-job survive a worker's death:
-- task_acks_late: a message is acknowledged after the task ran, so when a worker dies mid-job
-  (SIGKILL, OOM, power) the broker delivers it again: RabbitMQ as soon as the worker's
-  connection closes, Redis after its visibility timeout;
-- task_reject_on_worker_lost: when a pool child process dies, its message is rejected with
-  requeue instead of acknowledged;
-- worker_prefetch_multiplier=1: a worker holds one message beyond the one it runs, never a
-  batch another worker could have taken.
+The message is only a job id; the database stays the source of truth. The settings that make a
+job survive a worker's death, and the queue the API publishes to, are in kaset.jobs.queue.
 A redelivered message may meet a job its first worker still runs (network split): the claim
 bumps the attempt, and only the attempt that claimed last can write the result.
 """
@@ -25,44 +18,12 @@ from celery import Celery, Task
 
 from kaset.config import Settings
 from kaset.jobs.kinds import JobContext
+from kaset.jobs.queue import TASK_NAME, make_celery
 from kaset.jobs.runner import execute, worker_id
 from kaset.jobs.store import JobStore
 from kaset.jobs.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
-
-TASK_NAME = "kaset.jobs.run"
-
-
-def make_celery(settings: Settings) -> Celery:
-    app = Celery("kaset", broker=settings.jobs_broker_url, set_as_current=False)
-    app.conf.update(
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_default_queue=settings.jobs_queue,
-        task_ignore_result=True,  # results live in the jobs table
-        broker_connection_retry_on_startup=True,
-        # Redis redelivers an unacknowledged message after this long (AMQP on connection loss).
-        broker_transport_options={"visibility_timeout": max(3600, int(settings.job_stale_s * 4))},
-        worker_hijack_root_logger=False,
-        worker_send_task_events=False,
-    )
-    return app
-
-
-class JobQueue:
-    """The API side: publish a job id for a worker."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.app = make_celery(settings)
-
-    async def enqueue(self, job_id: str) -> None:
-        await asyncio.to_thread(self.app.send_task, TASK_NAME, args=[job_id], queue=self.settings.jobs_queue)
-
-    def close(self) -> None:
-        self.app.close()
 
 
 class WorkerState:

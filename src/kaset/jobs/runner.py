@@ -19,7 +19,7 @@ from kaset.jobs.webhooks import WebhookSender
 from kaset.store.db import Database
 
 if TYPE_CHECKING:
-    from kaset.jobs.celery_app import JobQueue
+    from kaset.jobs.queue import JobQueue
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def start_jobs(settings: Settings, db: Database, ctx: JobContext) -> Jobs:
     """Jobs for an app: Celery's queue when a broker is set, else the embedded runner (unless off)."""
     store = JobStore(db, settings.data_dir, settings.job_result_ttl_s)
     if settings.jobs_broker_url:
-        from kaset.jobs.celery_app import JobQueue
+        from kaset.jobs.queue import JobQueue
 
         jobs = Jobs(store, settings, queue=JobQueue(settings))
     else:
