@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kaset.errors import ModelNotFound
-from kaset.runtimes.base import Task
+from kaset.tasks import Task
 
 BUILTIN_CATALOG_DIR = Path(__file__).parent / "catalog"
 

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+# Re-exported: callers name tasks as kaset.runtimes.base.Task.
+from kaset.tasks import ALL_TASKS as ALL_TASKS
+from kaset.tasks import Task as Task
+
 if TYPE_CHECKING:
     from kaset.registry.catalog import ModelSpec
-
-Task = Literal["transcribe", "synthesize", "translate", "chat", "embed", "classify"]
-ALL_TASKS: tuple[Task, ...] = ("transcribe", "synthesize", "translate", "chat", "embed", "classify")
 
 
 class Runtime(abc.ABC):
