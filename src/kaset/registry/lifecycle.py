@@ -43,7 +43,6 @@ from kaset.errors import KasetError, ModelUnavailable
 if TYPE_CHECKING:
     from kaset.config import Settings
     from kaset.registry.catalog import Catalog, ModelSpec
-    from kaset.registry.manager import ModelManager
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +182,20 @@ def mb(size: int) -> float:
 # --- the idle sweep ---------------------------------------------------------------------------
 
 
-async def run_idle_sweeper(manager: ModelManager, interval: float) -> None:
+class IdleSweepable(Protocol):
+    """What the idle sweep needs of the models it sweeps (kaset.registry.manager.ModelManager
+    implements it; this module stays below the manager)."""
+
+    @property
+    def policy(self) -> LifecyclePolicy: ...
+
+    @property
+    def catalog(self) -> Iterable[ModelSpec]: ...
+
+    async def sweep_idle(self) -> list[str]: ...
+
+
+async def run_idle_sweeper(manager: IdleSweepable, interval: float) -> None:
     """Unload idle models every `interval` seconds until cancelled (the app's lifespan owns it)."""
     while True:
         await asyncio.sleep(interval)
@@ -195,7 +207,7 @@ async def run_idle_sweeper(manager: ModelManager, interval: float) -> None:
             log.exception("idle model sweep failed")
 
 
-def start_idle_sweeper(manager: ModelManager) -> asyncio.Task[None] | None:
+def start_idle_sweeper(manager: IdleSweepable) -> asyncio.Task[None] | None:
     """The sweep task, or None when no model has an idle TTL."""
     interval = manager.policy.sweep_interval(manager.catalog)
     if interval is None:
