@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import contextvars
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from kaset.registry.manager import ModelManager
-    from kaset.registry.routing import Router
     from kaset.store.request_log import RequestLog
     from kaset.usage import RequestUsage
 
@@ -39,6 +37,9 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 # The gateway's own time: the target is well under 1 ms, so the resolution is there.
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+# The kaset_breaker_state gauge's values.
+BREAKER_GAUGE_VALUES = {"closed": 0, "open": 1, "half_open": 2}
 
 # Set by the gateway middleware for each request so code deep in a request (limits, queues)
 # can count without being handed the app.
@@ -74,16 +75,69 @@ def _float_label(value: float) -> str:
     return repr(float(value))
 
 
+# What the collector reads at scrape time. The registry implements these (kaset.registry.manager's
+# ModelManager and LoadedModel, kaset.registry.routing's Router); the registry imports this module
+# to count, so this module names only what it reads, never the registry.
+
+
+class _SpecView(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def max_concurrent(self) -> int: ...
+
+
+class _LoadedModelView(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def spec(self) -> _SpecView: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    @property
+    def max_queue(self) -> int: ...
+
+    @property
+    def memory_bytes(self) -> int: ...
+
+
+class _PolicyView(Protocol):
+    @property
+    def memory_budget_bytes(self) -> int: ...
+
+
+class ModelsView(Protocol):
+    """The loaded models, as /metrics shows them (kaset.registry.manager.ModelManager)."""
+
+    @property
+    def policy(self) -> _PolicyView: ...
+
+    def loaded(self) -> Sequence[_LoadedModelView]: ...
+
+
+class BreakersView(Protocol):
+    """Each upstream's circuit breaker state: closed, open or half_open (kaset.registry.routing.Router)."""
+
+    def breaker_states(self) -> Iterable[tuple[str, str]]: ...
+
+
 class Metrics:
     """Counts for one app. `observe_request` runs once per request, on the event loop."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         # Set in the app's lifespan once they exist.
-        self.models: ModelManager | None = None
+        self.models: ModelsView | None = None
         self.request_log: RequestLog | None = None
         # Routing (kaset.registry.routing): breaker states are read from it at scrape time.
-        self.router: Router | None = None
+        self.router: BreakersView | None = None
         self._fallbacks: dict[tuple[str, str, str, str], int] = {}
         self._retries: dict[tuple[str, str], int] = {}
         self.in_flight = 0
@@ -282,13 +336,11 @@ def _model_families(m: Metrics) -> Iterable[Metric]:
 
 
 def _routing_families(m: Metrics) -> Iterable[Metric]:
-    from kaset.registry.routing import BREAKER_STATE_VALUES
-
     breakers = GaugeMetricFamily("kaset_breaker_state", "Circuit breaker of each upstream that has failed at least "
                                  "once, in this process: 0 closed, 1 open (failing fast), 2 half-open.",
                                  labels=["upstream"])
     for upstream, state in (m.router.breaker_states() if m.router is not None else []):
-        breakers.add_metric([upstream], BREAKER_STATE_VALUES[state])
+        breakers.add_metric([upstream], BREAKER_GAUGE_VALUES[state])
     fallbacks = CounterMetricFamily("kaset_fallbacks", "Routed calls that moved from one model to the next "
                                     "(to_model \"none\": every candidate failed).",
                                     labels=["route", "from_model", "to_model", "reason"])
