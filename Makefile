@@ -32,6 +32,8 @@ test: install test-system-deps lint
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+	# The import layering (docs/architecture.md): [tool.importlinter] in pyproject.toml.
+	$(BIN)/lint-imports
 
 install: system-deps $(STAMP)
 
