@@ -351,11 +351,19 @@ class ProviderClient(Runtime):
             yield response
 
     async def _post_json(self, url: str, payload: dict[str, Any]) -> dict[str, Any]:
-        async with self._open("POST", url, json=payload) as response:
-            try:
-                body = await response.json(content_type=None)
-            except ValueError:
-                raise self._bad_reply("a reply that is not JSON") from None
+        """POST and parse the JSON object replied. What `_open` does, written out: this is every
+        plain chat call, and its two context-manager layers cost ~10 µs of CPU a call."""
+        session = self._require_session()
+        try:
+            async with session.post(url, headers=self._headers(), timeout=self._timeout, json=payload) as response:
+                if response.status >= 400:
+                    raise await self._http_error(response)
+                try:
+                    body = await response.json(content_type=None)
+                except ValueError:
+                    raise self._bad_reply("a reply that is not JSON") from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._transport_error(exc) from None
         if not isinstance(body, dict):
             raise self._bad_reply("a JSON reply that is not an object")
         return body
@@ -387,10 +395,13 @@ class ProviderClient(Runtime):
             yield
         except KasetError:
             raise
-        except TimeoutError:
-            raise self._timeout_error() from None
-        except aiohttp.ClientError as exc:
-            raise self._connection_error(exc) from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._transport_error(exc) from None
+
+    def _transport_error(self, exc: TimeoutError | aiohttp.ClientError) -> UpstreamError:
+        if isinstance(exc, TimeoutError):
+            return self._timeout_error()
+        return self._connection_error(exc)
 
     def _require_session(self) -> aiohttp.ClientSession:
         """The session of the running event loop, made on its first request."""
