@@ -75,7 +75,8 @@ def gateway_transcribe(port: int, samples: np.ndarray) -> Transcription:
     with urllib.request.urlopen(request, timeout=120) as response:
         reply = json.loads(response.read())
     segments = [Segment(id=s["id"], start=s["start"], end=s["end"], text=s["text"], avg_logprob=s["avg_logprob"],
-                        compression_ratio=s["compression_ratio"], no_speech_prob=s["no_speech_prob"])
+                        compression_ratio=s["compression_ratio"], no_speech_prob=s["no_speech_prob"],
+                        temperature=s.get("temperature", 0.0))
                 for s in reply.get("segments") or []]
     return Transcription(text=reply["text"], language="th", duration=reply.get("duration", 0.0), segments=segments)
 
@@ -88,7 +89,8 @@ def direct_transcriber(model_dir: Path, **options: Any) -> Any:
     def transcribe(samples: np.ndarray) -> Transcription:
         found, info = model.transcribe(samples, language="th", **options)
         segments = [Segment(id=s.id, start=s.start, end=s.end, text=s.text, avg_logprob=s.avg_logprob,
-                            compression_ratio=s.compression_ratio, no_speech_prob=s.no_speech_prob) for s in found]
+                            compression_ratio=s.compression_ratio, no_speech_prob=s.no_speech_prob,
+                            temperature=s.temperature) for s in found]
         return Transcription(text="".join(s.text for s in segments).strip(), language=info.language,
                              duration=info.duration, segments=segments)
 
@@ -96,9 +98,9 @@ def direct_transcriber(model_dir: Path, **options: Any) -> Any:
 
 
 def judged(result: Transcription) -> str | None:
-    logprob, no_speech, compression = signals(result)
+    logprob, no_speech, compression, temperature = signals(result)
     return doubt(Heard(text=result.text, language=result.language, seconds=0.0, model=MODEL, avg_logprob=logprob,
-                       no_speech_prob=no_speech, compression_ratio=compression))
+                       no_speech_prob=no_speech, compression_ratio=compression, fallback_temperature=temperature))
 
 
 def run_side(name: str, transcribe: Any, clear: tuple[thai_speech.Utterance, ...],

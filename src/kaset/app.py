@@ -60,6 +60,7 @@ from kaset.tracing import GATEWAY_SERVICE, install_tracing, shutdown_tracing
 from kaset.ui import pages
 from kaset.workers.pool import WorkerPool
 from kaset.workers.proxy import Forwarded, forwarded_handler
+from kaset.workers.remote import WorkerModels
 
 log = logging.getLogger("kaset")
 
@@ -142,12 +143,15 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
         if settings.worker_urls or settings.worker_registry == "redis":
             workers = WorkerPool(settings, catalog, telemetry.metrics.registry)
             await workers.start()
-        advisor = AdviceService(manager)
-        diagnoser = DiagnosisService(manager, advisor.entries)
-        describer = DescribeService(manager, vision_models=settings.describe_models)
         routing = Router(manager, breaker_failures=settings.breaker_failures,
                          breaker_cooldown_s=settings.breaker_cooldown_s, retry_backoff_s=settings.retry_backoff_s,
                          retry_max_wait_s=settings.retry_max_wait_s)
+        if workers is not None:
+            # Pipelines, voice and jobs reach the workers' models through the router's handles.
+            routing.remote = WorkerModels(workers)
+        advisor = AdviceService(routing)
+        diagnoser = DiagnosisService(routing, advisor.entries)
+        describer = DescribeService(routing, vision_models=settings.describe_models)
         telemetry.metrics.router = routing
         quotas = quota_enforcer(settings, telemetry.metrics)
         app.state.services = Services(settings=settings, db=db, keys=identity.keys, models=manager, advisor=advisor,

@@ -27,7 +27,8 @@ import numpy as np
 from kaset.errors import InvalidRequest, ModelUnavailable
 from kaset.knowledge.schema import Entry, LocalizedContent, load_entries
 from kaset.registry.manager import ModelManager
-from kaset.runtimes.base import ChatModel, Embedder, GenerationParams
+from kaset.registry.routing import Router, as_router
+from kaset.runtimes.base import GenerationParams
 
 Language = Literal["en", "th"]
 SUPPORTED_LANGUAGES: tuple[Language, ...] = ("en", "th")
@@ -591,9 +592,11 @@ def _rephrase_messages(question: str, curated: str) -> list[dict[str, str]]:
 
 
 class AdviceService:
-    def __init__(self, manager: ModelManager, embed_model: str = "e5-small", llm_model: str | None = "smollm2-135m",
-                 entries: list[Entry] | None = None) -> None:
-        self.manager = manager
+    def __init__(self, models: Router | ModelManager, embed_model: str = "e5-small",
+                 llm_model: str | None = "smollm2-135m", entries: list[Entry] | None = None) -> None:
+        # Every model call goes through the router: local or on a worker, with its breakers.
+        self.router = as_router(models)
+        self.manager = self.router.manager
         self.embed_model = embed_model
         self.llm_model = llm_model
         self._entries = entries
@@ -609,18 +612,17 @@ class AdviceService:
     async def index(self) -> KnowledgeIndex:
         async with self._lock:
             if self._index is None:
-                model = await self.manager.get(self.embed_model, "embed")
-                embedder = model.as_(Embedder)
                 docs = KnowledgeIndex.documents(self.entries)
-                result = await model.run(embedder.embed, docs)
+                result, _spec = await self.router.call(self.embed_model, "embed", lambda model: model.embed(docs),
+                                                       retry=True)
                 self._index = KnowledgeIndex(self.entries, result.vectors)
             return self._index
 
     async def retrieve(self, query: AdviceQuery, language: Language) -> list[Hit]:
         index = await self.index()
-        model = await self.manager.get(self.embed_model, "embed")
         # Through the batcher: concurrent questions share one engine call.
-        (result,) = await model.batch("embed", [query.question])
+        (result,), _spec = await self.router.call(self.embed_model, "embed",
+                                                  lambda model: model.embed_each([query.question]), retry=True)
         return index.search(result.vectors[0], query, language)
 
     async def advise(self, query: AdviceQuery) -> Advice:
@@ -655,21 +657,20 @@ class AdviceService:
 
     async def _try_rephrase(self, query: AdviceQuery, advice: Advice) -> None:
         spec = self.manager.catalog.get(self.llm_model) if self.llm_model else None
-        if spec is None or spec not in self.manager.available():
+        if spec is None or spec not in self.router.models_for("chat"):
             advice.notes.append("no local LLM is installed; answered with the curated text")
             return
         if advice.language not in spec.languages:
             advice.notes.append(f"the local LLM ({spec.id}) does not write {advice.language}; "
                                 "answered with the curated text")
             return
+        params = GenerationParams(max_tokens=220, temperature=0.2, seed=0)
+        messages = _rephrase_messages(query.question, advice.curated)
         try:
-            model = await self.manager.get(spec.id, "chat")
+            generation, _spec = await self.router.call(spec.id, "chat", lambda model: model.chat(messages, params))
         except ModelUnavailable as exc:
             advice.notes.append(f"the local LLM is unavailable ({exc.message})")
             return
-        llm = model.as_(ChatModel)
-        params = GenerationParams(max_tokens=220, temperature=0.2, seed=0)
-        generation = await model.run(llm.chat, _rephrase_messages(query.question, advice.curated), params)
         advice.llm_model = spec.id
         rejection = validate_rephrasing(generation.text, advice.curated, advice.language)
         if rejection is None:

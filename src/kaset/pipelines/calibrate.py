@@ -183,7 +183,7 @@ async def calibrate(service: DiagnosisService, folder: Path, crop: str, *, false
         crop_config.leaf = leaf
     # Open the confidence bars: every photo the gate lets through comes back with its confidence.
     crop_config.unsure_below, crop_config.confident_above = 0.0, 1.0
-    probe = DiagnosisService(service.manager, [], config)
+    probe = DiagnosisService(service.router, [], config)
     observations = []
     for done, (path, truth, image) in enumerate(images, start=1):
         result = await probe.diagnose(image, crop=crop, language="en", compare=True)

@@ -33,9 +33,10 @@ from PIL import Image
 from kaset.errors import InvalidRequest, KasetError, UpstreamError
 from kaset.pipelines.advice import Language
 from kaset.pipelines.diagnose import Scored, top_k
+from kaset.registry.handle import ModelHandle
 from kaset.registry.manager import ModelManager
-from kaset.runtimes.base import ChatModel, GenerationParams, ImageClassifier
-from kaset.runtimes.provider import VisionChat
+from kaset.registry.routing import Router, as_router
+from kaset.runtimes.base import Generation, GenerationParams
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +111,11 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
 
 
 class DescribeService:
-    def __init__(self, manager: ModelManager, vision_models: Sequence[str] = (),
+    def __init__(self, models: Router | ModelManager, vision_models: Sequence[str] = (),
                  classifier: str = "efficientnet-lite0", llm: str | None = "smollm2-135m") -> None:
-        self.manager = manager
+        # Every model call goes through the router: local or on a worker, with its breakers.
+        self.router = as_router(models)
+        self.manager = manager = self.router.manager
         self.vision_models = list(vision_models)
         self.classifier = classifier
         self.llm = llm
@@ -141,14 +144,16 @@ class DescribeService:
 
     async def with_vision_model(self, name: str, jpeg: bytes, *, language: Language, prompt: str | None,
                                 fallbacks: list[Fallback] | None = None) -> Description:
-        model = await self.manager.get(name, "chat")
-        runtime = model.runtime
-        if not isinstance(runtime, VisionChat) or not runtime.vision:
-            raise InvalidRequest(f"The model '{name}' cannot take images (it is not a vision-capable provider).")
         question = (prompt or DEFAULT_PROMPT[language]).strip()
         if language == "th" and prompt:
             question += "\nตอบเป็นภาษาไทย (answer in Thai)."
-        generation = await model.run(runtime.describe_image, jpeg, question, VISION_PARAMS)
+
+        async def look(model: ModelHandle) -> Generation:
+            if not (await model.info()).vision:
+                raise InvalidRequest(f"The model '{name}' cannot take images (it is not a vision-capable provider).")
+            return await model.describe_image(jpeg, question, VISION_PARAMS)
+
+        generation, spec = await self.router.call(name, "chat", look)
         text = generation.text.strip()
         if not text:
             raise UpstreamError(f"The model '{name}' returned an empty description.")
@@ -156,7 +161,7 @@ class DescribeService:
         notes = [] if written_in == language else [f"asked for {language}, the model answered in {written_in}"]
         return Description(
             text=text, method="vision-model", language=written_in, requested_language=language,
-            note=_vision_note(model.spec.id, language), model=model.spec.id, fallbacks=list(fallbacks or []),
+            note=_vision_note(spec.id, language), model=spec.id, fallbacks=list(fallbacks or []),
             notes=notes, prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens,
         )
 
@@ -164,12 +169,14 @@ class DescribeService:
 
     async def classify(self, image: np.ndarray) -> tuple[str, list[Scored]]:
         """(classifier id, the labels worth mentioning, best first)."""
-        model = await self.manager.get(self.classifier, "classify")
-        classifier = model.as_(ImageClassifier)
-        # Through the batcher: concurrent describe and diagnose requests share one model call.
-        probabilities = (await model.batch("classify", [image]))[0]
-        top = top_k(probabilities, classifier.labels, MAX_LABELS)
-        return model.spec.id, [s for s in top if s.score >= MIN_LABEL_SCORE] or top[:1]
+        async def classify(model: ModelHandle) -> tuple[np.ndarray, list[str]]:
+            # Through the batcher: concurrent describe and diagnose requests share one model call.
+            (probabilities,) = await model.classify([image])
+            return probabilities, (await model.info()).labels
+
+        (probabilities, labels), spec = await self.router.call(self.classifier, "classify", classify)
+        top = top_k(probabilities, labels, MAX_LABELS)
+        return spec.id, [s for s in top if s.score >= MIN_LABEL_SCORE] or top[:1]
 
     async def from_labels(self, image: np.ndarray, *, language: Language, prompt: str | None) -> Description:
         classifier_id, labels = await self.classify(image)
@@ -185,13 +192,12 @@ class DescribeService:
     async def _rephrase(self, description: Description, prompt: str | None) -> None:
         """Let the local LLM word the labels; keep its sentence only if it stays on them."""
         spec = self.manager.catalog.get(self.llm) if self.llm else None
-        if spec is None or spec not in self.manager.available():
+        if spec is None or spec not in self.router.models_for("chat"):
             description.notes.append("no local LLM is installed; the description is a template")
             return
+        messages = rephrase_messages(description.labels, prompt)
         try:
-            model = await self.manager.get(self.llm or "", "chat")
-            llm = model.as_(ChatModel)
-            generation = await model.run(llm.chat, rephrase_messages(description.labels, prompt), LLM_PARAMS)
+            generation, served = await self.router.call(spec.id, "chat", lambda model: model.chat(messages, LLM_PARAMS))
         except KasetError as exc:
             description.notes.append(f"the local LLM failed ({exc.message}); the description is a template")
             return
@@ -203,7 +209,7 @@ class DescribeService:
             return
         description.text = text
         description.method = "labels"
-        description.model = model.spec.id
+        description.model = served.id
         description.prompt_tokens = generation.prompt_tokens
         description.completion_tokens = generation.completion_tokens
 

@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import os
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -40,8 +41,9 @@ from kaset.pipelines.diagnosis_text import (
     unsure,
 )
 from kaset.pipelines.leaf_shape import NO_LEAF, LeafColour, LeafMeasure, measure_leaf
+from kaset.registry.handle import ModelHandle
 from kaset.registry.manager import ModelManager
-from kaset.runtimes.base import ImageClassifier
+from kaset.registry.routing import Router, as_router
 
 DEFAULT_CONFIG = Path(__file__).parent / "crop_guardian.yaml"
 
@@ -252,9 +254,11 @@ class _Refusal:
 
 
 class DiagnosisService:
-    def __init__(self, manager: ModelManager, entries: list[Entry], config: CropGuardianConfig | None = None,
+    def __init__(self, models: Router | ModelManager, entries: list[Entry], config: CropGuardianConfig | None = None,
                  rng: random.Random | None = None) -> None:
-        self.manager = manager
+        # Every model call goes through the router: local or on a worker, with its breakers.
+        self.router = as_router(models)
+        self.manager = self.router.manager
         self.config = config or CropGuardianConfig.load()
         self.by_label = index_by_model_label(entries)
         self.plant = expand_ranges(self.config.gate.plant_classes)
@@ -263,8 +267,8 @@ class DiagnosisService:
         self.rng = rng or random.Random()
 
     async def labels_of(self, model_id: str) -> list[str]:
-        model = await self.manager.get(model_id, "classify")
-        return model.as_(ImageClassifier).labels
+        model = await self.router.handle(model_id, "classify")
+        return (await model.info()).labels
 
     def crops_with_models(self) -> list[str]:
         return [name for name, crop in self.config.crops.items() if crop.slots]
@@ -272,14 +276,12 @@ class DiagnosisService:
     async def gate(self, image: np.ndarray) -> GateResult:
         """The general model's view and the leaf measurement, before any crop is considered."""
         gate = self.config.gate
-        model = await self.manager.get(gate.model, "classify")
         # Through the batcher: concurrent diagnoses share one gate call. The leaf is measured
         # in a thread meanwhile.
-        probabilities_of, leaf = await asyncio.gather(
-            model.batch("classify", [image]),
+        ((answers, labels), spec), leaf = await asyncio.gather(
+            self.router.call(gate.model, "classify", _classified([image])),
             asyncio.to_thread(measure_leaf, image, gate.leaf_colour))
-        probabilities = probabilities_of[0]
-        labels = model.as_(ImageClassifier).labels
+        probabilities = answers[0]
         top = top_k(probabilities, labels, 5)
         plant_score = _mass(probabilities, self.plant | self.neutral)
         animal_score = _mass(probabilities, self.animals)
@@ -297,8 +299,8 @@ class DiagnosisService:
             Signal("leaf_colour", leaf.colour_fraction, gate.min_leaf_colour,
                    leaf.colour_fraction >= gate.min_leaf_colour),
         ]
-        return GateResult(passed=not refuse, top=top, plant_score=plant_score, model=model.spec.id,
-                          version=model.spec.version, refused_as=refused.label if refused else None,
+        return GateResult(passed=not refuse, top=top, plant_score=plant_score, model=spec.id,
+                          version=spec.version, refused_as=refused.label if refused else None,
                           refused_index=refused.index if refused else None, leaf=leaf, signals=signals)
 
     def judge(self, gate: GateResult, crop: str, language: Language) -> _Refusal | None:
@@ -372,13 +374,11 @@ class DiagnosisService:
                        k: int) -> tuple[ModelResult, list[str]]:
         """One variant on the photo (views[0]) and its test-time views, in one batch; the answer
         is the photo's own, and `agreement` the share of views whose best label is the same."""
-        model = await self.manager.get(variant.model, "classify")
-        answers = await model.batch("classify", views)
+        (answers, labels), spec = await self.router.call(variant.model, "classify", _classified(views))
         probabilities = answers[0]
         winner = int(np.argmax(probabilities))
         agreement = sum(int(np.argmax(a)) == winner for a in answers) / len(answers)
-        labels = model.as_(ImageClassifier).labels
-        return (ModelResult(slot=slot.name, model=model.spec.id, version=model.spec.version,
+        return (ModelResult(slot=slot.name, model=spec.id, version=spec.version,
                             top=top_k(probabilities, labels, k), probabilities=probabilities,
                             agreement=agreement), labels)
 
@@ -474,3 +474,12 @@ def _foreign_plant(gate: GateResult | None, foreign: set[int], confidence: float
         return None
     best = gate.top[0]
     return best.label if best.index in foreign and best.score >= confidence else None
+
+
+def _classified(images: list[np.ndarray]) -> Callable[[ModelHandle], Awaitable[tuple[list[np.ndarray], list[str]]]]:
+    """A router call: the images' probabilities and the model's labels."""
+    async def classify(model: ModelHandle) -> tuple[list[np.ndarray], list[str]]:
+        answers = await model.classify(images)
+        return answers, (await model.info()).labels
+
+    return classify

@@ -40,9 +40,9 @@ from kaset.errors import KasetError
 from kaset.pipelines.advice import Language
 from kaset.pipelines.describe import _FRAME_WORDS, DescribeService, Description, _stem
 from kaset.pipelines.diagnose import Scored
-from kaset.registry.manager import LoadedModel
+from kaset.registry.handle import ModelHandle
 from kaset.registry.routing import Router
-from kaset.runtimes.base import ChatModel, Generation, GenerationParams
+from kaset.runtimes.base import Generation, GenerationParams
 
 Method = Literal["llm-json", "repaired", "template"]
 
@@ -518,7 +518,7 @@ class ListingService:
 
     def llm_available(self) -> bool:
         spec = self.manager.catalog.get(self.llm) if self.llm else None
-        return spec is not None and spec in self.manager.available()
+        return spec is not None and spec in self.router.models_for("chat")
 
     async def write(self, image: np.ndarray, *, notes: str = "", language: Language = "en",
                     max_keywords: int = DEFAULT_MAX_KEYWORDS) -> ListingResult:
@@ -546,10 +546,9 @@ class ListingService:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             params = dataclasses.replace(self.params, json_schema=schema if self.constrain else None,
                                          temperature=self.params.temperature if attempt == 1 else RETRY_TEMPERATURE)
-            async def run(model: LoadedModel, messages: list[dict[str, str]] = messages,
+            async def run(model: ModelHandle, messages: list[dict[str, str]] = messages,
                           params: GenerationParams = params) -> tuple[Generation, bool]:
-                llm = model.as_(ChatModel)
-                return await model.run(llm.chat, messages, params), llm.supports_json_schema
+                return await model.chat(messages, params), (await model.info()).supports_json_schema
 
             try:
                 (generation, constrained), spec = await self.router.call(self.llm or "", "chat", run)

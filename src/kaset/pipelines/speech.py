@@ -23,9 +23,10 @@ import numpy as np
 from kaset.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge, UnsupportedMediaType
 from kaset.media.audio import ASR_SAMPLE_RATE, decode_audio, encode_audio
 from kaset.registry.catalog import ModelSpec
-from kaset.registry.manager import LoadedModel, ModelManager
+from kaset.registry.handle import ModelHandle
+from kaset.registry.manager import ModelManager
 from kaset.registry.routing import Router
-from kaset.runtimes.base import Synthesizer, TranscribeOptions, Transcriber, Transcription
+from kaset.runtimes.base import Synthesizer, TranscribeOptions, Transcription, Voice
 
 Caller = Callable[[], str | None]
 log = logging.getLogger(__name__)
@@ -56,6 +57,12 @@ NO_SPEECH_MAX = 0.6
 # - compression ratio (gzip; high = repetitive text): clear at most 1.56, reversed speech 1.86,
 #   the quiet room 2.04. Whisper's own 2.4 is for full 30 s windows; a farmer's question is short.
 COMPRESSION_MAX = 1.8
+# - temperature fallback: Whisper re-reads a window at a higher temperature (sampling, so a
+#   different guess each run) when its first reading fails its own checks (log-probability under
+#   -1, compression over 2.4). All 12 garbled readings (6 clips, Thai and auto) fell back; of the
+#   40 clear phrases none did in Thai and one in auto mode. What a fallback returns is a random
+#   guess: it passed the three limits above in one CI run ("No, no." for shuffled speech), so a
+#   fallback alone is reason to ask again.
 # Languages a farmer's question can be in: Whisper hearing Javanese or Japanese in "auto" mode
 # means it did not follow what was said (reversed Thai speech came out as 'jw' and 'id').
 UNDERSTOOD_LANGUAGES = ("en", "th")
@@ -73,6 +80,8 @@ class Heard:
     avg_logprob: float | None = None
     no_speech_prob: float | None = None
     compression_ratio: float | None = None
+    # The highest temperature a segment needed (0 = Whisper's first reading passed its own checks).
+    fallback_temperature: float | None = None
 
 
 def doubt(heard: Heard, languages: tuple[str, ...] = UNDERSTOOD_LANGUAGES) -> str | None:
@@ -88,6 +97,9 @@ def doubt(heard: Heard, languages: tuple[str, ...] = UNDERSTOOD_LANGUAGES) -> st
         return f"probably not speech (no-speech probability {heard.no_speech_prob:.2f} > {NO_SPEECH_MAX})"
     if heard.compression_ratio is not None and heard.compression_ratio > COMPRESSION_MAX:
         return f"repetitive transcript (compression ratio {heard.compression_ratio:.2f} > {COMPRESSION_MAX})"
+    if heard.fallback_temperature:
+        return (f"Whisper's first reading failed its own checks; it guessed again at temperature "
+                f"{heard.fallback_temperature:g}")
     return None
 
 
@@ -107,15 +119,17 @@ def not_caught(language: str) -> str:
     return NOT_CAUGHT["en" if language == "en" else "th"]
 
 
-def signals(result: Transcription) -> tuple[float | None, float | None, float | None]:
+def signals(result: Transcription) -> tuple[float | None, float | None, float | None, float | None]:
     """(average log-probability weighted by each segment's text length, the highest no-speech
-    probability, the highest compression ratio) of a transcription; Nones without segments."""
+    probability, the highest compression ratio, the highest fallback temperature) of a
+    transcription; Nones without segments."""
     segments = result.segments
     if not segments:
-        return None, None, None
+        return None, None, None, None
     weights = [max(1, len(s.text.strip())) for s in segments]
     logprob = sum(s.avg_logprob * w for s, w in zip(segments, weights, strict=True)) / sum(weights)
-    return logprob, max(s.no_speech_prob for s in segments), max(s.compression_ratio for s in segments)
+    return (logprob, max(s.no_speech_prob for s in segments), max(s.compression_ratio for s in segments),
+            max(s.temperature for s in segments))
 
 
 @dataclass
@@ -137,8 +151,7 @@ async def transcribe_bytes(router: Router, data: bytes, model_name: str, options
     (transcription, the options used, the serving model, the audio's seconds)."""
     decoded: list[tuple[np.ndarray, float]] = []
 
-    async def run(model: LoadedModel) -> tuple[Transcription, TranscribeOptions]:
-        runtime = model.as_(Transcriber)
+    async def run(model: ModelHandle) -> tuple[Transcription, TranscribeOptions]:
         used = options
         if options.task == "translate" and model.spec.languages == ["en"]:
             # An English-only model understands English speech only, whose English translation
@@ -147,7 +160,7 @@ async def transcribe_bytes(router: Router, data: bytes, model_name: str, options
         if not decoded:  # once, whichever model of a route ends up serving
             # Decoding is media work, not the model's: it must not hold one of the model's slots.
             decoded.append(await asyncio.to_thread(decode_audio, data, max_audio_seconds))
-        return await model.run(runtime.transcribe, decoded[0][0], used), used
+        return await model.transcribe(decoded[0][0], used), used
 
     # Transcription is idempotent: a route's retries apply.
     (result, used), spec = await router.call(model_name, "transcribe", run, caller=caller, retry=True)
@@ -197,7 +210,7 @@ class SpeechService:
 
     def transcriber_for(self, language: str | None) -> str:
         """English → an English-only model when there is one (faster); otherwise a multilingual one."""
-        models = self.manager.models_for("transcribe")
+        models = self.router.models_for("transcribe")
         if not models:
             raise ModelUnavailable("No speech-to-text model is installed on this server.")
         if language == "en":
@@ -214,7 +227,7 @@ class SpeechService:
     def voice_model_for(self, language: str) -> ModelSpec | None:
         """The model that speaks `language`, or None. A model listing the language by name wins over
         a multilingual one, and a multilingual model counts only if it has a voice for it."""
-        models = [s for s in self.manager.models_for("synthesize") if s.id != "echo"]
+        models = [s for s in self.router.models_for("synthesize") if s.id != "echo"]
         named = [s for s in models if language in s.languages]
         if named:
             return self._prefer(named)
@@ -269,8 +282,8 @@ class SpeechService:
         name = model or self.transcriber_for(language)
         options = TranscribeOptions(language=language if language and language != "auto" else None)
 
-        async def run(loaded: LoadedModel) -> Transcription:
-            return await loaded.run(loaded.as_(Transcriber).transcribe, samples, options)
+        async def run(model: ModelHandle) -> Transcription:
+            return await model.transcribe(samples, options)
 
         result, spec = await self.router.call(name, "transcribe", run, caller=caller, retry=True)
         heard = self._heard(result, len(samples) / ASR_SAMPLE_RATE, spec, require_speech)
@@ -284,9 +297,9 @@ class SpeechService:
                 "No speech was heard in the recording. Hold the button while you speak, closer to the "
                 "microphone. ไม่ได้ยินเสียงพูด กรุณากดค้างไว้ขณะพูดใกล้ไมโครโฟน",
                 param=param, code="no_speech")
-        logprob, no_speech, compression = signals(result)
+        logprob, no_speech, compression, temperature = signals(result)
         return Heard(text=text, language=result.language, seconds=seconds, model=spec.id, avg_logprob=logprob,
-                     no_speech_prob=no_speech, compression_ratio=compression)
+                     no_speech_prob=no_speech, compression_ratio=compression, fallback_temperature=temperature)
 
     # --- speaking -----------------------------------------------------------------------------
 
@@ -307,26 +320,22 @@ class SpeechService:
         """Synthesize `text` whole and encode it as `fmt`."""
         name = self.require_voice(language, model)
 
-        async def run(loaded: LoadedModel) -> Spoken:
-            runtime = loaded.as_(Synthesizer)
-            chosen = voice if voice is not None else self._voice_for(runtime, language)
-            rate = runtime.sample_rate(chosen)
-
-            def synthesize() -> tuple[bytes, float]:
-                pcm = b"".join(runtime.synthesize(text, chosen, speed))
-                return encode_audio(pcm, rate, fmt), len(pcm) / (2 * rate)
-
-            audio, seconds = await loaded.run(synthesize)
-            return Spoken(audio=audio, format=fmt, sample_rate=rate, seconds=seconds, model=loaded.spec.id,
-                          voice=chosen)
+        async def run(model: ModelHandle) -> Spoken:
+            info = await model.info()
+            chosen = voice if voice is not None else self._voice_for(info.voices, language)
+            rate = info.sample_rate(chosen)
+            pcm = await model.synthesize(text, chosen, speed)
+            # Encoding is media work, not the model's: a thread of its own, not one of the model's slots.
+            audio = await asyncio.to_thread(encode_audio, pcm, rate, fmt)
+            return Spoken(audio=audio, format=fmt, sample_rate=rate, seconds=len(pcm) / (2 * rate),
+                          model=model.spec.id, voice=chosen)
 
         spoken, _spec = await self.router.call(name, "synthesize", run, caller=caller, retry=True)
         return spoken
 
     @staticmethod
-    def _voice_for(runtime: Synthesizer, language: str) -> str | None:
-        """The runtime's default voice, unless it is multilingual: then its voice for `language`."""
-        voices = runtime.voices()
+    def _voice_for(voices: list[Voice], language: str) -> str | None:
+        """The model's default voice, unless it is multilingual: then its voice for `language`."""
         if not voices or voices[0].language.split("-")[0] == language:
             return None
         for v in voices:

@@ -33,9 +33,10 @@ from kaset.pipelines.describe import DescribeService
 from kaset.pipelines.diagnose import DiagnosisService
 from kaset.pipelines.speech import SpeechService
 from kaset.registry.catalog import ModelSpec
-from kaset.registry.manager import LoadedModel, ModelManager
+from kaset.registry.handle import ModelHandle
+from kaset.registry.manager import ModelManager
 from kaset.registry.routing import Router
-from kaset.runtimes.base import ChatModel, GenerationParams, Translator
+from kaset.runtimes.base import GenerationParams
 
 TaskType = Literal["asr", "translation", "tts", "llm", "advice", "diagnose", "describe"]
 Kind = Literal["text", "audio", "image"]
@@ -248,14 +249,13 @@ class Pipeline:
                                                "(e.g. {\"sourceLanguage\": \"en\", \"targetLanguage\": \"es\"}).",
                         field_="language")
         try:
-            default = self.manager.default_model("translate").id
+            default = self.router.default_model("translate").id
         except KasetError as exc:
             raise _fail(step.index, step.task, exc.message) from None
         step.model = self._model(step, "translate", default)
         spec = self._spec(step.model)
         if spec is not None:
-            translator = (await self.manager.get(spec.id, "translate")).as_(Translator)
-            pairs = translator.pairs()
+            pairs = (await (await self.router.handle(spec.id, "translate")).info()).pairs
             if (source, target) not in pairs:
                 offered = ", ".join(f"{s}→{t}" for s, t in pairs) or "none"
                 raise _fail(step.index, step.task, f"'{spec.id}' cannot translate {source}→{target}; "
@@ -309,11 +309,11 @@ class Pipeline:
     async def _plan_llm(self, step: Step, current: str | None) -> None:
         language, _target = self._languages(step, current)
         try:
-            default = self.manager.default_model("chat").id
+            default = self.router.default_model("chat").id
         except KasetError as exc:
             raise _fail(step.index, step.task, exc.message) from None
         if default == "echo":  # the test model that repeats its input: a real LLM when one is installed
-            default = next((s.id for s in self.manager.models_for("chat") if s.id != "echo"), default)
+            default = next((s.id for s in self.router.models_for("chat") if s.id != "echo"), default)
         step.model = self._model(step, "chat", default)
         spec = self._spec(step.model)
         if spec is not None and language and "multilingual" not in spec.languages and spec.languages \
@@ -408,8 +408,8 @@ class Pipeline:
                                                f"recognised as '{item.language}'.", field_="language")
         source, target = cast(str, step.source), cast(str, step.target)
 
-        async def translate(model: LoadedModel) -> list[str]:
-            return await model.run(model.as_(Translator).translate, [text], source, target)
+        async def translate(model: ModelHandle) -> list[str]:
+            return await model.translate([text], source, target)
 
         (translated,), spec = await self.router.call(step.model or "", "translate", translate, retry=True)
         step.model = spec.id
@@ -441,10 +441,7 @@ class Pipeline:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]
         params = GenerationParams(max_tokens=max_tokens, temperature=float(config.get("temperature", 0.7)))
 
-        async def chat(model: LoadedModel) -> Any:
-            return await model.run(model.as_(ChatModel).chat, messages, params)
-
-        generation, spec = await self.router.call(step.model or "", "chat", chat)
+        generation, spec = await self.router.call(step.model or "", "chat", lambda model: model.chat(messages, params))
         step.model = spec.id
         usage.record(prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens)
         item.text = generation.text.strip()

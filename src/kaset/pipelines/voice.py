@@ -45,9 +45,9 @@ from kaset.pipelines.speech import (
     not_caught,
     split_sentences,
 )
-from kaset.registry.manager import LoadedModel
+from kaset.registry.handle import ModelHandle
 from kaset.registry.routing import Router
-from kaset.runtimes.base import ChatModel, GenerationChunk, GenerationParams
+from kaset.runtimes.base import GenerationChunk, GenerationParams
 
 Mode = Literal["assistant", "advice"]
 MODES: tuple[Mode, ...] = ("assistant", "advice")
@@ -174,7 +174,7 @@ class VoiceAssistant:
         """The model (or route) assistant mode talks to: the one given, else the default chat model."""
         if self._chat_model:
             return self._chat_model
-        return self.speech.manager.default_model("chat").id
+        return self.speech.router.default_model("chat").id
 
     def writes(self, language: str) -> bool:
         """Whether the chat model writes `language` (a route counts as multilingual: unknown)."""
@@ -330,11 +330,10 @@ class VoiceAssistant:
         # sentences cross over through a queue to this generator.
         out: asyncio.Queue[str | _Finished] = asyncio.Queue()
 
-        async def run(model: LoadedModel) -> None:
-            runtime = model.as_(ChatModel)
+        async def run(model: ModelHandle) -> None:
             cutter = SentenceCutter()
             last: GenerationChunk | None = None
-            chunks = model.stream(lambda: runtime.chat_stream(messages, params))
+            chunks = model.chat_stream(messages, params)
             try:
                 async for chunk in chunks:
                     last = chunk

@@ -21,7 +21,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn, TypeVar, cast
@@ -29,6 +29,7 @@ from typing import Any, Literal, NoReturn, TypeVar, cast
 from kaset.errors import InvalidRequest, KasetError, ModelNotFound, ModelUnavailable
 from kaset.registry.batching import DynamicBatcher, batch_call
 from kaset.registry.catalog import Catalog, ModelSpec
+from kaset.registry.handle import Messages, ModelHandle, ModelInfo
 from kaset.registry.lifecycle import (
     LifecycleObserver,
     LifecyclePolicy,
@@ -40,7 +41,24 @@ from kaset.registry.lifecycle import (
 )
 from kaset.registry.repository import ModelRepository
 from kaset.runtimes import runtime_class
-from kaset.runtimes.base import TASK_CONTRACTS, Runtime, Synthesizer, Task, Voice
+from kaset.runtimes.base import (
+    TASK_CONTRACTS,
+    ChatModel,
+    Embedder,
+    Embeddings,
+    Generation,
+    GenerationChunk,
+    GenerationParams,
+    ImageClassifier,
+    Runtime,
+    Synthesizer,
+    Task,
+    TranscribeOptions,
+    Transcriber,
+    Transcription,
+    Translator,
+    Voice,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +88,9 @@ class _Raised:
 
 
 @dataclass
-class LoadedModel:
+class LoadedModel(ModelHandle):
+    """A model loaded in this process: the in-process `ModelHandle`."""
+
     spec: ModelSpec
     runtime: Runtime
     executor: ThreadPoolExecutor
@@ -97,6 +117,8 @@ class LoadedModel:
     # Recent mean time of one model call (a merged call for batched models); 0 until the first.
     mean_call_s: float = 0.0
     observer: LifecycleObserver | None = None
+    # What `info()` found: a loaded runtime's labels, voices and limits do not change.
+    _info: ModelInfo | None = field(default=None, repr=False)
 
     def as_(self, contract: type[R]) -> R:
         """The runtime, typed as the task contract the caller needs."""
@@ -225,6 +247,113 @@ class LoadedModel:
             _add_inference_time(time.perf_counter() - started)
             if future.done():
                 future.result()
+
+
+    # --- the model handle (kaset.registry.handle) ----------------------------------------------
+
+    async def info(self) -> ModelInfo:
+        if self._info is None:
+            self._info = self._read_info()
+        return self._info
+
+    def _read_info(self) -> ModelInfo:
+        runtime, tasks = self.runtime, self.spec.tasks
+        info = ModelInfo()
+        if "classify" in tasks:
+            info.labels = cast(ImageClassifier, runtime).labels
+        if "synthesize" in tasks:
+            synthesizer = cast(Synthesizer, runtime)
+            info.voices = synthesizer.voices()
+            info.sample_rates = {"": synthesizer.sample_rate(None)}
+            info.sample_rates.update((v.id, synthesizer.sample_rate(v.id)) for v in info.voices)
+        if "translate" in tasks:
+            info.pairs = cast(Translator, runtime).pairs()
+        if "chat" in tasks:
+            chat = cast(ChatModel, runtime)
+            info.context_length, info.supports_json_schema = chat.context_length, chat.supports_json_schema
+            info.vision = bool(getattr(chat, "vision", False)) and hasattr(chat, "describe_image")
+        if "embed" in tasks:
+            info.dimensions = cast(Embedder, runtime).dimensions
+        return info
+
+    async def transcribe(self, audio: Any, options: TranscribeOptions) -> Transcription:
+        return await self.run(self.as_(Transcriber).transcribe, audio, options)
+
+    async def synthesize(self, text: str, voice: str | None, speed: float) -> bytes:
+        synthesizer = self.as_(Synthesizer)
+        return await self.run(lambda: b"".join(synthesizer.synthesize(text, voice, speed)))
+
+    async def translate(self, texts: list[str], source: str, target: str) -> list[str]:
+        return await self.run(self.as_(Translator).translate, texts, source, target)
+
+    async def chat(self, messages: Messages, params: GenerationParams) -> Generation:
+        runtime = self.as_(ChatModel)
+        if getattr(runtime, "async_native", False):  # an HTTP upstream: awaited on this loop, no thread hop
+            return await self.run_async(runtime.achat(messages, params))  # type: ignore[attr-defined]
+        return await self.run(runtime.chat, messages, params)
+
+    async def chat_stream(self, messages: Messages, params: GenerationParams) -> AsyncIterator[GenerationChunk]:
+        runtime = self.as_(ChatModel)
+        if getattr(runtime, "async_native", False):
+            async for chunk in self.stream_async(runtime.achat_stream(messages, params)):  # type: ignore[attr-defined]
+                yield chunk
+            return
+        async for chunk in self.stream(lambda: runtime.chat_stream(messages, params)):
+            yield chunk
+
+    async def embed(self, texts: list[str]) -> Embeddings:
+        return await self.run(self.as_(Embedder).embed, texts)
+
+    async def embed_each(self, texts: list[str]) -> list[Embeddings]:
+        return await self.batch("embed", texts)
+
+    async def classify(self, images: list[Any]) -> list[Any]:
+        return await self.batch("classify", images)
+
+    async def describe_image(self, image_jpeg: bytes, prompt: str, params: GenerationParams) -> Generation:
+        runtime: Any = self.runtime
+        if not hasattr(runtime, "describe_image"):
+            raise InvalidRequest(f"The model '{self.name or self.spec.id}' cannot look at photos.", param="model")
+        if getattr(runtime, "async_native", False):
+            return await self.run_async(runtime.adescribe_image(image_jpeg, prompt, params))
+        return await self.run(runtime.describe_image, image_jpeg, prompt, params)
+
+    # --- async-native runtimes (HTTP upstreams): admitted and counted like the others ---------
+
+    async def run_async(self, call: Awaitable[T]) -> T:
+        """Await an async-native runtime's call on this loop, under the model's admission limit."""
+        if self.in_flight >= self.capacity:
+            if asyncio.iscoroutine(call):
+                call.close()
+            self._refuse()
+        self.in_flight += 1
+        started = time.perf_counter()
+        try:
+            return await call
+        finally:
+            elapsed = time.perf_counter() - started
+            self.in_flight -= 1
+            self.last_used = time.monotonic()
+            self._observe_call(elapsed)
+            _add_inference_time(elapsed)
+
+    async def stream_async(self, chunks: AsyncIterator[T]) -> AsyncIterator[T]:
+        if self.in_flight >= self.capacity:
+            self._refuse()
+        self.in_flight += 1
+        started = time.perf_counter()
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()
+            elapsed = time.perf_counter() - started
+            self.in_flight -= 1
+            self.last_used = time.monotonic()
+            self._observe_call(elapsed)
+            _add_inference_time(elapsed)
 
 
 def _add_inference_time(seconds: float) -> None:

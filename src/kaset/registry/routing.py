@@ -73,7 +73,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -81,6 +81,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from kaset.errors import InvalidRequest, KasetError, ModelUnavailable, NotFound, RateLimited, UpstreamTimeout
 from kaset.metrics import current_metrics
 from kaset.registry.catalog import Catalog, ModelSpec, RouteSpec
+from kaset.registry.handle import ModelHandle, RemoteModels
 from kaset.runtimes.base import Task
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Call = Callable[[ModelHandle], Awaitable[T]]
 
 AB_KEY_HEADER = "x-kaset-ab-key"
 MODEL_HEADER = "x-kaset-model"
@@ -285,6 +287,39 @@ class Router:
         # Created on an upstream's first failure: while none exists the hot path never looks.
         self.breakers: dict[str, Breaker] = {}
         self._upstreams: dict[str, str] = {}
+        # Models served by kaset workers (set by the gateway when it has workers): a name a ready
+        # replica serves is called there, through the same routes, fallbacks and breakers.
+        self.remote: RemoteModels | None = None
+
+    # --- where a model runs -------------------------------------------------------------------
+
+    async def handle(self, name: str, task: Task, *, local_only: bool = False) -> ModelHandle:
+        """The handle that calls `name` for `task`: on a worker that serves it, else loaded here."""
+        remote = self.remote
+        if remote is not None and not local_only and remote.serves(name):
+            spec = self.catalog.resolve(name)
+            if task not in spec.tasks:
+                raise InvalidRequest(f"The model '{name}' does {'/'.join(spec.tasks)}, not {task}.", param="model")
+            return remote.handle(name, spec, task)
+        return await self.manager.get(name, task)
+
+    def models_for(self, task: Task) -> list[ModelSpec]:
+        """Models that can serve `task` now: installed here or served by a ready worker."""
+        found = {s.key: s for s in self.manager.models_for(task)}
+        if self.remote is not None:
+            found.update((s.key, s) for s in self.remote.specs() if task in s.tasks)
+        return list(found.values())
+
+    def default_model(self, task: Task) -> ModelSpec:
+        """The model a request that names none gets: a loaded (or worker-served) one first, then
+        the catalog's default, echo last."""
+        ready = {m.spec.key for m in self.manager.loaded()}
+        if self.remote is not None:
+            ready.update(s.key for s in self.remote.specs())
+        candidates = sorted(self.models_for(task), key=lambda s: (s.key not in ready, not s.default, s.id == "echo"))
+        if not candidates:
+            raise ModelUnavailable(f"No model for the task '{task}' is installed on this server.")
+        return candidates[0]
 
     # --- what the API routers call ---------------------------------------------------------------
 
@@ -303,20 +338,21 @@ class Router:
             return {MODEL_HEADER: served, ROUTE_HEADER: name}
         return {MODEL_HEADER: served}
 
-    async def call(self, name: str, task: Task, fn: Callable[[LoadedModel], Awaitable[T]], *,
-                   caller: Callable[[], str | None] | None = None, retry: bool = False) -> tuple[T, ModelSpec]:
-        """Run `fn` on the model that serves `name` for `task`: (fn's result, the serving spec).
+    async def call(self, name: str, task: Task, fn: Call[T], *, caller: Callable[[], str | None] | None = None,
+                   retry: bool = False, local_only: bool = False) -> tuple[T, ModelSpec]:
+        """Run `fn` on the handle of the model that serves `name` for `task`, wherever it runs:
+        (fn's result, the serving spec).
 
         `caller` gives the sticky key (called only for a route that needs one); `retry` says the
-        call is idempotent, so a route's `retries` apply.
+        call is idempotent, so a route's `retries` apply; `local_only` keeps it in this process.
         """
         route = self.routes.get(name)
         if route is not None:
-            return await self._call_route(route, task, fn, caller, retry)
+            return await self._call_route(route, task, fn, caller, retry, local_only)
         # A plain model name: no choice, no fallback, no retry; only its breaker, once it has one.
         if not self.breakers:
             try:
-                model = await self.manager.get(name, task)
+                model = await self.handle(name, task, local_only=local_only)
                 return await fn(model), model.spec
             except BaseException as exc:
                 if fallback_reason(exc) in BREAKER_FAILURES and self.breaker_failures > 0:
@@ -328,7 +364,18 @@ class Router:
         if spec is None:
             model = await self.manager.get(name, task)  # raises the usual 404
             return await fn(model), model.spec
-        return await self._attempt(spec, name, task, fn, None, routed=False), spec
+        return await self._attempt(spec, name, task, fn, None, routed=False, local_only=local_only), spec
+
+    async def call_local(self, name: str, task: Task, fn: Callable[[LoadedModel], Awaitable[T]], *,
+                         caller: Callable[[], str | None] | None = None, retry: bool = False) -> tuple[T, ModelSpec]:
+        """`call` for the API routers that still hand the engine a blocking function of their own
+        (encoding in the model's thread): models loaded in this process only. Requests for
+        worker models reach those routers' endpoints on the worker itself (kaset.workers.proxy)."""
+        async def local(model: ModelHandle) -> T:
+            assert not model.remote
+            return await fn(cast("LoadedModel", model))
+
+        return await self.call(name, task, local, caller=caller, retry=retry, local_only=True)
 
     # --- routes ------------------------------------------------------------------------------------
 
@@ -358,8 +405,8 @@ class Router:
             found.append(spec)
         return found
 
-    async def _call_route(self, route: RouteSpec, task: Task, fn: Callable[[LoadedModel], Awaitable[T]],
-                          caller: Callable[[], str | None] | None, retry: bool) -> tuple[T, ModelSpec]:
+    async def _call_route(self, route: RouteSpec, task: Task, fn: Call[T], caller: Callable[[], str | None] | None,
+                          retry: bool, local_only: bool) -> tuple[T, ModelSpec]:
         key = caller() if caller is not None and route.sticky and len(route.targets) > 1 else None
         candidates = self.candidates(route, task, key)
         if not candidates:
@@ -375,9 +422,10 @@ class Router:
                 _record_fallback(route.name, failed[0], served, failed[1])
             try:
                 if retries:
-                    result = await self._with_retries(spec, task, fn, route.timeout_s, retries)
+                    result = await self._with_retries(spec, task, fn, route.timeout_s, retries, local_only)
                 else:
-                    result = await self._attempt(spec, spec.key, task, fn, route.timeout_s, routed=True)
+                    result = await self._attempt(spec, spec.key, task, fn, route.timeout_s, routed=True,
+                                                 local_only=local_only)
                 return result, spec
             except CircuitOpen as exc:
                 first_skip = first_skip or exc
@@ -394,8 +442,8 @@ class Router:
         assert first_skip is not None
         raise first_skip
 
-    async def _with_retries(self, spec: ModelSpec, task: Task, fn: Callable[[LoadedModel], Awaitable[T]],
-                            timeout_s: float | None, retries: int) -> T:
+    async def _with_retries(self, spec: ModelSpec, task: Task, fn: Call[T], timeout_s: float | None, retries: int,
+                            local_only: bool) -> T:
         served = self.served_name(spec)
 
         def retryable(exc: BaseException) -> bool:
@@ -414,7 +462,8 @@ class Router:
         retrying = AsyncRetrying(stop=stop_after_attempt(retries + 1), wait=self._backoff,
                                  retry=retry_if_exception(retryable), before_sleep=before_sleep,
                                  sleep=self._sleep, reraise=True)
-        result: T = await retrying(self._attempt, spec, spec.key, task, fn, timeout_s, routed=True)
+        result: T = await retrying(self._attempt, spec, spec.key, task, fn, timeout_s, routed=True,
+                                   local_only=local_only)
         return result
 
     def _backoff(self, state: RetryCallState) -> float:
@@ -429,8 +478,8 @@ class Router:
 
     # --- one attempt on one model ------------------------------------------------------------------
 
-    async def _attempt(self, spec: ModelSpec, name: str, task: Task, fn: Callable[[LoadedModel], Awaitable[T]],
-                       timeout_s: float | None, *, routed: bool) -> T:
+    async def _attempt(self, spec: ModelSpec, name: str, task: Task, fn: Call[T], timeout_s: float | None, *,
+                       routed: bool, local_only: bool = False) -> T:
         upstream = self._upstream(spec)
         breaker = self.breakers.get(upstream)
         if breaker is not None and not breaker.admit():
@@ -439,7 +488,7 @@ class Router:
                 f"failed {breaker.failures} time(s) in a row. Retry later.", retry_after=breaker.retry_after())
         try:
             try:
-                model = await self.manager.get(name, task)
+                model = await self.handle(name, task, local_only=local_only)
             except NotFound as exc:
                 if routed:
                     raise TargetNotInstalled(exc.message, param="model") from exc
@@ -484,3 +533,11 @@ class Router:
 
     def breaker_states(self) -> list[tuple[str, BreakerState]]:
         return [(upstream, b.current_state()) for upstream, b in self.breakers.items()]
+
+
+def as_router(models: Router | ModelManager) -> Router:
+    """A service's router: the app's own (routes, breakers, workers), or, for a script or a test
+    that has only a model manager, a plain router over it."""
+    if isinstance(models, Router):
+        return models
+    return Router(models)

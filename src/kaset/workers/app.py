@@ -58,6 +58,7 @@ from kaset.store.db import Database
 from kaset.store.spoken_replies import spoken_replies
 from kaset.tracing import WORKER_SERVICE, install_tracing, shutdown_tracing
 from kaset.usage import current_usage
+from kaset.workers import tasks
 
 log = logging.getLogger("kaset.worker")
 
@@ -210,17 +211,17 @@ def create_worker_app(settings: Settings, model_names: list[str]) -> FastAPI:
         # Never opened: the worker keeps no users, keys or logs. Services wants the objects.
         db = Database("sqlite+aiosqlite:///:memory:")
         identity = Identity.from_settings(settings, db, sign_in=False)
-        advisor = AdviceService(manager)
-        diagnoser = DiagnosisService(manager, advisor.entries)
         routing = Router(manager, breaker_failures=settings.breaker_failures,
                          breaker_cooldown_s=settings.breaker_cooldown_s, retry_backoff_s=settings.retry_backoff_s,
                          retry_max_wait_s=settings.retry_max_wait_s)
+        advisor = AdviceService(routing)
+        diagnoser = DiagnosisService(routing, advisor.entries)
         telemetry.metrics.router = routing
         telemetry.metrics.models = manager
         quotas = QuotaEnforcer(storage_url="memory://", metrics=telemetry.metrics)
         app.state.services = Services(settings=settings, db=db, keys=identity.keys, models=manager,
                                       advisor=advisor, router=routing, diagnoser=diagnoser,
-                                      describer=DescribeService(manager, vision_models=settings.describe_models),
+                                      describer=DescribeService(routing, vision_models=settings.describe_models),
                                       identity=identity, quotas=quotas,
                                       speech=SpeechService(routing, manager, settings.max_audio_seconds),
                                       spoken_replies=spoken_replies(settings))
@@ -258,6 +259,8 @@ def create_worker_app(settings: Settings, model_names: list[str]) -> FastAPI:
     guard = [Depends(_token_guard(token))]
     for router in WORKER_ROUTERS:
         app.include_router(router, dependencies=guard)
+    # The gateway's model handles call the worker's models here (kaset.workers.remote).
+    app.include_router(tasks.router, dependencies=guard)
     app.include_router(health.router)
     app.include_router(metrics.router)
 

@@ -147,7 +147,7 @@ async def _forward(request: Request, pool: WorkerPool, name: str) -> Response:
             raise WorkerTimeout(f"The worker for '{name}' did not answer within {pool.timeout_s:g} s.") from exc
         except aiohttp.ClientError as exc:
             replica.outstanding -= 1
-            _lost(pool, replica, exc)
+            lost(pool, replica, exc)
             # Not even connected: the worker never saw the call, so any call may go elsewhere.
             if streamed and not isinstance(exc, aiohttp.ClientConnectorError):
                 raise WorkerUnavailable(f"The worker for '{name}' was lost before answering; the streamed call "
@@ -178,7 +178,7 @@ async def _forward(request: Request, pool: WorkerPool, name: str) -> Response:
                     raise WorkerTimeout(f"The worker for '{name}' did not finish within {pool.timeout_s:g} s.") \
                         from exc
                 except aiohttp.ClientError as exc:
-                    _lost(pool, replica, exc)
+                    lost(pool, replica, exc)
                     continue
                 _account(resp, time.perf_counter() - sent_at)
                 return _buffered(resp, body, pool, replica)
@@ -193,7 +193,8 @@ async def _forward(request: Request, pool: WorkerPool, name: str) -> Response:
                 resp.release()
 
 
-def _lost(pool: WorkerPool, replica: Replica, exc: BaseException) -> None:
+def lost(pool: WorkerPool, replica: Replica, exc: BaseException) -> None:
+    """A replica that could not be reached or dropped a call: breaker failure, not ready until probed."""
     log.warning("worker %s lost: %s", replica.url, exc)
     replica.breaker.failed()
     replica.ready = False  # until its next readiness probe says otherwise
@@ -256,7 +257,7 @@ async def _stream(resp: aiohttp.ClientResponse, pool: WorkerPool, replica: Repli
         replica.breaker.succeeded()
         pool.requests.labels(replica.url, "ok").inc()
     except (aiohttp.ClientError, TimeoutError) as exc:
-        _lost(pool, replica, exc)
+        lost(pool, replica, exc)
         if not sse:
             raise  # the client sees a cut connection, not a silently short file
         error = {"error": {"message": "The worker serving this stream was lost; the reply is incomplete.",

@@ -168,10 +168,10 @@ async def speech(body: SpeechRequest, request: Request, svc: Services = Depends(
         return caller_key(request)
 
     if body.stream:
-        streamed, _ = await svc.router.call(body.model, "synthesize", stream, caller=caller)
+        streamed, _ = await svc.router.call_local(body.model, "synthesize", stream, caller=caller)
         return streamed
     # The same text and voice give the same audio: a route's retries apply.
-    audio, _ = await svc.router.call(body.model, "synthesize", whole, caller=caller, retry=True)
+    audio, _ = await svc.router.call_local(body.model, "synthesize", whole, caller=caller, retry=True)
     return audio
 
 

@@ -48,6 +48,7 @@ from kaset.media.image import decode_image
 from kaset.pipelines.advice import Language
 from kaset.pipelines.describe import Description, encode_jpeg
 from kaset.pipelines.speech import split_sentences
+from kaset.registry.handle import ModelHandle
 from kaset.registry.manager import LoadedModel
 from kaset.registry.routing import caller_key
 from kaset.runtimes.base import ChatModel, Generation, GenerationChunk, GenerationParams
@@ -182,8 +183,13 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
 async def _sse_response(model: LoadedModel, make_chunks: Callable[[], Iterator[GenerationChunk]],
                         payloads: _ChatChunks | _CompletionChunks, include_usage: bool,
                         headers: dict[str, str], voice: _Voice | None = None) -> StreamingResponse:
+    return await _sse_of(model.stream(make_chunks), payloads, include_usage, headers, voice)
+
+
+async def _sse_of(generated: AsyncIterator[GenerationChunk], payloads: _ChatChunks | _CompletionChunks,
+                  include_usage: bool, headers: dict[str, str], voice: _Voice | None = None) -> StreamingResponse:
     # Waits for the first chunk: until then a route may still fall back to another model.
-    chunks = await primed(model.stream(make_chunks))
+    chunks = await primed(generated)
     return StreamingResponse(_stream_sse(chunks, payloads, include_usage, voice), media_type="text/event-stream",
                              headers={**headers, "cache-control": "no-cache"})
 
@@ -221,21 +227,19 @@ async def chat_completions(
                 return await _chat_with_vision_model(body, model, params, reply, svc)
             return await _chat_about_images(body, images, reply, svc)
 
-        answered, _ = await svc.router.call(body.model, "chat", with_images, caller=caller)
+        answered, _ = await svc.router.call_local(body.model, "chat", with_images, caller=caller)
         return answered
     if body.stream:
-        async def stream(model: LoadedModel) -> StreamingResponse:
-            runtime = model.as_(ChatModel)
+        async def stream(model: ModelHandle) -> StreamingResponse:
             messages = _to_messages(body, svc.settings.max_text_chars)
-            return await _sse_response(model, lambda: runtime.chat_stream(messages, params), reply.chunks(),
-                                       reply.include_usage, svc.router.headers(body.model, model.spec), voice)
+            return await _sse_of(model.chat_stream(messages, params), reply.chunks(), reply.include_usage,
+                                 svc.router.headers(body.model, model.spec), voice)
 
         streamed, _ = await svc.router.call(body.model, "chat", stream, caller=caller)
         return streamed
 
-    async def run(model: LoadedModel) -> Generation:
-        messages = _to_messages(body, svc.settings.max_text_chars)
-        return await model.run(model.as_(ChatModel).chat, messages, params)
+    async def run(model: ModelHandle) -> Generation:
+        return await model.chat(_to_messages(body, svc.settings.max_text_chars), params)
 
     result, spec = await svc.router.call(body.model, "chat", run, caller=caller, retry=_deterministic(params))
     return await reply.respond(result.text, result.finish_reason, result.prompt_tokens, result.completion_tokens,
@@ -701,13 +705,13 @@ async def completions(body: CompletionRequest, request: Request, svc: Services =
             return await _sse_response(model, lambda: runtime.complete_stream(prompt, params), chunks, include_usage,
                                        svc.router.headers(body.model, model.spec))
 
-        streamed, _ = await svc.router.call(body.model, "chat", stream, caller=caller)
+        streamed, _ = await svc.router.call_local(body.model, "chat", stream, caller=caller)
         return streamed
 
     async def run(model: LoadedModel) -> Generation:
         return await model.run(model.as_(ChatModel).complete, prompt, params)
 
-    result, spec = await svc.router.call(body.model, "chat", run, caller=caller, retry=_deterministic(params))
+    result, spec = await svc.router.call_local(body.model, "chat", run, caller=caller, retry=_deterministic(params))
     text = prompt + result.text if body.echo else result.text
     response = Completion(
         id=completion_id, created=created, model=body.model,

@@ -13,9 +13,9 @@ from kaset.api.deps import Services, require_json, services
 from kaset.api.responses import json_response
 from kaset.api.schemas.embeddings import EmbeddingItem, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from kaset.errors import InvalidRequest, PayloadTooLarge
-from kaset.registry.manager import LoadedModel
+from kaset.registry.handle import ModelHandle
 from kaset.registry.routing import caller_key
-from kaset.runtimes.base import Embedder, Embeddings
+from kaset.runtimes.base import Embeddings
 
 router = APIRouter(tags=["embeddings"], dependencies=[Depends(require_json)])
 
@@ -51,13 +51,14 @@ async def create_embeddings(body: EmbeddingRequest, request: Request,
                             svc: Services = Depends(services)) -> Response:
     texts = _texts(body, svc.settings.max_embedding_inputs, svc.settings.max_text_chars)
 
-    async def embed(model: LoadedModel) -> list[Embeddings]:
-        runtime = model.as_(Embedder)
-        if body.dimensions is not None and body.dimensions > runtime.dimensions:
-            raise InvalidRequest(f"This model has {runtime.dimensions} dimensions; cannot return {body.dimensions}.",
-                                 param="dimensions")
+    async def embed(model: ModelHandle) -> list[Embeddings]:
+        if body.dimensions is not None:
+            dimensions = (await model.info()).dimensions
+            if body.dimensions > dimensions:
+                raise InvalidRequest(f"This model has {dimensions} dimensions; cannot return {body.dimensions}.",
+                                     param="dimensions")
         # Per-text results, possibly from one call shared with concurrent requests.
-        return await model.batch("embed", texts)
+        return await model.embed_each(texts)
 
     # Embedding is idempotent: a route's retries apply.
     per_text, spec = await svc.router.call(body.model, "embed", embed, caller=lambda: caller_key(request),

@@ -10,9 +10,8 @@ from kaset.api.deps import Services, require_json, services
 from kaset.api.responses import json_response
 from kaset.api.schemas.translate import LanguagePair, LanguagePairs, TranslateRequest, TranslateResponse
 from kaset.errors import InvalidRequest, PayloadTooLarge
-from kaset.registry.manager import LoadedModel
+from kaset.registry.handle import ModelHandle
 from kaset.registry.routing import caller_key
-from kaset.runtimes.base import Translator
 
 router = APIRouter(tags=["translation"])
 
@@ -31,9 +30,8 @@ async def translate(body: TranslateRequest, request: Request, svc: Services = De
                               param="text")
     name = body.model or svc.models.default_model("translate").id
 
-    async def run(model: LoadedModel) -> list[str]:
-        runtime = model.as_(Translator)
-        return await model.run(runtime.translate, texts, body.source.lower(), body.target.lower())
+    async def run(model: ModelHandle) -> list[str]:
+        return await model.translate(texts, body.source.lower(), body.target.lower())
 
     # Translation is idempotent: a route's retries apply.
     translations, spec = await svc.router.call(name, "translate", run, caller=lambda: caller_key(request), retry=True)
@@ -46,8 +44,7 @@ async def translate(body: TranslateRequest, request: Request, svc: Services = De
 @router.get("/v1/translate/languages", response_model=LanguagePairs)
 async def languages(svc: Services = Depends(services)) -> LanguagePairs:
     pairs: list[LanguagePair] = []
-    for spec in svc.models.models_for("translate"):
-        model = await svc.models.get(spec.id, "translate")
-        runtime = model.as_(Translator)
-        pairs.extend(LanguagePair(source=s, target=t, model=spec.id) for s, t in runtime.pairs())
+    for spec in svc.router.models_for("translate"):
+        model = await svc.router.handle(spec.id, "translate")
+        pairs.extend(LanguagePair(source=s, target=t, model=spec.id) for s, t in (await model.info()).pairs)
     return LanguagePairs(pairs=pairs)
