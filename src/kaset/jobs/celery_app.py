@@ -62,12 +62,11 @@ class WorkerState:
                                     policy=LifecyclePolicy.from_settings(settings))
         for model_id in settings.models or []:
             await self.manager.load(model_id)
-        advisor = AdviceService(self.manager)
         router = Router(self.manager, breaker_failures=settings.breaker_failures,
                         breaker_cooldown_s=settings.breaker_cooldown_s, retry_backoff_s=settings.retry_backoff_s,
                         retry_max_wait_s=settings.retry_max_wait_s)
         self.ctx = JobContext(settings=settings, router=router,
-                              diagnoser=DiagnosisService(self.manager, advisor.entries))
+                              diagnoser=DiagnosisService(router, AdviceService(router).entries))
         self.webhooks = WebhookSender(settings.job_webhook_attempts, settings.job_webhook_timeout_s)
 
     async def handle(self, job_id: str, redelivered: bool) -> str:
