@@ -95,10 +95,15 @@ async def test_garbled_thai_is_not_trusted(hearing: SpeechService, kind: str) ->
 async def test_noise_and_silence_are_not_speech(hearing: SpeechService) -> None:
     quiet_hiss = await hearing.hear(thai.wav_bytes(thai.noise(level=0.02, seed=9)), language="th")
     assert speech_doubt(quiet_hiss) is not None, quiet_hiss  # Whisper wrote "โอเค โอเค ..."
+    # Usually no text at all (400 no_speech); Whisper's temperature fallback samples, so now and
+    # then it writes something for noise (seen in CI): then it must be doubted, never trusted.
     for samples in (thai.noise(), thai.silence()):
-        with pytest.raises(InvalidRequest) as raised:
-            await hearing.hear(thai.wav_bytes(samples), language="th")
-        assert raised.value.code == "no_speech"
+        try:
+            heard = await hearing.hear(thai.wav_bytes(samples), language="th")
+        except InvalidRequest as refused:
+            assert refused.code == "no_speech"
+        else:
+            assert speech_doubt(heard) is not None, heard
 
 
 def test_clean_text_collapses_repeats_and_thai_digits() -> None:
