@@ -24,6 +24,7 @@ over rounds.
 Targets for Kaset: at most +0.5 ms p50 over direct, at least 40% of direct's requests/s.
 
     .venv/bin/python bench/peer_gateways.py [--rounds 3] [--requests 1000] [--duration 10] [--skip-litellm]
+    .venv/bin/python bench/peer_gateways.py --kaset-src /tmp/before/src --kaset-src src   # two trees, one run
 """
 
 from __future__ import annotations
@@ -206,7 +207,9 @@ litellm_settings:
     return Server("litellm", argv, port, "/health/liveliness", env=env)
 
 
-def kaset_gateway(port: int, upstream: str, directory: Path, connections: int, kaset_src: Path | None) -> Server:
+def kaset_gateway(name: str, port: int, upstream: str, directory: Path, connections: int,
+                  kaset_src: Path | None) -> Server:
+    directory.mkdir()
     catalog = directory / "catalog"
     catalog.mkdir()
     (catalog / "bench.yaml").write_text(f"""models:
@@ -221,7 +224,7 @@ def kaset_gateway(port: int, upstream: str, directory: Path, connections: int, k
     env = {"KASET_AUTH_ENABLED": "false", "KASET_CATALOG_DIRS": json.dumps([str(catalog)])}
     if kaset_src is not None:
         env["PYTHONPATH"] = str(kaset_src)
-    return kaset_server("kaset", port, directory / "data", models=MODEL, models_dir=directory / "models",
+    return kaset_server(name, port, directory / "data", models=MODEL, models_dir=directory / "models",
                         extra_env=env)
 
 
@@ -261,9 +264,9 @@ def main() -> int:
     parser.add_argument("--skip-litellm", action="store_true", help="measure only direct and Kaset")
     parser.add_argument("--bench-venv", type=Path, default=BENCH_VENV,
                         help=f"the venv LiteLLM is installed into (default {BENCH_VENV.relative_to(REPO)})")
-    parser.add_argument("--kaset-src", type=Path,
-                        help="run Kaset from this src/ directory (a git worktree of another commit, say) "
-                             "instead of the installed one")
+    parser.add_argument("--kaset-src", type=Path, action="append",
+                        help="run Kaset from this src/ directory (an export of another commit, say) instead of "
+                             "the installed one; give it twice or more to measure several trees in the same run")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args()
 
@@ -274,15 +277,18 @@ def main() -> int:
     install_signal_handlers()
     litellm = None if args.skip_litellm else install_litellm(args.bench_venv)
     info = machine()
-    kaset_src = (args.kaset_src or REPO / "src").resolve()
-    info["kaset"] = f"{git_state(kaset_src)} ({kaset_src})"
-    info["kaset_provider_path"] = kaset_path(kaset_src)
+    # name -> the src/ it runs (None: the installed one, this checkout's src/).
+    kasets: dict[str, Path | None] = {"kaset": None} if not args.kaset_src else {
+        ("kaset" if i == 0 else f"kaset-{i + 1}"): src.resolve() for i, src in enumerate(args.kaset_src)}
+    for name, src in kasets.items():
+        tree = src or (REPO / "src").resolve()
+        info[name] = f"{git_state(tree)} ({tree}); provider calls: {kaset_path(tree)}"
     if litellm is not None:
         info["litellm"] = litellm_version(args.bench_venv)
     print_machine(info)
     print("upstream, gateways and client share this machine; nothing is pinned")
 
-    names = ["direct", "kaset"] + (["litellm"] if litellm is not None else [])
+    names = ["direct", *kasets] + (["litellm"] if litellm is not None else [])
     results = {name: Results() for name in names}
     with tempfile.TemporaryDirectory(prefix="kaset-bench-peers-") as tmp:
         tmpdir = Path(tmp)
@@ -291,9 +297,9 @@ def main() -> int:
         upstream_url = f"http://127.0.0.1:{up_port}"
         upstream = Server("upstream", [PYTHON, str(BENCH_DIR / "bare_app.py"), "--port", str(up_port)], up_port,
                           "/health/live")
-        servers = {"direct": upstream,
-                   "kaset": kaset_gateway(free_port(), upstream_url, tmpdir, args.connections,
-                                          args.kaset_src.resolve() if args.kaset_src else None)}
+        servers = {"direct": upstream}
+        for name, src in kasets.items():
+            servers[name] = kaset_gateway(name, free_port(), upstream_url, tmpdir / name, args.connections, src)
         if litellm is not None:
             servers["litellm"] = litellm_server(litellm, free_port(), upstream_url, tmpdir)
         try:
@@ -316,7 +322,7 @@ def main() -> int:
                     res.rps.append(stats["rps"])
                     res.wrk_p50_ms.append(stats["p50_us"] / 1000)
                     res.wrk_p99_ms.append(stats["p99_us"] / 1000)
-                    print(f"round {round_no} {name:7}: 1 conn p50 {res.p50_ms[-1]:.3f} ms p99 {res.p99_ms[-1]:.3f} ms;"
+                    print(f"round {round_no} {name:8}: 1 conn p50 {res.p50_ms[-1]:.3f} ms p99 {res.p99_ms[-1]:.3f} ms;"
                           f" {args.connections} conn {res.rps[-1]:.0f} req/s, p50 {res.wrk_p50_ms[-1]:.2f} ms"
                           f" p99 {res.wrk_p99_ms[-1]:.2f} ms; CPU {res.cpu_us_per_request[-1]:.0f} µs/req;"
                           f" other load {res.other_load[-1]:.2f} cores", flush=True)
@@ -326,8 +332,11 @@ def main() -> int:
 
     direct = results["direct"]
     d_p50, d_rps = median(direct.p50_ms), median(direct.rps)
-    labels = {"direct": "direct (bare FastAPI upstream)", "kaset": "Kaset, openai-compatible",
+    labels = {"direct": "direct (bare FastAPI upstream)",
               "litellm": f"LiteLLM proxy {info.get('litellm', '')}".strip()}
+    for name, src in kasets.items():
+        path = kaset_path(src or REPO / "src").split(" ")[0]
+        labels[name] = f"{name}, openai-compatible, {path} path"
     rows = []
     for name in names:
         res = results[name]
@@ -344,11 +353,12 @@ def main() -> int:
     print(table(["", "p50, 1 conn", "p99, 1 conn", f"req/s, {args.connections} conn",
                  f"wrk p50 / p99, {args.connections} conn", "added p50", "% of direct req/s",
                  "CPU/request (server process)"], rows))
-    k = results["kaset"]
-    added_kaset, share_kaset = median(k.p50_ms) - d_p50, median(k.rps) / d_rps
-    met_latency, met_rps = added_kaset <= LATENCY_TARGET_MS, share_kaset >= THROUGHPUT_TARGET
-    print(f"Kaset targets: added p50 ≤ +{LATENCY_TARGET_MS} ms: {'met' if met_latency else 'NOT met'}; "
-          f"≥ {THROUGHPUT_TARGET:.0%} of direct req/s: {'met' if met_rps else 'NOT met'}")
+    for name in kasets:
+        k = results[name]
+        added_kaset, share_kaset = median(k.p50_ms) - d_p50, median(k.rps) / d_rps
+        met_latency, met_rps = added_kaset <= LATENCY_TARGET_MS, share_kaset >= THROUGHPUT_TARGET
+        print(f"{name} targets: added p50 ≤ +{LATENCY_TARGET_MS} ms: {'met' if met_latency else 'NOT met'}; "
+              f"≥ {THROUGHPUT_TARGET:.0%} of direct req/s: {'met' if met_rps else 'NOT met'}")
     if litellm is None:
         print("LiteLLM: not measured" + (" (--skip-litellm)" if args.skip_litellm else " (could not be installed)"))
     loads = [x for res in results.values() for x in res.other_load]
