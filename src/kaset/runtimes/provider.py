@@ -17,8 +17,9 @@ parsing and error mapping exist once.
   loop: the gateway's, with no thread hop at all. A provider call is waiting on a socket,
   and an event loop is the cheapest place to wait; the runtime does no CPU work worth a
   thread. Going through the blocking path instead cost two thread hops per call (the model's
-  executor, then the loop thread below): measured +0.91 ms p50 and 15% of the upstream's
-  requests/s at 16 connections (docs/benchmarks.md, "Provider models").
+  executor, then the loop thread below): measured +1.13 ms p50 and 16% of the upstream's
+  requests/s at 16 connections, against +0.70 ms and 31% on the caller's loop
+  (docs/benchmarks.md, "Provider models").
 - The blocking methods are for callers that have no event loop (Celery job workers,
   scripts, the model manager's executor path for runtimes that are not async-native). For
   them, the runtime owns one small event loop on a daemon thread (`_LoopThread`), started by
