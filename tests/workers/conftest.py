@@ -78,8 +78,19 @@ def wait_replica(gateway: str, url: str, ready: bool = True, timeout_s: float = 
     pytest.fail(f"gateway never saw {url} ready={ready}: {replica_state(gateway, url)}")
 
 
+def ok_calls_by_replica(gateway: str) -> dict[str, float]:
+    """Calls each replica answered ok, as the gateway's kaset_worker_requests_total says."""
+    counts: dict[str, float] = {}
+    for line in httpx.get(f"{gateway}/metrics").text.splitlines():
+        if line.startswith("kaset_worker_requests_total{") and 'outcome="ok"' in line:
+            replica = line.split('replica="', 1)[1].split('"', 1)[0]
+            counts[replica] = counts.get(replica, 0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
 def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {KEY}"}
 
 
-__all__ = ["KEY", "TOKEN", "auth", "gateway_env", "replica_state", "stub_process", "wait_ready", "wait_replica"]
+__all__ = ["KEY", "TOKEN", "auth", "gateway_env", "ok_calls_by_replica", "replica_state", "stub_process", "wait_ready",
+           "wait_replica"]

@@ -13,7 +13,7 @@ import pytest
 
 from tests.fixtures.gateway_process import gateway_process
 from tests.fixtures.worker_process import WorkerProcess, worker_process
-from tests.workers.conftest import TOKEN, auth, gateway_env, wait_replica
+from tests.workers.conftest import TOKEN, auth, gateway_env, ok_calls_by_replica, wait_replica
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +30,10 @@ def topology(tmp_path_factory: pytest.TempPathFactory, models_dir: Path,
             yield gateway, a, b
 
 
-def _requests_by_replica(gateway: str) -> dict[str, float]:
-    counts: dict[str, float] = {}
-    for line in httpx.get(f"{gateway}/metrics").text.splitlines():
-        if line.startswith("kaset_worker_requests_total{") and 'outcome="ok"' in line:
-            replica = line.split('replica="', 1)[1].split('"', 1)[0]
-            counts[replica] = counts.get(replica, 0) + float(line.rsplit(" ", 1)[1])
-    return counts
-
 
 def test_requests_are_forwarded_and_spread(topology: tuple[str, WorkerProcess, WorkerProcess]) -> None:
     gateway, a, b = topology
-    before = _requests_by_replica(gateway)
+    before = ok_calls_by_replica(gateway)
 
     def embed(i: int) -> httpx.Response:
         return httpx.post(f"{gateway}/v1/embeddings", headers=auth(),
@@ -51,7 +43,7 @@ def test_requests_are_forwarded_and_spread(topology: tuple[str, WorkerProcess, W
         responses = list(pool.map(embed, range(24)))
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
     assert len(responses[0].json()["data"][0]["embedding"]) == 384
-    after = _requests_by_replica(gateway)
+    after = ok_calls_by_replica(gateway)
     spread = {url: after.get(url, 0) - before.get(url, 0) for url in (a.url, b.url)}
     assert sum(spread.values()) == 24
     assert min(spread.values()) >= 4, spread

@@ -19,7 +19,7 @@ import pytest
 from tests.fixtures.gateway_process import gateway_process
 from tests.fixtures.images import jpeg, mango_like_leaf
 from tests.fixtures.worker_process import WorkerProcess, worker_process
-from tests.workers.conftest import TOKEN, auth, gateway_env, wait_replica
+from tests.workers.conftest import TOKEN, auth, gateway_env, ok_calls_by_replica, wait_replica
 
 VISION = "efficientnet-lite0,mango-disease@1,mango-disease@2,e5-small"
 EVERYTHING = f"{VISION},whisper-base,piper-joe"
@@ -52,14 +52,6 @@ def _diagnose(gateway: str) -> httpx.Response:
                       data={"crop": "mango", "language": "en"})
 
 
-def _ok_calls(gateway: str) -> dict[str, float]:
-    counts: dict[str, float] = {}
-    for line in httpx.get(f"{gateway}/metrics").text.splitlines():
-        if line.startswith("kaset_worker_requests_total{") and 'outcome="ok"' in line:
-            replica = line.split('replica="', 1)[1].split('"', 1)[0]
-            counts[replica] = counts.get(replica, 0) + float(line.rsplit(" ", 1)[1])
-    return counts
-
 
 def test_the_crop_doctor_runs_on_workers_only(topology: tuple[str, WorkerProcess, WorkerProcess]) -> None:
     gateway, _, _ = topology
@@ -84,12 +76,12 @@ def test_the_crop_doctor_runs_on_workers_only(topology: tuple[str, WorkerProcess
 
 def test_diagnoses_are_spread_over_the_replicas(topology: tuple[str, WorkerProcess, WorkerProcess]) -> None:
     gateway, a, b = topology
-    before = _ok_calls(gateway)
+    before = ok_calls_by_replica(gateway)
     for _ in range(6):
         response = _diagnose(gateway)
         assert response.status_code == 200, response.text
         assert response.json()["status"] == "diagnosed"
-    after = _ok_calls(gateway)
+    after = ok_calls_by_replica(gateway)
     assert all(after.get(url, 0) > before.get(url, 0) for url in (a.url, b.url)), (before, after)
 
 

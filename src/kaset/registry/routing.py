@@ -104,7 +104,6 @@ BREAKER_FAILURES = frozenset({"error", "timeout", "unavailable"})
 RETRYABLE = frozenset({"error", "timeout", "rate_limited", "overloaded"})
 
 BreakerState = Literal["closed", "open", "half_open"]
-BREAKER_STATE_VALUES: dict[BreakerState, int] = {"closed": 0, "open": 1, "half_open": 2}
 
 
 class TargetNotInstalled(ModelUnavailable):
