@@ -59,7 +59,6 @@ from kaset.store.spoken_replies import spoken_replies
 from kaset.tracing import GATEWAY_SERVICE, install_tracing, shutdown_tracing
 from kaset.ui import pages
 from kaset.workers.pool import WorkerPool
-from kaset.workers.proxy import Forwarded, forwarded_handler
 from kaset.workers.remote import WorkerModels
 
 log = logging.getLogger("kaset")
@@ -138,7 +137,7 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
                                lazy_load=settings.lazy_load, warmup=settings.warmup,
                                policy=LifecyclePolicy.from_settings(settings), observer=telemetry.metrics)
         settings.models = startup_models(settings, catalog, manager.repository)
-        # Models served by worker processes (docs/workers.md): requests for them are forwarded.
+        # Models served by worker processes (docs/workers.md), called through the router's handles.
         workers = None
         if settings.worker_urls or settings.worker_registry == "redis":
             workers = WorkerPool(settings, catalog, telemetry.metrics.registry)
@@ -158,7 +157,7 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
                                       router=routing,
                                       diagnoser=diagnoser, describer=describer, identity=identity, quotas=quotas,
                                       speech=SpeechService(routing, manager, settings.max_audio_seconds),
-                                      workers=workers, spoken_replies=spoken_replies(settings))
+                                      spoken_replies=spoken_replies(settings))
         telemetry.start(db, settings, manager)
         # Load in the background: /health/live answers at once, /health/ready once loaded.
         loader = asyncio.create_task(_load_models(manager, settings.models, on_load))
@@ -194,7 +193,6 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.add_exception_handler(Forwarded, forwarded_handler)
     # One metrics registry per app: nothing global, so apps in one process never mix counts.
     telemetry = Telemetry(Metrics())
     app.state.metrics = telemetry.metrics

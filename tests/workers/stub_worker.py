@@ -1,14 +1,17 @@
-"""A stand-in worker for fault tests: answers like a worker, but can be slow, hang or stay
-unready. `python -m tests.workers.stub_worker --port N [--delay S] [--unready]`."""
+"""A stand-in worker for fault tests: answers a gateway's model handles like a worker's task
+API (echo's chat stream and embeddings), but can be slow, hang, die mid-stream or stay unready. `python -m tests.workers.stub_worker --port N [--delay S] [--unready]`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -28,21 +31,32 @@ def make_app(models: list[str], delay_s: float, ready: bool, die_mid_stream: boo
     async def hits() -> list[dict[str, str]]:
         return HITS
 
-    @app.post("/v1/embeddings")
-    @app.post("/v1/chat/completions")
-    async def model_call(request: Request) -> Response:
+    # The worker's internal task API (kaset.workers.wire), as a gateway's model handles call it.
+    @app.get("/internal/v1/models/{name}/info")
+    async def info(name: str) -> JSONResponse:
+        return JSONResponse({"dimensions": 3})
+
+    @app.post("/internal/v1/models/{name}/{method}")
+    async def model_call(name: str, method: str, request: Request) -> Response:
         HITS.append(dict(request.headers))
         await asyncio.sleep(delay_s)
-        body: dict[str, Any] = await request.json()
-        if body.get("stream") and die_mid_stream:
-            async def events() -> AsyncIterator[bytes]:
+        if method == "chat_stream":
+            async def lines() -> AsyncIterator[bytes]:
                 for i in range(3):
-                    yield f'data: {{"n": {i}}}\n\n'.encode()
+                    yield json.dumps({"text": f"n{i} "}).encode() + b"\n"
                     await asyncio.sleep(0.1)
-                os._exit(1)  # the worker dies in the middle of the stream
+                if die_mid_stream:
+                    os._exit(1)  # the worker dies in the middle of the stream
+                yield json.dumps({"text": "", "finish_reason": "stop"}).encode() + b"\n"
 
-            return StreamingResponse(events(), media_type="text/event-stream")
-        return JSONResponse({"object": "stub", "model": body.get("model")})
+            return StreamingResponse(lines(), media_type="application/x-ndjson")
+        if method == "embed_each":
+            body: dict[str, Any] = await request.json()
+            vector = {"dtype": "float32", "shape": [1, 3],
+                      "data": base64.b64encode(np.full((1, 3), 7.0, np.float32).tobytes()).decode()}
+            return JSONResponse({"items": [{"vectors": vector, "prompt_tokens": 1} for _ in body["texts"]]})
+        return JSONResponse({"error": {"message": f"The stub does not do {method}.", "type": "invalid_request_error",
+                                       "param": None, "code": None}}, status_code=400)
 
     return app
 

@@ -39,4 +39,8 @@ def test_speech_and_transcription_through_a_worker(tmp_path: Path, models_dir: P
             assert voices.status_code == 200, voices.text
             assert [(v["id"], v["model"]) for v in voices.json()["data"]] == [("joe", "piper-joe")]
             scraped = httpx.get(f"{worker.url}/metrics", timeout=10).text
-            assert 'route="/v1/audio/voices"' in scraped
+            # Speech, transcription and the voice list were model calls on the worker (its task
+            # API), not OpenAI routes forwarded to it.
+            assert 'route="/internal/v1/models/{name}/info"' in scraped
+            assert 'route="/internal/v1/models/{name}/{method}"' in scraped
+            assert 'route="/v1/audio/speech"' not in scraped

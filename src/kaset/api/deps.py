@@ -22,8 +22,6 @@ from kaset.registry.manager import ModelManager
 from kaset.registry.routing import Router
 from kaset.store.db import Database
 from kaset.store.spoken_replies import MemorySpokenReplies, SpokenReplies
-from kaset.workers.pool import WorkerPool
-from kaset.workers.proxy import forward
 
 
 @dataclass
@@ -45,8 +43,6 @@ class Services:
     quotas: QuotaEnforcer
     # Hearing and speaking for pipelines (voice assistant, chat with audio, crop doctor, ULCA).
     speech: SpeechService
-    # Models served by worker processes (kaset.workers); None when none are configured.
-    workers: WorkerPool | None = None
     # Spoken chat replies' transcripts by audio id (shared through Redis when configured).
     spoken_replies: SpokenReplies = field(default_factory=MemorySpokenReplies)
 
@@ -68,8 +64,6 @@ async def authenticate(request: Request) -> Principal | None:
     """
     svc: Services = request.app.state.services
     if not svc.settings.auth_enabled:
-        if svc.workers is not None:
-            await _to_worker(request, svc.workers)
         return None
     principal = await _principal(request, svc)
     request.state.key = principal
@@ -82,17 +76,7 @@ async def authenticate(request: Request) -> Principal | None:
         # The gateway middleware adds its headers to the response and settles it when the
         # response is done (slots back, units charged to the daily budgets).
         request.scope[ADMISSION_SCOPE_KEY] = admission
-    if svc.workers is not None:
-        await _to_worker(request, svc.workers)
     return principal
-
-
-async def _to_worker(request: Request, workers: WorkerPool) -> None:
-    """A call for a model served by workers is forwarded here, once the caller is admitted: the
-    worker's response is raised as `Forwarded` (kaset.workers.proxy) and sent as it is."""
-    route = request.scope.get("route")
-    if workers.models and getattr(route, "path", None) in workers.paths:
-        await forward(request, workers, await _requested_models(request))
 
 
 async def _principal(request: Request, svc: Services) -> Principal:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import TypeVar
+
+from kaset.media.audio import StreamingEncoder
 
 T = TypeVar("T")
 
@@ -33,3 +36,29 @@ async def primed(items: AsyncIterator[T]) -> AsyncIterator[T]:
 async def _empty() -> AsyncIterator[T]:
     return
     yield
+
+
+async def encoded(pcm: AsyncIterator[bytes], sample_rate: int, fmt: str) -> AsyncIterator[bytes]:
+    """16-bit PCM pieces (from any model handle) encoded as `fmt` as they arrive.
+
+    pcm and wav are a copy (done here); the codecs run in a thread, so the event loop never
+    waits on an encoder. Stopping early (a client gone) frees the encoder and stops the speech.
+    """
+    encoder = StreamingEncoder(sample_rate, fmt)
+    cheap = fmt in ("pcm", "wav")
+    finished = False
+    try:
+        async for piece in pcm:
+            out = encoder.feed(piece) if cheap else await asyncio.to_thread(encoder.feed, piece)
+            if out:
+                yield out
+        finished = True
+        tail = encoder.finish() if cheap else await asyncio.to_thread(encoder.finish)
+        if tail:
+            yield tail
+    finally:
+        if not finished:
+            encoder.abort()
+        close = getattr(pcm, "aclose", None)
+        if close is not None:
+            await close()

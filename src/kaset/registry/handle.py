@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     )
 
 Messages = list[dict[str, str]]
+# Messages whose contents may be lists of OpenAI parts (text, image_url as a data URL).
+PartMessages = list[dict[str, Any]]
 
 
 @dataclass
@@ -87,6 +89,11 @@ class ModelHandle(abc.ABC):
         """The whole utterance as mono 16-bit PCM at `info().sample_rate(voice)`."""
 
     @abc.abstractmethod
+    def synthesize_stream(self, text: str, voice: str | None, speed: float) -> AsyncIterator[bytes]:
+        """The utterance as mono 16-bit PCM pieces (about a sentence each) as they are spoken;
+        stopping early stops the synthesis."""
+
+    @abc.abstractmethod
     async def translate(self, texts: list[str], source: str, target: str) -> list[str]: ...
 
     @abc.abstractmethod
@@ -95,6 +102,21 @@ class ModelHandle(abc.ABC):
     @abc.abstractmethod
     def chat_stream(self, messages: Messages, params: GenerationParams) -> AsyncIterator[GenerationChunk]:
         """The reply as it is generated; stopping early stops the generation."""
+
+    @abc.abstractmethod
+    async def complete(self, prompt: str, params: GenerationParams) -> Generation:
+        """A raw text completion of `prompt` (no chat template)."""
+
+    @abc.abstractmethod
+    def complete_stream(self, prompt: str, params: GenerationParams) -> AsyncIterator[GenerationChunk]: ...
+
+    @abc.abstractmethod
+    async def chat_parts(self, messages: PartMessages, params: GenerationParams) -> Generation:
+        """A vision chat model's reply to messages that carry images (`info().vision`)."""
+
+    @abc.abstractmethod
+    def chat_parts_stream(self, messages: PartMessages, params: GenerationParams) -> AsyncIterator[GenerationChunk]:
+        ...
 
     @abc.abstractmethod
     async def embed(self, texts: list[str]) -> Embeddings:

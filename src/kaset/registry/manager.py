@@ -29,7 +29,7 @@ from typing import Any, Literal, NoReturn, TypeVar, cast
 from kaset.errors import InvalidRequest, KasetError, ModelNotFound, ModelUnavailable
 from kaset.registry.batching import DynamicBatcher, batch_call
 from kaset.registry.catalog import Catalog, ModelSpec
-from kaset.registry.handle import Messages, ModelHandle, ModelInfo
+from kaset.registry.handle import Messages, ModelHandle, ModelInfo, PartMessages
 from kaset.registry.lifecycle import (
     LifecycleObserver,
     LifecyclePolicy,
@@ -283,23 +283,33 @@ class LoadedModel(ModelHandle):
         synthesizer = self.as_(Synthesizer)
         return await self.run(lambda: b"".join(synthesizer.synthesize(text, voice, speed)))
 
+    async def synthesize_stream(self, text: str, voice: str | None, speed: float) -> AsyncIterator[bytes]:
+        synthesizer = self.as_(Synthesizer)
+        async for chunk in self.stream(lambda: synthesizer.synthesize(text, voice, speed)):
+            yield chunk
+
     async def translate(self, texts: list[str], source: str, target: str) -> list[str]:
         return await self.run(self.as_(Translator).translate, texts, source, target)
 
     async def chat(self, messages: Messages, params: GenerationParams) -> Generation:
-        runtime = self.as_(ChatModel)
-        if getattr(runtime, "async_native", False):  # an HTTP upstream: awaited on this loop, no thread hop
-            return await self.run_async(runtime.achat(messages, params))  # type: ignore[attr-defined]
-        return await self.run(runtime.chat, messages, params)
+        return await self._generate("chat", messages, params)
 
-    async def chat_stream(self, messages: Messages, params: GenerationParams) -> AsyncIterator[GenerationChunk]:
-        runtime = self.as_(ChatModel)
-        if getattr(runtime, "async_native", False):
-            async for chunk in self.stream_async(runtime.achat_stream(messages, params)):  # type: ignore[attr-defined]
-                yield chunk
-            return
-        async for chunk in self.stream(lambda: runtime.chat_stream(messages, params)):
-            yield chunk
+    def chat_stream(self, messages: Messages, params: GenerationParams) -> AsyncIterator[GenerationChunk]:
+        return self._generate_stream("chat_stream", messages, params)
+
+    async def complete(self, prompt: str, params: GenerationParams) -> Generation:
+        return await self._generate("complete", prompt, params)
+
+    def complete_stream(self, prompt: str, params: GenerationParams) -> AsyncIterator[GenerationChunk]:
+        return self._generate_stream("complete_stream", prompt, params)
+
+    async def chat_parts(self, messages: PartMessages, params: GenerationParams) -> Generation:
+        self._check_vision()
+        return await self._generate("chat_multimodal", messages, params)
+
+    def chat_parts_stream(self, messages: PartMessages, params: GenerationParams) -> AsyncIterator[GenerationChunk]:
+        self._check_vision()
+        return self._generate_stream("chat_multimodal_stream", messages, params)
 
     async def embed(self, texts: list[str]) -> Embeddings:
         return await self.run(self.as_(Embedder).embed, texts)
@@ -311,12 +321,31 @@ class LoadedModel(ModelHandle):
         return await self.batch("classify", images)
 
     async def describe_image(self, image_jpeg: bytes, prompt: str, params: GenerationParams) -> Generation:
-        runtime: Any = self.runtime
-        if not hasattr(runtime, "describe_image"):
+        if not hasattr(self.runtime, "describe_image"):
             raise InvalidRequest(f"The model '{self.name or self.spec.id}' cannot look at photos.", param="model")
+        return await self._generate("describe_image", image_jpeg, prompt, params)
+
+    def _check_vision(self) -> None:
+        self.as_(ChatModel)
+        if not (getattr(self.runtime, "vision", False) and hasattr(self.runtime, "chat_multimodal")):
+            raise InvalidRequest(f"The model '{self.name or self.spec.id}' does not take images.", param="messages")
+
+    async def _generate(self, method: str, *args: Any) -> Generation:
+        """The runtime's `method`: awaited on this loop for an async-native runtime (an HTTP
+        upstream: `a<method>`, no thread hop), else in the model's thread."""
+        runtime: Any = self.as_(ChatModel)
         if getattr(runtime, "async_native", False):
-            return await self.run_async(runtime.adescribe_image(image_jpeg, prompt, params))
-        return await self.run(runtime.describe_image, image_jpeg, prompt, params)
+            return cast(Generation, await self.run_async(getattr(runtime, f"a{method}")(*args)))
+        return cast(Generation, await self.run(getattr(runtime, method), *args))
+
+    async def _generate_stream(self, method: str, *args: Any) -> AsyncIterator[GenerationChunk]:
+        runtime: Any = self.as_(ChatModel)
+        if getattr(runtime, "async_native", False):
+            chunks = self.stream_async(getattr(runtime, f"a{method}")(*args))
+        else:
+            chunks = self.stream(lambda: getattr(runtime, method)(*args))
+        async for chunk in chunks:
+            yield chunk
 
     # --- async-native runtimes (HTTP upstreams): admitted and counted like the others ---------
 

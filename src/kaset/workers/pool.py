@@ -49,8 +49,6 @@ class WorkerPool:
         self.session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._rotate = 0
-        # Route paths a worker serves (set at start): only requests to these are forwarded.
-        self.paths: frozenset[str] = frozenset()
         self.requests = Counter("kaset_worker_requests", "Calls forwarded to worker replicas, by outcome.",
                                 ["replica", "outcome"], registry=registry)
         if registry is not None:
@@ -59,9 +57,6 @@ class WorkerPool:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        from kaset.workers.app import WORKER_ROUTERS  # the routers import kaset.api.deps, which imports this
-
-        self.paths = frozenset(getattr(route, "path", "") for router in WORKER_ROUTERS for route in router.routes)
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=60)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         if self.settings.worker_registry == "redis":

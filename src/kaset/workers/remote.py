@@ -5,7 +5,7 @@ API (kaset.workers.wire) over the pool's one aiohttp session, on the event loop.
 names some replica serves, a handle per call, and every model the replicas announce. A handle
 picks the ready replica with the fewest calls outstanding each call.
 
-Faults, as for forwarded requests (kaset.workers.proxy): a replica that cannot be reached, or
+Faults: a replica that cannot be reached, or
 drops the connection before answering, gets a breaker failure, is marked not ready until its
 next probe, and the call goes to another replica (a stream only while nothing of it has been
 read); a draining replica's 503 moves the call on without a breaker failure. No replica left:
@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -26,9 +27,9 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from kaset.errors import KasetError
+from kaset.errors import KasetError, ModelUnavailable, UpstreamTimeout
 from kaset.registry.catalog import ModelSpec
-from kaset.registry.handle import Messages, ModelHandle, ModelInfo
+from kaset.registry.handle import Messages, ModelHandle, ModelInfo, PartMessages
 from kaset.registry.manager import inference_seconds
 from kaset.runtimes.base import (
     Embeddings,
@@ -41,7 +42,34 @@ from kaset.runtimes.base import (
 )
 from kaset.workers import wire
 from kaset.workers.pool import Replica, WorkerPool
-from kaset.workers.proxy import WorkerTimeout, WorkerUnavailable, lost
+
+log = logging.getLogger("kaset.workers")
+
+
+class WorkerUnavailable(ModelUnavailable):
+    code = "worker_unavailable"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
+class WorkerLost(WorkerUnavailable):
+    """The replica went away in the middle of a streamed reply (the part sent stands)."""
+
+    code = "worker_lost"
+
+
+class WorkerTimeout(UpstreamTimeout):
+    code = "worker_timeout"
+
+
+def lost(pool: WorkerPool, replica: Replica, exc: BaseException) -> None:
+    """A replica that could not be reached or dropped a call: breaker failure, not ready until probed."""
+    log.warning("worker %s lost: %s", replica.url, exc)
+    replica.breaker.failed()
+    replica.ready = False  # until its next readiness probe says otherwise
+    pool.requests.labels(replica.url, "lost").inc()
 
 
 class WorkerError(KasetError):
@@ -120,29 +148,38 @@ class RemoteHandle(ModelHandle):
         return wire.generation_in(await self._json("chat", json={"messages": messages,
                                                                  "params": wire.params_out(params)}))
 
-    async def chat_stream(self, messages: Messages, params: GenerationParams) -> AsyncIterator[GenerationChunk]:
-        body = {"messages": messages, "params": wire.params_out(params)}
-        resp, replica, sent_at = await self._open("chat_stream", json=body)
+    def chat_stream(self, messages: Messages, params: GenerationParams) -> AsyncIterator[GenerationChunk]:
+        return self._chunks("chat_stream", {"messages": messages, "params": wire.params_out(params)})
+
+    async def complete(self, prompt: str, params: GenerationParams) -> Generation:
+        return wire.generation_in(await self._json("complete", json={"prompt": prompt,
+                                                                     "params": wire.params_out(params)}))
+
+    def complete_stream(self, prompt: str, params: GenerationParams) -> AsyncIterator[GenerationChunk]:
+        return self._chunks("complete_stream", {"prompt": prompt, "params": wire.params_out(params)})
+
+    async def chat_parts(self, messages: PartMessages, params: GenerationParams) -> Generation:
+        return wire.generation_in(await self._json("chat_parts", json={"messages": messages,
+                                                                       "params": wire.params_out(params)}))
+
+    def chat_parts_stream(self, messages: PartMessages, params: GenerationParams) -> AsyncIterator[GenerationChunk]:
+        return self._chunks("chat_parts_stream", {"messages": messages, "params": wire.params_out(params)})
+
+    async def synthesize_stream(self, text: str, voice: str | None, speed: float) -> AsyncIterator[bytes]:
+        resp, replica, sent_at = await self._open("synthesize_stream",
+                                                  json={"text": text, "voice": voice, "speed": speed})
         finished = False
         try:
-            async for line in resp.content:
-                if not line.strip():
-                    continue
-                item = json.loads(line)
-                if "error" in item:
-                    raise WorkerError(int(item.get("status", 500)), item["error"], None)
-                yield wire.chunk_in(item)
+            async for piece in resp.content.iter_any():
+                yield piece
             finished = True
         except (aiohttp.ClientError, TimeoutError) as exc:
+            # Raw PCM has no room for an error: a worker whose synthesis failed cuts the reply.
             lost(self.pool, replica, exc)
-            raise WorkerUnavailable(f"The worker serving '{self.name}' was lost mid-stream "
-                                    f"({type(exc).__name__}); the reply is incomplete.") from exc
+            raise WorkerLost(f"The worker serving '{self.name}' was lost mid-speech "
+                                    f"({type(exc).__name__}); the audio is incomplete.") from exc
         finally:
-            if finished:
-                replica.breaker.succeeded()
-                self.pool.requests.labels(replica.url, "ok").inc()
-            self._done(replica, sent_at)
-            resp.release()
+            self._finish(resp, replica, sent_at, finished)
 
     async def embed(self, texts: list[str]) -> Embeddings:
         return wire.embeddings_in(await self._json("embed", json={"texts": texts}))
@@ -160,6 +197,33 @@ class RemoteHandle(ModelHandle):
         return wire.generation_in(await self._json("describe_image", json=body))
 
     # --- calls on the best replica ------------------------------------------------------------
+
+    async def _chunks(self, what: str, body: dict[str, Any]) -> AsyncIterator[GenerationChunk]:
+        """A generation streamed as one JSON object per line; an error line ends it."""
+        resp, replica, sent_at = await self._open(what, json=body)
+        finished = False
+        try:
+            async for line in resp.content:
+                if not line.strip():
+                    continue
+                item = json.loads(line)
+                if "error" in item:
+                    raise WorkerError(int(item.get("status", 500)), item["error"], None)
+                yield wire.chunk_in(item)
+            finished = True
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            lost(self.pool, replica, exc)
+            raise WorkerLost(f"The worker serving '{self.name}' was lost mid-stream "
+                                    f"({type(exc).__name__}); the reply is incomplete.") from exc
+        finally:
+            self._finish(resp, replica, sent_at, finished)
+
+    def _finish(self, resp: aiohttp.ClientResponse, replica: Replica, sent_at: float, finished: bool) -> None:
+        if finished:
+            replica.breaker.succeeded()
+            self.pool.requests.labels(replica.url, "ok").inc()
+        self._done(replica, sent_at)
+        resp.release()
 
     async def _json(self, what: str, **request: Any) -> Any:
         return json.loads(await self._fetch("POST", what, **request))

@@ -24,7 +24,9 @@ router = APIRouter(prefix=wire.PREFIX, include_in_schema=False)
 
 _TASK_OF: dict[str, Task] = {
     "transcribe": "transcribe", "synthesize": "synthesize", "translate": "translate", "chat": "chat",
-    "chat_stream": "chat", "embed": "embed", "embed_each": "embed", "classify": "classify", "describe_image": "chat",
+    "chat_stream": "chat", "complete": "chat", "complete_stream": "chat", "chat_parts": "chat",
+    "chat_parts_stream": "chat", "embed": "embed", "embed_each": "embed", "classify": "classify",
+    "describe_image": "chat", "synthesize_stream": "synthesize",
 }
 
 
@@ -81,10 +83,24 @@ async def _dispatch(model: LoadedModel, method: str, body: dict[str, Any]) -> Re
     if method == "chat":
         generation = await model.chat(body["messages"], wire.params_in(body["params"]))
         return JSONResponse(dataclasses.asdict(generation))
-    if method == "chat_stream":
+    if method == "synthesize_stream":
+        # Until the first piece a failure is a proper error response the gateway re-raises;
+        # after it, a failure cuts the reply (raw PCM has no room for an error).
+        pieces = await primed(model.synthesize_stream(str(body["text"]), body.get("voice"), float(body["speed"])))
+        return StreamingResponse(pieces, media_type="application/octet-stream")
+    if method == "complete":
+        generation = await model.complete(str(body["prompt"]), wire.params_in(body["params"]))
+        return JSONResponse(dataclasses.asdict(generation))
+    if method == "chat_parts":
+        generation = await model.chat_parts(body["messages"], wire.params_in(body["params"]))
+        return JSONResponse(dataclasses.asdict(generation))
+    if method in ("chat_stream", "complete_stream", "chat_parts_stream"):
+        params = wire.params_in(body["params"])
+        generated = (model.complete_stream(str(body["prompt"]), params) if method == "complete_stream"
+                     else model.chat_parts_stream(body["messages"], params) if method == "chat_parts_stream"
+                     else model.chat_stream(body["messages"], params))
         # Until the first chunk a failure is a proper error response the gateway re-raises.
-        chunks = await primed(model.chat_stream(body["messages"], wire.params_in(body["params"])))
-        return StreamingResponse(_lines(chunks), media_type="application/x-ndjson")
+        return StreamingResponse(_lines(await primed(generated)), media_type="application/x-ndjson")
     if method == "embed":
         return JSONResponse(wire.embeddings_out(await model.embed(list(body["texts"]))))
     if method == "embed_each":

@@ -5,7 +5,8 @@ One route per handle method, `POST /internal/v1/models/{model}/{method}`, plus
 base64 of their raw bytes with dtype and shape (images as uint8, probabilities and vectors as
 float32). Audio for `transcribe` is the request body itself, 16-bit PCM (half of float32's
 size: a 30-minute job is 58 MB), its options in the `x-kaset-options` header. `synthesize`
-answers raw 16-bit PCM, `chat_stream` one JSON object per line, ending in an error object if
+answers raw 16-bit PCM (`synthesize_stream` as it is spoken), the `*_stream` generations one JSON
+object per line, ending in an error object if
 the generation failed after it started. Errors are the OpenAI error envelope with the status
 the worker would give a client, so the gateway re-raises the same error.
 
@@ -38,7 +39,8 @@ from kaset.runtimes.base import (
 
 PREFIX = "/internal/v1/models"
 OPTIONS_HEADER = "x-kaset-options"
-METHODS = frozenset({"transcribe", "synthesize", "translate", "chat", "chat_stream", "embed", "embed_each",
+METHODS = frozenset({"transcribe", "synthesize", "synthesize_stream", "translate", "chat", "chat_stream",
+                     "complete", "complete_stream", "chat_parts", "chat_parts_stream", "embed", "embed_each",
                      "classify", "describe_image"})
 _DTYPES = frozenset({"uint8", "float32", "int16"})
 

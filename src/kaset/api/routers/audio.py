@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
@@ -19,17 +20,18 @@ from kaset.api.schemas.audio import (
     VoiceList,
     VoiceObject,
 )
-from kaset.api.streaming import primed
+from kaset.api.streaming import encoded, primed
 from kaset.api.uploads import read_upload
 from kaset.auth.allowlist import allows
 from kaset.auth.principal import Principal
 from kaset.errors import InvalidRequest
-from kaset.media.audio import AUDIO_MEDIA_TYPES, encode_audio, encode_stream
+from kaset.media.audio import AUDIO_MEDIA_TYPES, encode_audio
 from kaset.media.subtitles import to_srt, to_vtt
 from kaset.pipelines.speech import transcribe_bytes
-from kaset.registry.manager import LoadedModel
+from kaset.registry.catalog import ModelSpec
+from kaset.registry.handle import ModelHandle
 from kaset.registry.routing import caller_key
-from kaset.runtimes.base import Synthesizer, TranscribeOptions, Transcription
+from kaset.runtimes.base import TranscribeOptions, Transcription, Voice
 
 router = APIRouter(tags=["audio"])
 
@@ -114,18 +116,26 @@ async def list_voices(request: Request, model: str | None = None, language: str 
     else:
         principal: Principal | None = getattr(request.state, "key", None)
         allowed = principal.allowed_models if principal is not None else None
-        specs = [s for s in svc.models.models_for("synthesize")
+        specs = [s for s in svc.router.models_for("synthesize")
                  if s.id != "echo" and (allowed is None or allows(allowed, s.id, svc.models.catalog))]
     wanted = language.strip().lower().replace("_", "-") if language else None
     data: list[VoiceObject] = []
     for spec in specs:
-        for position, voice in enumerate(await svc.models.voices(spec)):
+        for position, voice in enumerate(await _voices(svc, spec)):
             tag = voice.language.lower()
             if wanted and not (tag == wanted or tag.split("-")[0] == wanted):
                 continue
             data.append(VoiceObject(id=voice.id, model=spec.id, language=voice.language,
                                     name=voice.name or voice.id, default=position == 0))
     return VoiceList(data=data)
+
+
+async def _voices(svc: Services, spec: ModelSpec) -> list[Voice]:
+    """A speech model's voices: asked of the worker that serves it, else read here (without
+    loading the model)."""
+    if svc.router.remote is not None and svc.router.remote.serves(spec.key):
+        return (await (await svc.router.handle(spec.key, "synthesize")).info()).voices
+    return await svc.models.voices(spec)
 
 
 @router.post("/v1/audio/speech", dependencies=[Depends(require_json)],
@@ -142,46 +152,39 @@ async def speech(body: SpeechRequest, request: Request, svc: Services = Depends(
     voice, speed, fmt = body.voice, body.speed, body.response_format
     usage.record(characters=len(text))
 
-    async def stream(model: LoadedModel) -> StreamingResponse:
-        runtime = model.as_(Synthesizer)
-        sample_rate = runtime.sample_rate(voice)
-        into = usage.current_usage.get()
-        # Synthesis and encoding both run in the model's thread, a sentence at a time. A route
-        # falls back only until the first chunk: then the response has started.
-        chunks = await primed(model.stream(lambda: encode_stream(
-            _count_seconds(runtime.synthesize(text, voice, speed), sample_rate, into), sample_rate, fmt)))
-        return StreamingResponse(chunks, media_type=AUDIO_MEDIA_TYPES[fmt],
-                                 headers=svc.router.headers(body.model, model.spec))
+    async def stream(model: ModelHandle) -> StreamingResponse:
+        sample_rate = (await model.info()).sample_rate(voice)
+        # A route falls back only until the first piece: then the response has started.
+        pcm = await primed(model.synthesize_stream(text, voice, speed))
+        return StreamingResponse(encoded(_count_seconds(pcm, sample_rate), sample_rate, fmt),
+                                 media_type=AUDIO_MEDIA_TYPES[fmt], headers=svc.router.headers(body.model, model.spec))
 
-    async def whole(model: LoadedModel) -> Response:
-        runtime = model.as_(Synthesizer)
-        sample_rate = runtime.sample_rate(voice)
+    async def whole(model: ModelHandle) -> Response:
+        sample_rate = (await model.info()).sample_rate(voice)
         # Counted per attempt, so an attempt that failed half-way (a route retried or fell back)
         # adds no seconds to the request's usage.
-        spoken = usage.RequestUsage()
-        audio = await model.run(lambda: encode_audio(
-            b"".join(_count_seconds(runtime.synthesize(text, voice, speed), sample_rate, spoken)), sample_rate, fmt))
-        usage.record(audio_seconds=spoken.audio_seconds)
+        pcm = await model.synthesize(text, voice, speed)
+        usage.record(audio_seconds=len(pcm) / (2 * sample_rate))
+        audio = pcm if fmt == "pcm" else await asyncio.to_thread(encode_audio, pcm, sample_rate, fmt)
         return Response(audio, media_type=AUDIO_MEDIA_TYPES[fmt], headers=svc.router.headers(body.model, model.spec))
 
     def caller() -> str | None:
         return caller_key(request)
 
     if body.stream:
-        streamed, _ = await svc.router.call_local(body.model, "synthesize", stream, caller=caller)
+        streamed, _ = await svc.router.call(body.model, "synthesize", stream, caller=caller)
         return streamed
     # The same text and voice give the same audio: a route's retries apply.
-    audio, _ = await svc.router.call_local(body.model, "synthesize", whole, caller=caller, retry=True)
+    audio, _ = await svc.router.call(body.model, "synthesize", whole, caller=caller, retry=True)
     return audio
 
 
-def _count_seconds(pcm_chunks: Iterable[bytes], sample_rate: int, into: usage.RequestUsage | None) -> Iterator[bytes]:
-    """Pass s16le mono PCM through, adding its duration to the request's audio seconds.
-
-    Runs in the model's thread, where the request's contextvars are not set: the request's
-    usage object is handed in instead (a float add; the middleware reads it after the body).
-    """
-    for chunk in pcm_chunks:
-        if into is not None:
-            into.audio_seconds += len(chunk) / (2 * sample_rate)
-        yield chunk
+async def _count_seconds(pcm: AsyncIterator[bytes], sample_rate: int) -> AsyncIterator[bytes]:
+    """Pass s16le mono PCM through, adding its duration to the request's audio seconds (the
+    middleware reads them once the body is sent)."""
+    try:
+        async for piece in pcm:
+            usage.record(audio_seconds=len(piece) / (2 * sample_rate))
+            yield piece
+    finally:
+        await pcm.aclose()  # type: ignore[attr-defined]

@@ -49,10 +49,9 @@ from kaset.pipelines.advice import Language
 from kaset.pipelines.describe import Description, encode_jpeg
 from kaset.pipelines.speech import split_sentences
 from kaset.registry.handle import ModelHandle
-from kaset.registry.manager import LoadedModel
 from kaset.registry.routing import caller_key
-from kaset.runtimes.base import ChatModel, Generation, GenerationChunk, GenerationParams
-from kaset.runtimes.provider import VisionChat, jpeg_data_url
+from kaset.runtimes.base import Generation, GenerationChunk, GenerationParams
+from kaset.runtimes.provider import jpeg_data_url
 from kaset.usage import record as record_usage
 
 router = APIRouter(tags=["chat"], dependencies=[Depends(require_json)])
@@ -180,12 +179,6 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
                  total_tokens=prompt_tokens + completion_tokens)
 
 
-async def _sse_response(model: LoadedModel, make_chunks: Callable[[], Iterator[GenerationChunk]],
-                        payloads: _ChatChunks | _CompletionChunks, include_usage: bool,
-                        headers: dict[str, str], voice: _Voice | None = None) -> StreamingResponse:
-    return await _sse_of(model.stream(make_chunks), payloads, include_usage, headers, voice)
-
-
 async def _sse_of(generated: AsyncIterator[GenerationChunk], payloads: _ChatChunks | _CompletionChunks,
                   include_usage: bool, headers: dict[str, str], voice: _Voice | None = None) -> StreamingResponse:
     # Waits for the first chunk: until then a route may still fall back to another model.
@@ -222,12 +215,12 @@ async def chat_completions(
     if images:
         record_usage(images=len(images))
 
-        async def with_images(model: LoadedModel) -> Response:
-            if isinstance(model.runtime, VisionChat) and model.runtime.vision:
+        async def with_images(model: ModelHandle) -> Response:
+            if (await model.info()).vision:
                 return await _chat_with_vision_model(body, model, params, reply, svc)
             return await _chat_about_images(body, images, reply, svc)
 
-        answered, _ = await svc.router.call_local(body.model, "chat", with_images, caller=caller)
+        answered, _ = await svc.router.call(body.model, "chat", with_images, caller=caller)
         return answered
     if body.stream:
         async def stream(model: ModelHandle) -> StreamingResponse:
@@ -613,16 +606,14 @@ class _ChatReply:
         return json_response(response, headers=headers)
 
 
-async def _chat_with_vision_model(body: ChatCompletionRequest, model: LoadedModel, params: GenerationParams,
+async def _chat_with_vision_model(body: ChatCompletionRequest, model: ModelHandle, params: GenerationParams,
                                   reply: _ChatReply, svc: Services) -> Response:
-    runtime = model.runtime
-    assert isinstance(runtime, VisionChat)
     messages = await _vision_messages(body, svc)
     headers = svc.router.headers(body.model, model.spec)
     if body.stream:
-        return await _sse_response(model, lambda: runtime.chat_multimodal_stream(messages, params), reply.chunks(),
-                                   reply.include_usage, headers, reply.voice)
-    result = await model.run(runtime.chat_multimodal, messages, params)
+        return await _sse_of(model.chat_parts_stream(messages, params), reply.chunks(), reply.include_usage, headers,
+                             reply.voice)
+    result = await model.chat_parts(messages, params)
     return await reply.respond(result.text, result.finish_reason, result.prompt_tokens, result.completion_tokens,
                                headers=headers)
 
@@ -700,18 +691,17 @@ async def completions(body: CompletionRequest, request: Request, svc: Services =
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = _CompletionChunks(completion_id, created, body.model)
 
-        async def stream(model: LoadedModel) -> StreamingResponse:
-            runtime = model.as_(ChatModel)
-            return await _sse_response(model, lambda: runtime.complete_stream(prompt, params), chunks, include_usage,
-                                       svc.router.headers(body.model, model.spec))
+        async def stream(model: ModelHandle) -> StreamingResponse:
+            return await _sse_of(model.complete_stream(prompt, params), chunks, include_usage,
+                                 svc.router.headers(body.model, model.spec))
 
-        streamed, _ = await svc.router.call_local(body.model, "chat", stream, caller=caller)
+        streamed, _ = await svc.router.call(body.model, "chat", stream, caller=caller)
         return streamed
 
-    async def run(model: LoadedModel) -> Generation:
-        return await model.run(model.as_(ChatModel).complete, prompt, params)
+    async def run(model: ModelHandle) -> Generation:
+        return await model.complete(prompt, params)
 
-    result, spec = await svc.router.call_local(body.model, "chat", run, caller=caller, retry=_deterministic(params))
+    result, spec = await svc.router.call(body.model, "chat", run, caller=caller, retry=_deterministic(params))
     text = prompt + result.text if body.echo else result.text
     response = Completion(
         id=completion_id, created=created, model=body.model,

@@ -40,8 +40,8 @@ from kaset.api.schemas.inference_v2 import (
 from kaset.errors import InvalidRequest, ModelNotFound, PayloadTooLarge
 from kaset.media.image import decode_image
 from kaset.registry.catalog import ModelSpec
-from kaset.registry.manager import LoadedModel
-from kaset.runtimes.base import Embeddings, ImageClassifier
+from kaset.registry.handle import ModelHandle
+from kaset.runtimes.base import Embeddings, Task
 
 router = APIRouter(tags=["open inference protocol"])
 
@@ -84,7 +84,8 @@ async def model_metadata(name: str, version: str | None = None, svc: Services = 
 @router.get("/v2/models/{name}/versions/{version}/ready")
 async def model_ready(name: str, version: str | None = None, svc: Services = Depends(services)) -> Response:
     spec = _spec(svc, name, version)
-    ready = svc.models.state(spec) == "loaded"
+    remote = svc.router.remote
+    ready = svc.models.state(spec) == "loaded" or (remote is not None and remote.serves(spec.key))
     return Response(json.dumps({"name": spec.id, "ready": ready}), media_type="application/json",
                     status_code=200 if ready else 503)
 
@@ -100,14 +101,15 @@ async def infer(name: str, request: Request, version: str | None = None,
     if len(body) > svc.settings.max_upload_bytes:
         raise PayloadTooLarge(f"The request is {len(body)} bytes; the limit is {svc.settings.max_upload_bytes}.")
     infer_request, tensors = _parse(body, request.headers.get(HEADER_LENGTH))
-    labels: list[str] = []
-    if "classify" in spec.tasks:
-        model = await svc.models.get(spec.id, "classify")
-        outputs = await _classify(model, tensors)
-        labels = model.as_(ImageClassifier).labels
-    else:
-        model = await svc.models.get(spec.id, "embed")
-        outputs = await _embed(model, tensors)
+    task: Task = "classify" if "classify" in spec.tasks else "embed"
+
+    async def run(model: ModelHandle) -> tuple[dict[str, np.ndarray], list[str]]:
+        if task == "classify":
+            return await _classify(model, tensors), (await model.info()).labels
+        return await _embed(model, tensors), []
+
+    # Wherever the model runs (here or on a worker), under its breaker.
+    (outputs, labels), _ = await svc.router.call(spec.key, task, run)
     return _respond(spec, infer_request, outputs, labels)
 
 
@@ -195,7 +197,7 @@ def _text_or_bytes(item: Any) -> bytes:
 # --- running models --------------------------------------------------------------------------
 
 
-async def _classify(model: LoadedModel, tensors: dict[str, Any]) -> dict[str, np.ndarray]:
+async def _classify(model: ModelHandle, tensors: dict[str, Any]) -> dict[str, np.ndarray]:
     if "IMAGE" in tensors:
         pixels = tensors["IMAGE"]
         if pixels.ndim == 3:
@@ -210,12 +212,12 @@ async def _classify(model: LoadedModel, tensors: dict[str, Any]) -> dict[str, np
     if not images:
         raise InvalidRequest("The request holds no images.")
     # Per-image rows, possibly computed in one call with other requests' images.
-    probabilities = np.stack(await model.batch("classify", images))
+    probabilities = np.stack(await model.classify(images))
     usage.record(images=len(images))
     return {"PROBABILITIES": probabilities}
 
 
-async def _embed(model: LoadedModel, tensors: dict[str, Any]) -> dict[str, np.ndarray]:
+async def _embed(model: ModelHandle, tensors: dict[str, Any]) -> dict[str, np.ndarray]:
     if "TEXT" not in tensors:
         raise InvalidRequest("An embedder takes an input named TEXT (BYTES [N]).")
     try:
@@ -224,7 +226,7 @@ async def _embed(model: LoadedModel, tensors: dict[str, Any]) -> dict[str, np.nd
         raise InvalidRequest("TEXT must be UTF-8.") from None
     if not texts or not all(t.strip() for t in texts):
         raise InvalidRequest("TEXT must hold at least one non-empty text.")
-    per_text: list[Embeddings] = await model.batch("embed", texts)
+    per_text: list[Embeddings] = await model.embed_each(texts)
     usage.record(prompt_tokens=sum(e.prompt_tokens for e in per_text))
     return {"EMBEDDINGS": np.concatenate([e.vectors for e in per_text])}
 

@@ -73,16 +73,8 @@ def _model_object(manager: ModelManager, spec: ModelSpec, name: str | None = Non
 
 def _worker_models(svc: Services) -> list[ModelSpec]:
     """Models that ready worker replicas serve for this gateway (kaset.workers)."""
-    if svc.workers is None:
-        return []
-    found: dict[str, ModelSpec] = {}
-    for replica in svc.workers.replicas.values():
-        if replica.ready:
-            for name in replica.models:
-                spec = svc.models.catalog.get(name)
-                if spec is not None:
-                    found.setdefault(spec.key, spec)
-    return list(found.values())
+    remote = svc.router.remote
+    return list(remote.specs()) if remote is not None else []
 
 
 def _remote_object(manager: ModelManager, spec: ModelSpec) -> ModelDetail:
@@ -137,6 +129,10 @@ async def get_model(model_id: str, svc: Services = Depends(services)) -> ModelDe
         if detail is not None:
             return detail
     spec = svc.models.resolve(model_id)
-    if spec not in svc.models.available():
-        raise ModelNotFound(f"The model '{model_id}' is not installed on this server.", param="model")
-    return _model_object(svc.models, spec, model_id)
+    if spec in svc.models.available():
+        return _model_object(svc.models, spec, model_id)
+    if any(served.key == spec.key for served in _worker_models(svc)):
+        detail = _remote_object(svc.models, spec)
+        detail.id = model_id
+        return detail
+    raise ModelNotFound(f"The model '{model_id}' is not installed on this server.", param="model")
