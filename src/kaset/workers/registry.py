@@ -16,18 +16,25 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from kaset.config import Settings
 
-if TYPE_CHECKING:
-    from kaset.workers.pool import WorkerPool
-
 log = logging.getLogger("kaset.workers")
+
+
+class Membership(Protocol):
+    """What discovery changes in the gateway's pool (kaset.workers.pool.WorkerPool)."""
+
+    def add(self, url: str) -> Any: ...
+
+    def update(self, replica: Any, *, up: bool, ready: bool, models: Iterable[str] | None = None) -> None: ...
+
+    def remove(self, url: str) -> None: ...
 
 
 def _client(settings: Settings) -> Redis:
@@ -103,7 +110,7 @@ class RedisAnnouncer:
 class RedisDiscovery:
     """Gateway side: the workers announced in Redis, kept in the pool."""
 
-    def __init__(self, settings: Settings, pool: WorkerPool) -> None:
+    def __init__(self, settings: Settings, pool: Membership) -> None:
         self.redis = _client(settings)
         self.pattern = f"{settings.redis_prefix}workers:*"
         self.pool = pool
