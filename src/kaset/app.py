@@ -15,6 +15,7 @@ from kaset import __version__
 from kaset.api.deps import Services, authenticate
 from kaset.api.errors import install_error_handlers
 from kaset.api.middleware import GatewayMiddleware
+from kaset.api.policy import PLAIN, apply_policy
 from kaset.api.routers import (
     admin,
     advice,
@@ -221,5 +222,7 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
     app.include_router(admin.router)
     app.include_router(admin.own_keys)
     app.include_router(repository.router)
+    # The web app's page (kaset.ui imports nothing of Kaset): a plain, logged route.
+    apply_policy(pages.router, PLAIN)
     pages.mount(app)
     return app

@@ -32,12 +32,12 @@ def principal(key: Limits | None = None, user: Limits | None = None, user_id: in
                      limits=key, user_limits=user)
 
 
-async def admitted(enforcer: QuotaEnforcer, who: Principal, n: int, route_path: str = "") -> int:
+async def admitted(enforcer: QuotaEnforcer, who: Principal, n: int, budgets: tuple[str, ...] = ()) -> int:
     """How many of n sequential requests get in (each finished at once)."""
     count = 0
     for _ in range(n):
         try:
-            admission = await enforcer.admit(who, route_path)
+            admission = await enforcer.admit(who, budgets)
         except RateLimited:
             continue
         count += 1
@@ -134,7 +134,7 @@ def used(tokens: int = 0, audio_seconds: float = 0.0, images: int = 0) -> Reques
 
 async def test_daily_token_budget_is_charged_after_the_request(memory: QuotaEnforcer) -> None:
     who = principal(Limits(tokens_per_day=100))
-    chat = "/v1/chat/completions"
+    chat = ("tokens_per_day", "images_per_day")  # the chat route's budgets
     for tokens in (60, 50):  # the second request crosses the budget and still completes
         admission = await memory.admit(who, chat)
         assert admission is not None
@@ -145,14 +145,14 @@ async def test_daily_token_budget_is_charged_after_the_request(memory: QuotaEnfo
     assert "100 tokens per day" in refused.value.message
     assert 23 * 3600 < refused.value.retry_after <= 24 * 3600
     # A spent token budget does not block a route that draws on another one.
-    assert await memory.admit(who, "/v1/audio/transcriptions") is not None
+    assert await memory.admit(who, ("audio_seconds_per_day",)) is not None
     status = await memory.status(who)
     assert status["key"]["tokens_per_day"]["remaining"] == 0
 
 
 async def test_audio_and_image_budgets(memory: QuotaEnforcer) -> None:
     who = principal(user=Limits(audio_seconds_per_day=10, images_per_day=2))
-    audio, images = "/v1/audio/speech", "/v1/diagnose"
+    audio, images = ("audio_seconds_per_day",), ("images_per_day",)
     admission = await memory.admit(who, audio)
     assert admission is not None
     await memory.finish(admission, used(audio_seconds=10.2))  # charged as 11 s

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import Request
 
+from kaset.api.policy import PLAIN, RoutePolicy, policy_of
 from kaset.auth.allowlist import ensure_allowed
 from kaset.auth.identity import Identity
 from kaset.auth.keys import KeyStore
@@ -56,22 +57,24 @@ async def authenticate(request: Request) -> Principal | None:
     """The model API's guard: a valid key or access token, and the key's model allowlist.
 
     The allowlist is enforced here, the one dependency every model route passes through, so no
-    router can forget it. The model name comes from the path (`/v2/models/{name}`,
-    `/v1/models/{model_id}`) or from the body FastAPI has already parsed for the route (JSON or
-    form field `model`), which Starlette caches on the request: reading it costs a dict lookup,
-    and only for keys that have an allowlist. Routes that pick models themselves (diagnose,
-    advice) or read their body raw can call `check_model_allowed` with the names they use.
+    router can forget it. Where a request names its model is its route's policy
+    (kaset.api.policy): a path parameter (`/v2/models/{name}`) or the `model` field of the body
+    FastAPI has already parsed for the route (JSON or form), which Starlette caches on the
+    request: reading it costs a dict lookup, and only for keys that have an allowlist. The
+    policy's daily budgets are what the quota check admits the request under. Routes that pick
+    models themselves (diagnose, advice) or read their body raw can call `check_model_allowed`
+    with the names they use.
     """
     svc: Services = request.app.state.services
     if not svc.settings.auth_enabled:
         return None
     principal = await _principal(request, svc)
     request.state.key = principal
+    declared = policy_of(request.scope.get("route")) or PLAIN
     if principal.allowed_models is not None:
-        for name in await _requested_models(request):
+        for name in await _requested_models(request, declared):
             ensure_allowed(principal, name, svc.models.catalog)
-    route = request.scope.get("route")
-    admission = await svc.quotas.admit(principal, getattr(route, "path", ""))
+    admission = await svc.quotas.admit(principal, declared.budgets)
     if admission is not None:
         # The gateway middleware adds its headers to the response and settles it when the
         # response is done (slots back, units charged to the daily budgets).
@@ -92,11 +95,11 @@ async def _principal(request: Request, svc: Services) -> Principal:
     return await svc.identity.authenticate(credential)
 
 
-_MODEL_PATH_PARAMS = ("name", "model_id", "model")
-
-
-async def _requested_models(request: Request) -> list[str]:
-    names = [str(request.path_params[p]) for p in _MODEL_PATH_PARAMS if p in request.path_params]
+async def _requested_models(request: Request, declared: RoutePolicy) -> list[str]:
+    """The models the request names where its route's policy says it names them."""
+    names = [str(request.path_params[p]) for p in declared.model_params if p in request.path_params]
+    if not declared.model_field:
+        return names
     if "model" in request.query_params:  # GET routes about one model (/v1/audio/voices?model=)
         names.append(request.query_params["model"])
     route = request.scope.get("route")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from starlette.types import Scope
 
+from kaset.api.policy import PLAIN, policy_of
 from kaset.config import Settings
 from kaset.metrics import Metrics
 from kaset.registry.manager import ModelManager
@@ -20,7 +21,6 @@ from kaset.usage import RequestUsage
 UNROUTED = "<unrouted>"
 # Probes and scrapes are counted in the metrics but not logged: they are not usage, and a
 # 5 s probe would otherwise write 17,000 rows a day per replica.
-UNLOGGED_ROUTES = frozenset({"/metrics", "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"})
 
 
 class Telemetry:
@@ -57,7 +57,7 @@ class Telemetry:
             overhead_s = 0.0
         self.metrics.observe_request(route, model, status, duration_s, overhead_s, inference_s, usage)
         request_log = self.request_log
-        if request_log is None or route in UNLOGGED_ROUTES:
+        if request_log is None or not (policy_of(route_obj) or PLAIN).logged:
             return
         # The auth dependency leaves the verified key in request.state (scope["state"]).
         state = scope.get("state")

@@ -2,7 +2,7 @@
 
 One `QuotaEnforcer` per app (built in the lifespan). Before a request runs, `admit` takes a
 concurrency slot, counts the request against the per-minute rate and checks
-that the day's budgets the route draws on are not spent. When the request is done,
+that the day's budgets the route draws on (its policy, kaset.api.policy) are not spent. When the request is done,
 `Admission.finish` gives the slot back and charges the units it used (tokens, audio seconds,
 images) to the daily budgets (fixed 24-hour windows starting at the first use). Budgets are
 charged after the fact because a request's size is known only then: the request that crosses
@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerMinute
@@ -55,29 +56,6 @@ ADMISSION_SCOPE_KEY = "kaset.admission"
 BUDGETS = ("tokens_per_day", "audio_seconds_per_day", "images_per_day")
 _BUDGET_NOUN = {"tokens_per_day": "tokens", "audio_seconds_per_day": "seconds of audio",
                 "images_per_day": "images"}
-# Which budgets a route draws on, by path prefix: a request is refused only when a budget it
-# would use is spent (an exhausted token budget does not block transcription).
-_ROUTE_BUDGETS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("/v1/chat/", ("tokens_per_day", "images_per_day")),
-    ("/v1/completions", ("tokens_per_day",)),
-    ("/v1/embeddings", ("tokens_per_day",)),
-    ("/v1/advice", ("tokens_per_day",)),
-    ("/v1/audio/", ("audio_seconds_per_day",)),
-    ("/v1/diagnose", ("images_per_day",)),
-    ("/v1/describe-image", ("images_per_day", "tokens_per_day")),
-    ("/v2/models/", ("images_per_day",)),
-    ("/v1/voice/", ("audio_seconds_per_day", "tokens_per_day")),
-    ("/v1/crop-doctor", ("images_per_day", "audio_seconds_per_day", "tokens_per_day")),
-    ("/v1/listings", ("images_per_day", "tokens_per_day")),
-    ("/v1/pipeline", ("audio_seconds_per_day", "tokens_per_day")),
-)
-
-
-def route_budgets(path: str) -> tuple[str, ...]:
-    for prefix, budgets in _ROUTE_BUDGETS:
-        if path.startswith(prefix):
-            return budgets
-    return ()
 
 
 def units_used(usage: RequestUsage, budget: str) -> int:
@@ -202,8 +180,9 @@ class QuotaEnforcer:
 
     # --- admission -----------------------------------------------------------------------------
 
-    async def admit(self, principal: Principal, route_path: str = "") -> Admission | None:
-        """Let a request to `route_path` in, or raise RateLimited (429) / LimitsUnavailable (503).
+    async def admit(self, principal: Principal, budgets: Sequence[str] = ()) -> Admission | None:
+        """Let a request in, or raise RateLimited (429) / LimitsUnavailable (503); `budgets` are
+        the daily budgets the route draws on (its policy: kaset.api.policy).
 
         None when nothing limits this caller (no limits set, no defaults): the common embedded
         case costs one dict lookup, and the route's daily budgets are not even looked up.
@@ -211,7 +190,6 @@ class QuotaEnforcer:
         scopes = self.plan(principal)
         if not scopes:
             return None
-        budgets = route_budgets(route_path)
         backend = self._backend()
         try:
             return await self._admit(backend, scopes, budgets)
@@ -253,7 +231,7 @@ class QuotaEnforcer:
                 self.metrics.limits_degraded = False
             log.warning("rate-limit storage reachable again; limits are shared across replicas again")
 
-    async def _admit(self, backend: _Backend, scopes: tuple[_Scope, ...], budgets: tuple[str, ...]) -> Admission:
+    async def _admit(self, backend: _Backend, scopes: tuple[_Scope, ...], budgets: Sequence[str]) -> Admission:
         admission = Admission(self, backend, scopes, lease=new_id())
         try:
             for scope in scopes:

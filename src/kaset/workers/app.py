@@ -29,6 +29,7 @@ from kaset import __version__
 from kaset.api.deps import Services
 from kaset.api.errors import install_error_handlers
 from kaset.api.middleware import GatewayMiddleware
+from kaset.api.policy import policy
 from kaset.api.routers import (
     audio,
     chat,
@@ -265,6 +266,7 @@ def create_worker_app(settings: Settings, model_names: list[str]) -> FastAPI:
     app.include_router(metrics.router)
 
     @app.post("/warmup", dependencies=guard)
+    @policy()
     async def warmup(request: Request) -> JSONResponse:
         """Run each model's warmup now (load it first if needed); 200 with the time each took."""
         svc: Services = request.app.state.services

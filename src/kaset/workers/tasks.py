@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from kaset.api.policy import PLAIN, apply_policy
 from kaset.api.streaming import primed
 from kaset.errors import InvalidRequest, KasetError, NotFound
 from kaset.registry.manager import LoadedModel, ModelManager
@@ -126,3 +127,6 @@ async def _lines(chunks: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         log.exception("a streamed model call failed")
         error = KasetError(f"The model failed while generating ({type(exc).__name__}: {exc}).")
         yield json.dumps({**error.envelope(), "status": error.status_code}).encode() + b"\n"
+
+
+apply_policy(router, PLAIN)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from kaset.api.deps import Services, request_id, require_admin, require_key_manager, services
+from kaset.api.policy import PLAIN, apply_policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.admin import (
     AuditList,
@@ -182,3 +183,9 @@ async def revoke_own_key(key_id: int, request: Request, principal: Principal = D
     """Revoke one of your keys (another user's key is 'not found', so ids reveal nothing)."""
     info = await svc.identity.keys.revoke(key_id, owner_id=principal.user_id, actor=_actor(request, principal))
     return KeyObject.of(info)
+
+
+apply_policy(router, PLAIN)
+
+
+apply_policy(own_keys, PLAIN)

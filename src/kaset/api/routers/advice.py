@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from kaset.api.deps import Services, require_json, services
+from kaset.api.policy import policy
 from kaset.api.schemas.advice import AdviceRequest, AdviceResponse, Citation, SourceRef
 from kaset.pipelines.advice import Advice, AdviceQuery
 
@@ -29,6 +30,7 @@ def to_response(result: Advice) -> AdviceResponse:
                           understood=result.understood, match_score=round(result.match_score, 4))
 
 
+@policy(budgets=("tokens_per_day",))
 @router.post("/v1/advice", response_model=AdviceResponse)
 async def advice(body: AdviceRequest, svc: Services = Depends(services)) -> AdviceResponse:
     query = AdviceQuery(question=body.question, language=body.language, crop=body.crop, diagnosis=body.diagnosis,

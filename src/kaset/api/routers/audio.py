@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 from kaset import usage
 from kaset.api.deps import Services, check_model_allowed, require_json, require_multipart, services
+from kaset.api.policy import policy
 from kaset.api.schemas.audio import (
     SpeechRequest,
     TranscriptionFormat,
@@ -71,6 +72,7 @@ async def _transcribe(svc: Services, request: Request, file: UploadFile, model_n
     return _render(result, fmt, used.task, svc.router.headers(model_name, spec))
 
 
+@policy(budgets=("audio_seconds_per_day",), model_field=True)
 @router.post("/v1/audio/transcriptions", dependencies=[Depends(require_multipart)])
 async def transcriptions(
     request: Request,
@@ -90,6 +92,7 @@ async def transcriptions(
     return await _transcribe(svc, request, file, model, options, response_format)
 
 
+@policy(budgets=("audio_seconds_per_day",), model_field=True)
 @router.post("/v1/audio/translations", dependencies=[Depends(require_multipart)])
 async def translations(
     request: Request,
@@ -105,6 +108,7 @@ async def translations(
     return await _transcribe(svc, request, file, model, options, response_format)
 
 
+@policy(model_field=True)
 @router.get("/v1/audio/voices", response_model=VoiceList)
 async def list_voices(request: Request, model: str | None = None, language: str | None = None,
                       svc: Services = Depends(services)) -> VoiceList:
@@ -138,6 +142,7 @@ async def _voices(svc: Services, spec: ModelSpec) -> list[Voice]:
     return await svc.models.voices(spec)
 
 
+@policy(budgets=("audio_seconds_per_day",), model_field=True)
 @router.post("/v1/audio/speech", dependencies=[Depends(require_json)],
              responses={200: {"content": {t: {} for t in AUDIO_MEDIA_TYPES.values()}}})
 async def speech(body: SpeechRequest, request: Request, svc: Services = Depends(services)) -> Response:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ValidationError
 
 from kaset.api.deps import Services, services
+from kaset.api.policy import PLAIN, apply_policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.admin import RefreshRequest, TokenRequest, TokenResponse
 from kaset.auth.tokens import TokenPair
@@ -87,3 +88,6 @@ async def logout(request: Request, svc: Services = Depends(services)) -> Respons
     body = await _read(request, RefreshRequest)
     await svc.identity.tokens.revoke(body.refresh_token)
     return Response(status_code=204, headers={"Cache-Control": "no-store"})
+
+
+apply_policy(router, PLAIN)

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from kaset.api.deps import Services, check_model_allowed, require_json, services
+from kaset.api.policy import policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.chat import (
     AssistantMessage,
@@ -187,6 +188,7 @@ async def _sse_of(generated: AsyncIterator[GenerationChunk], payloads: _ChatChun
                              headers={**headers, "cache-control": "no-cache"})
 
 
+@policy(budgets=("tokens_per_day", "images_per_day"), model_field=True)
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, svc: Services = Depends(services)
@@ -666,6 +668,7 @@ async def _chat_about_images(body: ChatCompletionRequest, images: list[tuple[int
                              media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
 
 
+@policy(budgets=("tokens_per_day",), model_field=True)
 @router.post("/v1/completions", response_model=Completion)
 async def completions(body: CompletionRequest, request: Request, svc: Services = Depends(services)) -> Response:
     if isinstance(body.prompt, list):

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from kaset.api.deps import Services, services
+from kaset.api.policy import policy
 from kaset.api.responses import json_response
 from kaset.api.routers.advice import to_response as advice_response
 from kaset.api.routers.diagnose import to_response as diagnose_response
@@ -99,6 +100,7 @@ def to_response(verdict: Verdict) -> CropDoctorResponse:
     )
 
 
+@policy(budgets=("images_per_day", "audio_seconds_per_day", "tokens_per_day"))
 @router.post("/v1/crop-doctor", response_model=CropDoctorResponse,
              openapi_extra={"requestBody": {"content": {
                  "multipart/form-data": {"schema": _FORM_SCHEMA},

@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from kaset import usage
 from kaset.api.deps import Services, services
+from kaset.api.policy import policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.describe import DescribeJSONRequest, DescribeResponse, FallbackReport
 from kaset.api.schemas.diagnose import ScoredLabel
@@ -30,6 +31,7 @@ def to_response(description: Description) -> DescribeResponse:
     )
 
 
+@policy(budgets=("images_per_day", "tokens_per_day"))
 @router.post("/v1/describe-image", response_model=DescribeResponse,
              openapi_extra={"requestBody": {"content": {
                  "multipart/form-data": {"schema": {"type": "object", "properties": {

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 
 from kaset import usage
 from kaset.api.deps import Services, services
+from kaset.api.policy import policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.advice import SourceRef
 from kaset.api.schemas.diagnose import (
@@ -77,6 +78,7 @@ def to_response(diagnosis: Diagnosis) -> DiagnoseResponse:
     )
 
 
+@policy(budgets=("images_per_day",))
 @router.post("/v1/diagnose", response_model=DiagnoseResponse,
              openapi_extra={"requestBody": {"content": {
                  "multipart/form-data": {"schema": {"type": "object", "properties": {

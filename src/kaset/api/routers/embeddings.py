@@ -10,6 +10,7 @@ from fastapi.responses import Response
 
 from kaset import usage
 from kaset.api.deps import Services, require_json, services
+from kaset.api.policy import policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.embeddings import EmbeddingItem, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from kaset.errors import InvalidRequest, PayloadTooLarge
@@ -46,6 +47,7 @@ def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
     return [float(x) for x in vector]
 
 
+@policy(budgets=("tokens_per_day",), model_field=True)
 @router.post("/v1/embeddings", response_model=EmbeddingResponse)
 async def create_embeddings(body: EmbeddingRequest, request: Request,
                             svc: Services = Depends(services)) -> Response:

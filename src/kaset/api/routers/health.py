@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from kaset import __version__
 from kaset.api.deps import Services, services
+from kaset.api.policy import PROBE, apply_policy, policy
 
 router = APIRouter(tags=["health"])
 
@@ -59,6 +60,10 @@ async def v2_ready(svc: Services = Depends(services)) -> JSONResponse:
     return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
 
+@policy()
 @router.get("/v2")
 async def v2_server_metadata() -> dict[str, object]:
     return {"name": "kaset", "version": __version__, "extensions": []}
+
+
+apply_policy(router, PROBE)

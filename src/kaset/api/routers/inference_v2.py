@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from kaset import usage
 from kaset.api.deps import Services, services
+from kaset.api.policy import policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.inference_v2 import (
     InferenceRequest,
@@ -74,12 +75,14 @@ def _metadata(spec: ModelSpec) -> ModelMetadata:
                          inputs=inputs, outputs=outputs)
 
 
+@policy(model_params=("name",))
 @router.get("/v2/models/{name}", response_model=ModelMetadata)
 @router.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadata)
 async def model_metadata(name: str, version: str | None = None, svc: Services = Depends(services)) -> Response:
     return json_response(_metadata(_spec(svc, name, version)))
 
 
+@policy(model_params=("name",))
 @router.get("/v2/models/{name}/ready")
 @router.get("/v2/models/{name}/versions/{version}/ready")
 async def model_ready(name: str, version: str | None = None, svc: Services = Depends(services)) -> Response:
@@ -90,6 +93,7 @@ async def model_ready(name: str, version: str | None = None, svc: Services = Dep
                     status_code=200 if ready else 503)
 
 
+@policy(budgets=("images_per_day",), model_params=("name",))
 @router.post("/v2/models/{name}/infer", response_model=InferenceResponse)
 @router.post("/v2/models/{name}/versions/{version}/infer", response_model=InferenceResponse)
 async def infer(name: str, request: Request, version: str | None = None,

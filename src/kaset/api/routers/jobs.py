@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from kaset.api.deps import Services, check_model_allowed, services
+from kaset.api.policy import PLAIN, apply_policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.jobs import JobJSONRequest, JobList, JobObject, JobStatus
 from kaset.api.uploads import image_from_base64
@@ -320,3 +321,6 @@ async def retry(request: Request, job_id: str) -> Response:
                        "can be retried.", code="job_not_retryable")
     await _queue(jobs, job_id, "the job was not queued. Retry it later.")
     return json_response(JobObject.of(await _visible_job(request, job_id)), status_code=202)
+
+
+apply_policy(router, PLAIN)

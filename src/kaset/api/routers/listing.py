@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 
 from kaset import usage
 from kaset.api.deps import Services, check_model_allowed, services
+from kaset.api.policy import policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.diagnose import ScoredLabel
 from kaset.api.schemas.listing import ListingJSONRequest, ListingResponse
@@ -36,6 +37,7 @@ def to_response(result: ListingResult) -> ListingResponse:
     )
 
 
+@policy(budgets=("images_per_day", "tokens_per_day"))
 @router.post("/v1/listings", response_model=ListingResponse,
              openapi_extra={"requestBody": {"content": {
                  "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
@@ -59,6 +61,7 @@ async def write_listing(request: Request, svc: Services = Depends(services)) -> 
     return json_response(to_response(result), headers={"x-kaset-model": ",".join(models) or "none"})
 
 
+@policy()
 @router.get("/v1/listings/schema", responses={200: {"description": "The listing's JSON schema (draft 2020-12)."}})
 async def schema(max_keywords: int = Query(DEFAULT_MAX_KEYWORDS, ge=MIN_KEYWORDS, le=MAX_KEYWORDS_LIMIT)
                  ) -> JSONResponse:

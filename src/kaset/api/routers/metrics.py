@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kaset.api.policy import PROBE, apply_policy
 from kaset.metrics import Metrics
 
 router = APIRouter(tags=["metrics"])
@@ -16,3 +17,6 @@ router = APIRouter(tags=["metrics"])
 async def metrics(request: Request) -> Response:
     app_metrics: Metrics = request.app.state.metrics
     return Response(generate_latest(app_metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+apply_policy(router, PROBE)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from kaset.api.deps import Services, services
+from kaset.api.policy import policy
 from kaset.api.schemas.models import BatchingInfo, ModelObject
 from kaset.auth.allowlist import allows
 from kaset.auth.principal import Principal
@@ -95,6 +96,7 @@ def _route_object(manager: ModelManager, route: RouteSpec) -> ModelDetail | None
     return detail
 
 
+@policy()
 @router.get("/v1/models", response_model=ModelDetailList)
 async def list_models(request: Request, svc: Services = Depends(services)) -> ModelDetailList:
     """Models a client can call now: loaded ones and installed ones that load on first use.
@@ -121,6 +123,7 @@ async def list_models(request: Request, svc: Services = Depends(services)) -> Mo
     return ModelDetailList(data=data)
 
 
+@policy(model_params=("model_id",))
 @router.get("/v1/models/{model_id:path}", response_model=ModelDetail)
 async def get_model(model_id: str, svc: Services = Depends(services)) -> ModelDetail:
     route = svc.models.catalog.routes.get(model_id)

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from kaset.api.deps import Services, check_model_allowed, require_json, services
+from kaset.api.policy import policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.pipeline import PipelineRequest, PipelineResponse, TaskResponse
 from kaset.api.uploads import image_from_base64
@@ -31,6 +32,7 @@ def _inputs(body: PipelineRequest) -> Inputs:
     return inputs
 
 
+@policy(budgets=("audio_seconds_per_day", "tokens_per_day"))
 @router.post("/v1/pipeline", response_model=PipelineResponse, dependencies=[Depends(require_json)])
 async def run_pipeline(body: PipelineRequest, request: Request, svc: Services = Depends(services)) -> Response:
     settings = svc.settings

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Body, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from kaset.api.deps import Services, request_id, require_admin, services
+from kaset.api.policy import policy
 from kaset.auth import audit
 from kaset.auth.principal import Principal
 from kaset.errors import InvalidRequest, ModelNotFound
@@ -69,6 +70,7 @@ def _entry(manager: ModelManager, spec: ModelSpec) -> IndexEntry:
     return IndexEntry(name=spec.id, version=spec.version, state=_STATES.get(state, "UNAVAILABLE"), reason=reason)
 
 
+@policy()
 @router.post("/index", response_model=list[IndexEntry])
 async def repository_index(body: IndexRequest | None = Body(default=None),
                            svc: Services = Depends(services)) -> list[IndexEntry]:
@@ -96,6 +98,7 @@ async def _audit(svc: Services, request: Request, principal: Principal, action: 
         log.exception("could not write the audit row for %s of %s", action, spec.key)
 
 
+@policy(model_params=("name",))
 @router.post("/models/{name}/load")
 async def load_model(name: str, request: Request, body: ModelControlRequest | None = Body(default=None),
                      principal: Principal = Depends(require_admin), svc: Services = Depends(services)) -> Response:
@@ -108,6 +111,7 @@ async def load_model(name: str, request: Request, body: ModelControlRequest | No
     return Response(status_code=200)
 
 
+@policy(model_params=("name",))
 @router.post("/models/{name}/unload")
 async def unload_model(name: str, request: Request, body: ModelControlRequest | None = Body(default=None),
                        principal: Principal = Depends(require_admin), svc: Services = Depends(services)) -> Response:

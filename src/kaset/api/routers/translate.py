@@ -7,6 +7,7 @@ from fastapi.responses import Response
 
 from kaset import usage
 from kaset.api.deps import Services, require_json, services
+from kaset.api.policy import policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.translate import LanguagePair, LanguagePairs, TranslateRequest, TranslateResponse
 from kaset.errors import InvalidRequest, PayloadTooLarge
@@ -16,6 +17,7 @@ from kaset.registry.routing import caller_key
 router = APIRouter(tags=["translation"])
 
 
+@policy(model_field=True)
 @router.post("/v1/translate", response_model=TranslateResponse, dependencies=[Depends(require_json)])
 async def translate(body: TranslateRequest, request: Request, svc: Services = Depends(services)) -> Response:
     texts = [body.text] if isinstance(body.text, str) else body.text
@@ -41,6 +43,7 @@ async def translate(body: TranslateRequest, request: Request, svc: Services = De
     return json_response(response, headers=svc.router.headers(name, spec))
 
 
+@policy()
 @router.get("/v1/translate/languages", response_model=LanguagePairs)
 async def languages(svc: Services = Depends(services)) -> LanguagePairs:
     pairs: list[LanguagePair] = []

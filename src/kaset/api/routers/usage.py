@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from sqlalchemy.exc import DBAPIError
 
 from kaset.api.deps import Services, services
+from kaset.api.policy import PLAIN, apply_policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.usage import UsageDay, UsageReport, UsageUnits
 from kaset.errors import InvalidRequest, KasetError, PermissionDenied
@@ -115,3 +116,6 @@ async def my_limits(request: Request, svc: Services = Depends(services)) -> dict
     scopes = await svc.quotas.status(caller)
     return {"object": "limits", "limited": bool(scopes), "shared": svc.quotas.shared,
             "degraded": svc.quotas.degraded, "scopes": scopes}
+
+
+apply_policy(router, PLAIN)

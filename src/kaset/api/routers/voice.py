@@ -24,6 +24,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from kaset import usage
 from kaset.api.deps import Services, check_model_allowed, require_multipart, services
+from kaset.api.policy import Budget, policy
 from kaset.api.routers.advice import citations
 from kaset.api.schemas.voice import (
     StreamStart,
@@ -89,6 +90,7 @@ def _ms(seconds: float | None) -> float | None:
 # --- one call ---------------------------------------------------------------------------------
 
 
+@policy(budgets=("audio_seconds_per_day", "tokens_per_day"))
 @router.post("/v1/voice/ask", response_model=VoiceAskResponse, dependencies=[Depends(require_multipart)])
 async def ask(
     request: Request,
@@ -217,6 +219,10 @@ async def _authenticate(ws: WebSocket, svc: Services) -> Principal | None:
     return await svc.identity.authenticate(credential)
 
 
+STREAM_BUDGETS: tuple[Budget, ...] = ("audio_seconds_per_day", "tokens_per_day")
+
+
+@policy(budgets=STREAM_BUDGETS)
 @sockets.websocket(STREAM_PATH)
 async def stream(ws: WebSocket) -> None:
     svc: Services = ws.app.state.services
@@ -232,7 +238,7 @@ async def stream(ws: WebSocket) -> None:
         principal = await _authenticate(ws, svc)
         ws.state.key = principal  # who the request log and metrics charge, as for HTTP requests
         if principal is not None:
-            admission = await svc.quotas.admit(principal, STREAM_PATH)
+            admission = await svc.quotas.admit(principal, STREAM_BUDGETS)
     except KasetError as exc:
         await _send_and_close(ws, close_code(exc), exc)
         _log_session(ws, new_id(), started, started_at, exc.status_code, session_usage)
