@@ -19,6 +19,7 @@ RUNTIMES: dict[str, str] = {
     "openai-compatible": "kaset.runtimes.openai_compatible:OpenAICompatibleRuntime",
     "gemini": "kaset.runtimes.gemini:GeminiRuntime",
     "ai4thai": "kaset.runtimes.ai4thai:AI4ThaiRuntime",
+    "oip-v2": "kaset.runtimes.oip_v2:OipV2Runtime",
 }
 
 
