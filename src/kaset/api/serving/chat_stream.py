@@ -1,0 +1,199 @@
+"""Chat and completion replies: SSE chunks, usage, and a streamed reply spoken sentence by sentence."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from fastapi.responses import Response, StreamingResponse
+
+from kaset.api.responses import json_response
+from kaset.api.schemas.chat import AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, Usage
+from kaset.api.serving.chat_audio import ReplyVoice
+from kaset.api.streaming import primed
+from kaset.errors import KasetError
+from kaset.pipelines.speech import split_sentences
+from kaset.runtimes.base import GenerationChunk
+from kaset.usage import record as record_usage
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
+
+
+async def stream_sse(
+    chunks: AsyncIterator[GenerationChunk], make_payload: Any, include_usage: bool, voice: ReplyVoice | None = None,
+) -> AsyncIterator[bytes]:
+    try:
+        if voice is not None:
+            async for payload in _spoken_stream(chunks, make_payload, include_usage, voice):
+                yield _sse(payload)
+        else:
+            async for chunk in chunks:
+                for payload in make_payload(chunk):
+                    yield _sse(payload)
+                if chunk.finish_reason is not None:
+                    usage = usage_of(chunk.prompt_tokens, chunk.completion_tokens)  # also records the tokens
+                    if include_usage:
+                        yield _sse({**make_payload.base, "choices": [], "usage": usage.model_dump()})
+    except KasetError as exc:
+        # Headers are gone already: report the error in-band, as OpenAI does.
+        yield _sse(exc.envelope())
+    yield b"data: [DONE]\n\n"
+
+
+class ChatChunks:
+    def __init__(self, completion_id: str, created: int, model: str, audio_id: str | None = None) -> None:
+        self.base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
+        self.first = True
+        # Set when the reply is spoken: its text then streams as `delta.audio.transcript`, as OpenAI's does.
+        self.audio_id = audio_id
+
+    def __call__(self, chunk: GenerationChunk) -> Iterator[dict[str, Any]]:
+        yield from self.text(chunk.text)
+        if chunk.finish_reason is not None:
+            yield self.finish(chunk.finish_reason)
+
+    def text(self, text: str) -> Iterator[dict[str, Any]]:
+        if self.first:
+            self.first = False
+            yield self._delta({"role": "assistant", "content": None if self.audio_id else ""})
+        if text:
+            yield self._delta({"content": None, "audio": {"id": self.audio_id, "transcript": text}}
+                              if self.audio_id else {"content": text})
+
+    def audio(self, data: bytes, expires_at: int) -> dict[str, Any]:
+        return self._delta({"audio": {"id": self.audio_id, "data": base64.b64encode(data).decode("ascii"),
+                                      "expires_at": expires_at}})
+
+    def finish(self, reason: str) -> dict[str, Any]:
+        return {**self.base, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}
+
+    def _delta(self, delta: dict[str, Any]) -> dict[str, Any]:
+        return {**self.base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+
+
+class CompletionChunks:
+    def __init__(self, completion_id: str, created: int, model: str) -> None:
+        self.base = {"id": completion_id, "object": "text_completion", "created": created, "model": model}
+
+    def __call__(self, chunk: GenerationChunk) -> Iterator[dict[str, Any]]:
+        if chunk.text or chunk.finish_reason is not None:
+            yield {**self.base, "choices": [{"index": 0, "text": chunk.text, "finish_reason": chunk.finish_reason,
+                                             "logprobs": None}]}
+
+
+def usage_of(prompt_tokens: int, completion_tokens: int) -> Usage:
+    # Every reply's token counts pass here exactly once: count them for the request log and metrics.
+    record_usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                 total_tokens=prompt_tokens + completion_tokens)
+
+
+async def sse_response(generated: AsyncIterator[GenerationChunk], payloads: ChatChunks | CompletionChunks,
+                  include_usage: bool, headers: dict[str, str], voice: ReplyVoice | None = None) -> StreamingResponse:
+    # Waits for the first chunk: until then a route may still fall back to another model.
+    chunks = await primed(generated)
+    return StreamingResponse(stream_sse(chunks, payloads, include_usage, voice), media_type="text/event-stream",
+                             headers={**headers, "cache-control": "no-cache"})
+
+
+async def _spoken_stream(chunks: AsyncIterator[GenerationChunk], payloads: ChatChunks, include_usage: bool,
+                         voice: ReplyVoice) -> AsyncIterator[dict[str, Any]]:
+    """The reply's transcript deltas as they are generated and, as each sentence is complete,
+    its pcm16 audio delta (spoken in a second task, so the text never waits for the voice);
+    the finish and usage chunks come after the last audio."""
+    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    sentences: asyncio.Queue[str | None] = asyncio.Queue()
+    final: list[GenerationChunk] = []
+    said: list[str] = []
+
+    async def read_text() -> None:
+        buffer = ""
+        try:
+            async for chunk in chunks:
+                for payload in payloads.text(chunk.text):
+                    events.put_nowait(("payload", payload))
+                said.append(chunk.text)
+                buffer += chunk.text
+                pieces = split_sentences(buffer)
+                if len(pieces) > 1:
+                    for sentence in pieces[:-1]:
+                        sentences.put_nowait(sentence)
+                    buffer = pieces[-1]
+                if chunk.finish_reason is not None:
+                    final.append(chunk)
+            if buffer.strip():
+                sentences.put_nowait(buffer.strip())
+            events.put_nowait(("done", None))
+        except Exception as exc:
+            events.put_nowait(("error", exc))
+        finally:
+            sentences.put_nowait(None)
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def speak() -> None:
+        try:
+            while (sentence := await sentences.get()) is not None:
+                events.put_nowait(("payload", payloads.audio(await voice.speak(sentence), voice.expires_at)))
+            events.put_nowait(("done", None))
+        except Exception as exc:
+            events.put_nowait(("error", exc))
+
+    tasks = [asyncio.create_task(read_text()), asyncio.create_task(speak())]
+    try:
+        running = len(tasks)
+        while running:
+            kind, value = await events.get()
+            if kind == "done":
+                running -= 1
+            elif kind == "error":
+                raise value
+            else:
+                yield value
+        await voice.svc.spoken_replies.remember(voice.audio_id, "".join(said), voice.expires_at)
+        last = final[-1] if final else GenerationChunk(text="", finish_reason="stop")
+        yield payloads.finish(last.finish_reason or "stop")
+        usage = usage_of(last.prompt_tokens, last.completion_tokens)
+        if include_usage:
+            yield {**payloads.base, "choices": [], "usage": usage.model_dump()}
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+class ChatReply:
+    """The ids of one chat completion, and how to answer it plainly or as a stream, spoken or not."""
+
+    def __init__(self, body: ChatCompletionRequest, completion_id: str, created: int,
+                 voice: ReplyVoice | None = None) -> None:
+        self.body = body
+        self.completion_id = completion_id
+        self.created = created
+        self.voice = voice
+
+    def chunks(self) -> ChatChunks:
+        return ChatChunks(self.completion_id, self.created, self.body.model,
+                           self.voice.audio_id if self.voice else None)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.body.stream_options and self.body.stream_options.include_usage)
+
+    async def respond(self, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int,
+                      headers: dict[str, str]) -> Response:
+        message = AssistantMessage(content=text)
+        if self.voice is not None:
+            # OpenAI's shape: the text is the audio's transcript, content is null.
+            message = AssistantMessage(content=None, audio=await self.voice.whole(text))
+        response = ChatCompletion(
+            id=self.completion_id, created=self.created, model=self.body.model,
+            choices=[ChatChoice(message=message, finish_reason=finish_reason)],
+            usage=usage_of(prompt_tokens, completion_tokens),
+        )
+        return json_response(response, headers=headers)
