@@ -310,3 +310,27 @@ def test_a_triton_onnx_model_gets_the_tensor_onnx_runtime_takes(local: OnnxVisio
         adopted([-1, 3, 256, 256])
     with pytest.raises(ModelUnavailable, match="declare the preprocessing"):
         adopted([-1, 3, 224, 224], resize=None)
+
+
+def test_the_catalog_examples_in_docs_scaling_are_valid() -> None:
+    """Every YAML example of docs/scaling.md is a valid catalog entry (or route) of a registered
+    runtime able to do its tasks, and its oip-v2 params are ones the parameter table documents."""
+    import re
+
+    import yaml
+
+    from kaset.registry.catalog import RouteSpec
+    from kaset.runtimes import runtime_class
+    from kaset.runtimes.base import TASK_CONTRACTS
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "scaling.md").read_text(encoding="utf-8")
+    documented = {name for row in re.findall(r"^\| ((?:`\w+`(?:, )?)+) \|", text, re.M)
+                  for name in re.findall(r"`(\w+)`", row)}
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S)]
+    specs = [ModelSpec.model_validate(m) for block in blocks for m in block.get("models", [])]
+    routes = [RouteSpec.model_validate(r) for block in blocks for r in block.get("routes", [])]
+    assert {s.runtime for s in specs} == {"openai-compatible", "oip-v2"} and len(routes) == 1
+    for spec in specs:
+        assert all(issubclass(runtime_class(spec.runtime), TASK_CONTRACTS[t]) for t in spec.tasks)
+        if spec.runtime == "oip-v2":
+            assert set(spec.params) <= documented, set(spec.params) - documented
