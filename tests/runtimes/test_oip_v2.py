@@ -146,6 +146,19 @@ def test_plain_json_both_ways_and_catalog_labels(make: Make, local: OnnxVisionRu
         make(labels=["healthy", "sick"])
 
 
+def test_requests_stay_under_max_request_bytes(make: Make, local: OnnxVisionRuntime) -> None:
+    runtime = make(max_request_bytes=1_300_000)
+    leaves = [mango_like_leaf(seed=i, spots=i) for i in range(4)]  # 448x448x3: 602 KB of pixels each
+    assert [r.rows for r in runtime.encode(leaves)] == [[0, 1], [2, 3]]
+    np.testing.assert_allclose(runtime.classify(leaves), local.classify(leaves), atol=1e-5)
+    # A photo bigger than the limit alone is scaled down to fit (a server refuses the body whole).
+    cat = photo("chelsea")  # 300x451: 406 KB
+    (request,) = make(max_request_bytes=200_000).encode([cat])
+    assert request.header_length is not None
+    shape = json.loads(request.body[:request.header_length])["inputs"][0]["shape"]
+    assert shape[1] * shape[2] * 3 <= 200_000 and abs(shape[2] / shape[1] - 451 / 300) < 0.02
+
+
 def test_the_request_is_tritonclients_and_so_is_the_reply(make: Make, proxy: FakeServer) -> None:
     http = pytest.importorskip("tritonclient.http")
     runtime = make(base_url=proxy.base_url)
