@@ -14,8 +14,10 @@ other standard variables apply (`OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_TRACES_SAMPL
 
 `TracingMiddleware` is a pure ASGI middleware (outermost, so its span covers everything):
 it continues an incoming `traceparent`, makes the span current for the request, and ends it
-after the last body byte. Outgoing calls (to a worker, to an external provider) call `inject`
-on the headers they send. See docs/tracing.md.
+after the last body byte. The router opens a `model_call` child span around each attempt on
+a model (kaset.registry.routing). Outgoing calls (to a worker, to an external provider) call
+`inject` on the headers they send, so the callee's span is a child of the current one. See
+docs/tracing.md.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.trace import Span as Span  # re-exported: model_call's spans
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -121,6 +125,17 @@ async def shutdown_tracing(app: Starlette) -> None:
         await asyncio.to_thread(tracing.shutdown)
 
 
+@contextmanager
+def activate(tracing: Tracing) -> Iterator[None]:
+    """Make `tracing`'s tracer the one `model_call` and `inject` use in this context, outside an
+    HTTP request (a script, a job runner, a test); a request gets it from TracingMiddleware."""
+    token = otel_context.attach(otel_context.set_value(_TRACER_KEY, tracing.tracer))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
 def inject(headers: dict[str, str]) -> None:
     """Add `traceparent` (and `tracestate`) for the current span to outgoing request headers;
     nothing when no span is current (tracing off, or outside a request)."""
@@ -129,14 +144,38 @@ def inject(headers: dict[str, str]) -> None:
     _PROPAGATOR.inject(headers)
 
 
-def model_call(model: str, operation: str) -> AbstractContextManager[Any]:
-    """`with model_call("whisper-small", "transcribe"):` a child span of the request's span
-    around one model call; a shared no-op context when the request is not traced."""
+def model_call(model: str, operation: str,
+               attributes: dict[str, str] | None = None) -> AbstractContextManager[Span | None]:
+    """`with model_call("whisper-small", "transcribe") as span:` a child span of the request's
+    span around one model call, current inside the block (so `inject` there names it); a shared
+    no-op context giving None when the request is not traced.
+
+    An exception leaving the block is not recorded by itself: whether it is an error of the
+    server's is the caller's to say, with `end_model_call` (a client's bad input is not)."""
     tracer = cast("trace.Tracer | None", otel_context.get_value(_TRACER_KEY))
     if tracer is None:
         return _NO_SPAN
-    return tracer.start_as_current_span(f"{operation} {model}", kind=SpanKind.INTERNAL,
-                                        attributes={"kaset.model": model, "kaset.operation": operation})
+    span_attributes = {"kaset.model": model, "kaset.operation": operation}
+    if attributes:
+        span_attributes.update(attributes)
+    return tracer.start_as_current_span(f"{operation} {model}", kind=SpanKind.INTERNAL, attributes=span_attributes,
+                                        record_exception=False, set_status_on_exception=False)
+
+
+def end_model_call(span: Span, outcome: str, *, remote: bool | None = None, error: BaseException | None = None,
+                   fault: bool = False) -> None:
+    """Record how a `model_call` ended: `kaset.outcome`, `kaset.remote` (when a handle was had),
+    `error.type`; with `fault` (the server's or the upstream's failure) the exception as an
+    event and status ERROR."""
+    attributes: dict[str, str | bool] = {"kaset.outcome": outcome}
+    if remote is not None:
+        attributes["kaset.remote"] = remote
+    if error is not None:
+        attributes["error.type"] = type(error).__name__
+    span.set_attributes(attributes)  # one call: the SDK takes a lock per call
+    if fault and error is not None:
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
 
 
 class TracingMiddleware:

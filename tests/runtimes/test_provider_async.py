@@ -18,7 +18,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from kaset import tracing
 from kaset.errors import (
     InvalidRequest,
     KasetError,
@@ -444,3 +447,41 @@ async def test_gemini_async(gemini: Callable[..., GeminiRuntime], gemini_server:
     limited = gemini("rate-limited")
     caught = await _both_fail(limited, lambda: limited.achat(HI, PARAMS), lambda: limited.chat(HI, PARAMS))
     assert isinstance(caught, UpstreamRateLimited) and caught.retry_after == 13
+
+
+# --- tracing: traceparent on every upstream call ----------------------------------------------
+
+
+async def test_every_upstream_call_carries_the_current_spans_traceparent(
+        openai: Callable[..., OpenAICompatibleRuntime], gemini: Callable[..., GeminiRuntime],
+        openai_server: FakeServer, gemini_server: FakeServer) -> None:
+    exporter = InMemorySpanExporter()
+    traced = tracing.setup(tracing.GATEWAY_SERVICE, exporter)
+    assert traced is not None
+    runtime, google = openai(), gemini()
+
+    def parent_of(server: FakeServer) -> str | None:
+        header = server.requests[-1]["headers"].get("traceparent")
+        return None if header is None else str(header).split("-")[2]
+
+    # Outside a traced request nothing is added.
+    await runtime.achat(HI, PARAMS)
+    assert parent_of(openai_server) is None
+    with tracing.activate(traced), tracing.model_call("async-gpt-test", "chat") as span:
+        assert span is not None
+        own = trace.format_span_id(span.get_span_context().span_id)
+        await runtime.achat(HI, PARAMS)  # the plain JSON post
+        assert parent_of(openai_server) == own
+        await _collect(runtime.achat_stream(HI, PARAMS))  # the streamed one
+        assert parent_of(openai_server) == own
+        await google.achat(HI, PARAMS)
+        assert parent_of(gemini_server) == own
+        # The blocking path, from a thread that has the context (to_thread copies it), too.
+        await asyncio.to_thread(runtime.chat, HI, PARAMS)
+        assert parent_of(openai_server) == own
+        # A provider error carries it as well (the request went out before the 500 came back).
+        broken = openai("broken")
+        with pytest.raises(UpstreamError):
+            await broken.achat(HI, PARAMS)
+        assert parent_of(openai_server) == own
+    traced.shutdown()

@@ -41,7 +41,17 @@ Secrets: the key comes from the environment (`api_key_env`) or a file (`api_key_
 Docker or Kubernetes secret mount), never from the catalog itself, whose params may be shown
 to operators. It is sent in a header only (never in a URL, which access logs record), never
 logged, and scrubbed from any upstream text that reaches a client or a log line. Errors
-from the upstream become KasetErrors a client can act on (see `ProviderClient._http_error`).
+from the upstream become KasetErrors a client can act on (see `ProviderClient._http_error`),
+whose class says whose fault it is: the provider's 5xx, timeouts and unreachable servers are
+breaker failures, its 429 is retryable only, and its 400/413/422 about the request's own
+content are the caller's (InvalidRequest, PayloadTooLarge), never counted against it.
+
+Tracing: every upstream call carries the W3C `traceparent` of the current span
+(`kaset.tracing.inject`: the router's model-call span, nothing when the request is not
+traced). A blocking call carries its calling thread's context to the loop thread
+(`run_coroutine_threadsafe` copies it), so it has one when that thread has it; the model
+manager's executor threads do not, which is one more reason the manager awaits these
+runtimes' async methods on the loop instead.
 """
 
 from __future__ import annotations
@@ -65,6 +75,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar, run
 import aiohttp
 from yarl import URL
 
+from kaset import tracing
 from kaset.errors import (
     InvalidRequest,
     KasetError,
@@ -342,11 +353,13 @@ class ProviderClient(Runtime):
                     headers: dict[str, str] | None = None, **kwargs: Any) -> AsyncIterator[aiohttp.ClientResponse]:
         """An upstream response whose status is below 400; errors, timeouts and connection
         failures become KasetErrors. `headers` default to `_headers()` (with the key);
-        `kwargs` go to aiohttp (json, data, allow_redirects)."""
+        `kwargs` go to aiohttp (json, data, allow_redirects). Every call carries the current
+        span's `traceparent` (tracing on), so the provider's trace continues ours."""
         session = self._require_session()
+        sent = self._headers() if headers is None else dict(headers)
+        tracing.inject(sent)  # W3C traceparent of the current span, when the request is traced
         async with self._upstream_errors(), session.request(
-                method, url, headers=self._headers() if headers is None else headers,
-                timeout=self._request_timeout(stream=stream), **kwargs) as response:
+                method, url, headers=sent, timeout=self._request_timeout(stream=stream), **kwargs) as response:
             if response.status >= 400:
                 raise await self._http_error(response)
             yield response
@@ -355,8 +368,10 @@ class ProviderClient(Runtime):
         """POST and parse the JSON object replied. What `_open` does, written out: this is every
         plain chat call, and its two context-manager layers cost ~10 µs of CPU a call."""
         session = self._require_session()
+        headers = self._headers()
+        tracing.inject(headers)
         try:
-            async with session.post(url, headers=self._headers(), timeout=self._timeout, json=payload) as response:
+            async with session.post(url, headers=headers, timeout=self._timeout, json=payload) as response:
                 if response.status >= 400:
                     raise await self._http_error(response)
                 try:
