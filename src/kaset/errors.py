@@ -1,18 +1,63 @@
 """Errors that reach clients, each mapped to an HTTP status and an OpenAI error envelope.
 
 Runtimes and services raise these; the API layer turns them into
-`{"error": {"message", "type", "param", "code"}}` responses.
+`{"error": {"message", "type", "param", "code"}}` responses. A kaset worker's answers to its
+gateway may add `retryable` and `breaker_failure` after those four (`envelope(faults=True)`),
+which the gateway's `WorkerError` honours.
+
+Each class says whose fault it is, so routing never guesses from statuses or code strings:
+
+- `retryable`: the failure is transient; the same call a moment later, or on another model,
+  may succeed (timeouts, overload, rate limits, an upstream's 5xx).
+- `breaker_failure`: the server or the upstream failed, not the request; it counts against
+  that upstream's circuit breaker (engine crashes, timeouts, failed loads, an upstream's 5xx).
+
+Neither: the request is the caller's own problem (bad content, auth, not found, the caller's
+own rate limit) and is returned at once; no other model and no retry would change it, and a
+thousand such requests never open a breaker. A router moves a call to its next model when
+either flag is set (kaset.registry.routing). Exceptions that are not KasetErrors and escape an
+engine (RuntimeError, OSError from a C library) are the server's fault: `faults()` says both.
+So code that decodes a client's content must raise InvalidRequest on bad input where it
+decodes, never let the decoder's own exception out.
 """
 
 from __future__ import annotations
 
 
 class KasetError(Exception):
-    """Base class: a problem a client can act on."""
+    """Base class: a problem a client can act on. This base itself is a server error (500)."""
 
     status_code = 500
     error_type = "server_error"
     code: str | None = None
+    retryable: bool = True
+    breaker_failure: bool = True
+
+    @staticmethod
+    def faults_of_status(status: int) -> tuple[bool, bool]:
+        """(retryable, breaker_failure) that a bare HTTP status implies, for an error whose class
+        does not say: a subclass that sets its own status and not the flags (as some modules
+        above this one do), or a worker's answer without them. What each status always meant
+        to routing."""
+        if status in (408, 504):
+            return True, True  # a timeout
+        if status == 429:
+            return True, False  # busy: a queue or an upstream's limit (the caller's own is RateLimited)
+        if status == 503:
+            return False, True  # unavailable: not installed, failed to load
+        if status >= 500:
+            return True, True
+        return False, False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        own = vars(cls)
+        if "status_code" in own and isinstance(own["status_code"], int):
+            retryable, breaker_failure = KasetError.faults_of_status(own["status_code"])
+            if "retryable" not in own:
+                cls.retryable = retryable
+            if "breaker_failure" not in own:
+                cls.breaker_failure = breaker_failure
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -26,15 +71,29 @@ class KasetError(Exception):
         """Extra response headers (Retry-After on 429s); none by default."""
         return None
 
-    def envelope(self) -> dict[str, dict[str, str | None]]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.error_type,
-                "param": self.param,
-                "code": self.code,
-            }
+    def envelope(self, *, faults: bool = False) -> dict[str, dict[str, str | bool | None]]:
+        """OpenAI's error envelope; with `faults`, the two flags after its four keys (for a
+        worker's gateway: clients get exactly OpenAI's keys)."""
+        error: dict[str, str | bool | None] = {
+            "message": self.message,
+            "type": self.error_type,
+            "param": self.param,
+            "code": self.code,
         }
+        if faults:
+            error["retryable"] = self.retryable
+            error["breaker_failure"] = self.breaker_failure
+        return {"error": error}
+
+
+def faults(exc: BaseException) -> tuple[bool, bool]:
+    """(retryable, breaker_failure) of any exception: a KasetError's own; any other Exception
+    escaping an engine is the server's fault (both); a cancellation proves nothing (neither)."""
+    if isinstance(exc, KasetError):
+        return exc.retryable, exc.breaker_failure
+    if isinstance(exc, Exception):
+        return True, True
+    return False, False
 
 
 class InvalidRequest(KasetError):
@@ -43,24 +102,32 @@ class InvalidRequest(KasetError):
     status_code = 400
     error_type = "invalid_request_error"
     code = "invalid_request"
+    retryable = False
+    breaker_failure = False
 
 
 class AuthenticationFailed(KasetError):
     status_code = 401
     error_type = "authentication_error"
     code = "invalid_api_key"
+    retryable = False
+    breaker_failure = False
 
 
 class PermissionDenied(KasetError):
     status_code = 403
     error_type = "permission_error"
     code = "permission_denied"
+    retryable = False
+    breaker_failure = False
 
 
 class NotFound(KasetError):
     status_code = 404
     error_type = "invalid_request_error"
     code = "not_found"
+    retryable = False
+    breaker_failure = False
 
 
 class ModelNotFound(NotFound):
@@ -73,24 +140,32 @@ class Conflict(KasetError):
     status_code = 409
     error_type = "invalid_request_error"
     code = "conflict"
+    retryable = False
+    breaker_failure = False
 
 
 class PayloadTooLarge(KasetError):
     status_code = 413
     error_type = "invalid_request_error"
     code = "payload_too_large"
+    retryable = False
+    breaker_failure = False
 
 
 class UnsupportedMediaType(KasetError):
     status_code = 415
     error_type = "invalid_request_error"
     code = "unsupported_media_type"
+    retryable = False
+    breaker_failure = False
 
 
 class ValidationFailed(KasetError):
     status_code = 422
     error_type = "invalid_request_error"
     code = "validation_error"
+    retryable = False
+    breaker_failure = False
 
 
 class ModelUnavailable(KasetError):
@@ -99,12 +174,19 @@ class ModelUnavailable(KasetError):
     status_code = 503
     error_type = "server_error"
     code = "model_unavailable"
+    # Not installed, failed to load, misconfigured: the server's fault, but no quick retry of
+    # this model would help (a route still moves on to its next one).
+    retryable = False
+    breaker_failure = True
 
 
 class Overloaded(KasetError):
     status_code = 503
     error_type = "server_error"
     code = "overloaded"
+    # Busy, not broken: worth another try, never a breaker failure.
+    retryable = True
+    breaker_failure = False
 
 
 class RateLimited(KasetError):
@@ -117,6 +199,9 @@ class RateLimited(KasetError):
     status_code = 429
     error_type = "rate_limit_error"
     code = "rate_limit_exceeded"
+    # The caller's own limit: no retry here and no other model would lift it.
+    retryable = False
+    breaker_failure = False
 
     def __init__(self, message: str, *, retry_after: float, limit: int, remaining: int = 0,
                  scope: str = "", param: str | None = None, code: str | None = None) -> None:
@@ -139,6 +224,9 @@ class StoreUnavailable(KasetError):
     status_code = 503
     error_type = "server_error"
     code = "store_unavailable"
+    # The server's own store, not a model's upstream: a later try may succeed; no model's breaker.
+    retryable = True
+    breaker_failure = False
 
     @property
     def headers(self) -> dict[str, str]:
@@ -158,6 +246,9 @@ class ChecksumMismatch(KasetError):
     status_code = 500
     error_type = "server_error"
     code = "checksum_mismatch"
+    # The file on disk is wrong: it will be just as wrong on a retry.
+    retryable = False
+    breaker_failure = True
 
 
 # --- external providers (OpenAI-compatible servers, Gemini) -------------------------------------
@@ -170,6 +261,8 @@ class UpstreamError(KasetError):
     status_code = 502
     error_type = "server_error"
     code = "upstream_error"
+    retryable = True
+    breaker_failure = True
 
 
 class UpstreamAuthFailed(UpstreamError, ModelUnavailable):
@@ -179,6 +272,9 @@ class UpstreamAuthFailed(UpstreamError, ModelUnavailable):
     status_code = 503
     error_type = "server_error"
     code = "upstream_auth_failed"
+    # The operator's key: counts against the upstream, and no retry fixes it.
+    retryable = False
+    breaker_failure = True
 
 
 class UpstreamRateLimited(UpstreamError):
@@ -187,6 +283,9 @@ class UpstreamRateLimited(UpstreamError):
     status_code = 429
     error_type = "rate_limit_error"
     code = "upstream_rate_limited"
+    # The provider is busy (with this server's calls), not broken.
+    retryable = True
+    breaker_failure = False
 
     def __init__(self, message: str, *, retry_after: float | None = None, param: str | None = None,
                  code: str | None = None) -> None:
@@ -207,3 +306,5 @@ class UpstreamTimeout(UpstreamError):
     status_code = 504
     error_type = "server_error"
     code = "upstream_timeout"
+    retryable = True
+    breaker_failure = True

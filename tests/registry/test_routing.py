@@ -23,6 +23,7 @@ from kaset.errors import (
     InvalidRequest,
     KasetError,
     ModelNotFound,
+    ModelUnavailable,
     Overloaded,
     PermissionDenied,
     RateLimited,
@@ -32,6 +33,7 @@ from kaset.errors import (
 )
 from kaset.metrics import Metrics, current_metrics
 from kaset.registry.catalog import Catalog, ModelSpec, RouteSpec
+from kaset.registry.lifecycle import ModelOverloaded
 from kaset.registry.manager import LoadedModel, ModelManager
 from kaset.registry.repository import ModelRepository
 from kaset.registry.routing import (
@@ -43,13 +45,6 @@ from kaset.registry.routing import (
     hash_point,
     upstream_of,
 )
-
-
-class QueueFull(KasetError):
-    """What the model's own admission queue raises when full (kaset.registry.lifecycle)."""
-
-    status_code = 429
-    code = "model_overloaded"
 
 
 def _echo(model_id: str, version: str = "1", **extra: Any) -> ModelSpec:
@@ -191,10 +186,11 @@ def test_weight_zero_target_is_never_picked(catalog: Catalog, tmp_path: Path) ->
 @pytest.mark.parametrize("error,reason", [
     (UpstreamError("HTTP 500 upstream"), "error"),
     (UpstreamRateLimited("429 upstream", retry_after=7), "rate_limited"),
-    (QueueFull("queue full"), "overloaded"),
+    (ModelOverloaded("queue full", retry_after=1.0), "overloaded"),
     (Overloaded("busy"), "overloaded"),
     (UpstreamTimeout("took too long"), "timeout"),
     (RuntimeError("the runtime crashed"), "error"),
+    (OSError(5, "Input/output error"), "error"),  # what a C engine's failure looks like
 ])
 async def test_fallback_on_server_side_errors(router: Router, metrics: Metrics, error: Exception,
                                               reason: str) -> None:
@@ -371,7 +367,7 @@ async def test_a_cancelled_trial_frees_the_slot(router: Router, clock: Clock) ->
 
 
 async def test_rate_limits_and_caller_errors_do_not_open_the_breaker(router: Router) -> None:
-    fn = Script(a=[UpstreamRateLimited("429"), QueueFull("full"), InvalidRequest("bad")])
+    fn = Script(a=[UpstreamRateLimited("429"), ModelOverloaded("full", retry_after=1.0), InvalidRequest("bad")])
     for _ in range(6):
         with pytest.raises(KasetError):
             await _call(router, "a", fn)
@@ -438,6 +434,17 @@ def test_fallback_reasons() -> None:
     assert fallback_reason(CircuitOpen("x", retry_after=1)) == "circuit_open"
     assert fallback_reason(ModelNotFound("x")) is None
     assert fallback_reason(asyncio.CancelledError()) is None
+    # The label follows the class, whatever status or code an instance was given.
+    assert fallback_reason(InvalidRequest("x", code="upstream_invalid_request")) is None
+    assert fallback_reason(UpstreamError("x", code="upstream_unreachable")) == "error"
+    assert fallback_reason(ModelUnavailable("x")) == "unavailable"
+    assert fallback_reason(Overloaded("x", code="queue_unreachable")) == "overloaded"
+
+
+async def test_an_unavailable_model_is_not_retried_but_falls_back(router: Router, sleeps: list[float]) -> None:
+    fn = Script(a=[ModelUnavailable("failed to load")])
+    assert await _call(router, "retrying", fn, retry=True) == ("ok from b@1", "b@1")
+    assert fn.calls["a@1"] == 1 and sleeps == []
 
 
 # --- the catalog ------------------------------------------------------------------------------------

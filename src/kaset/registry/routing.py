@@ -23,14 +23,19 @@ hashed to a point in [0, 1) that falls into one target's share of the summed wei
 caller keeps getting the same variant while the weights stay the same. Without a key the
 point is random.
 
+**Whose fault.** Every decision below reads the error's own class (`kaset.errors`): an error
+is `retryable` (transient: timeouts, overload, rate limits, an upstream's 5xx) and/or a
+`breaker_failure` (the server's or the upstream's fault: crashes, timeouts, failed loads, an
+upstream's 5xx), or neither (the caller's own: invalid content, auth, permission, payload too
+large, the caller's own rate limit or quota). Any other exception escaping an engine counts as
+both. No status code or code string is looked at.
+
 **Fallbacks.** The chosen target, then `fallbacks` in order (a model already tried is
 skipped, and so is one that cannot do the task). The next one is tried when a call fails with
-an error that is not the caller's: a 429 from the model's own queue or an upstream's rate
-limit, 5xx (ModelUnavailable, Overloaded, Upstream* errors, 502/503/504), a timeout, an open
-breaker, a target that is not installed, or an unexpected exception. Never on the caller's own
-4xx (invalid input, auth, permission, payload too large, the caller's own rate limit or quota):
-those are returned at once. When every candidate failed, the client gets the last real error
-(or 503 `circuit_open` with Retry-After when every candidate was skipped by its breaker).
+an error that is retryable or a breaker failure, or when the router itself skipped the model
+(an open breaker, a target that is not installed). Never on the caller's own error: that is
+returned at once. When every candidate failed, the client gets the last real error (or 503
+`circuit_open` with Retry-After when every candidate was skipped by its breaker).
 
 **Retries** (`retries: N`) re-run the same model for idempotent calls only: embeddings,
 transcriptions and translations of audio, text translation, non-streamed speech, and
@@ -40,16 +45,17 @@ retried (only fallen back before the first chunk). The wait before a retry is ex
 with full jitter (`retry_backoff_s` * 2^n, drawn uniformly below that, capped at
 `retry_max_wait_s`); an upstream's Retry-After is honoured when it is shorter than the cap,
 and a longer one moves on to the next fallback instead of waiting. The retry loop is
-`tenacity`'s. Timeouts, errors, rate limits and overload are retried; an unavailable model
-(not installed, failed to load, bad provider key) and an open breaker are not.
+`tenacity`'s. Retryable errors are retried; an unavailable model (not installed, failed to
+load, bad provider key: breaker failures that are not retryable) and an open breaker are not.
 
 **Circuit breakers**, one per upstream: a provider's `base_url` (every model served by that
-server shares it), else the model's id@version. `breaker_failures` consecutive failures (5xx,
-timeouts, load failures, unexpected exceptions; not 429s, overload or the caller's 4xx) open
-it; while open, calls to that upstream fail fast (a route skips to its next candidate, a plain
-model name gets 503 `circuit_open` with Retry-After); after `breaker_cooldown_s` it is half
-open and lets exactly one trial call through (others still fail fast); the trial's success
-closes it, its failure opens it for another cool-down. Breaker state lives in this gateway
+server shares it), else the model's id@version. `breaker_failures` consecutive breaker
+failures (upstream 5xx, timeouts, load failures, unexpected exceptions; never 429s, overload
+or the caller's own errors, however many) open it; while open, calls to that upstream fail
+fast (a route skips to its next candidate, a plain model name gets 503 `circuit_open` with
+Retry-After); after `breaker_cooldown_s` it is half open and lets exactly one trial call
+through (others still fail fast); the trial's success closes it, its failure opens it for
+another cool-down. Breaker state lives in this gateway
 process: replicas each learn an upstream's health on their own (a shared store would put a
 network round trip on every call to save a handful of failed calls per replica).
 
@@ -61,8 +67,14 @@ keeps a process-global registry and lets every concurrent call through while hal
 instead of one trial. The breaker below is ~50 lines, runs on the event loop only (no locks)
 and costs a dict lookup per call while no upstream has ever failed.
 
+**Spans.** Each attempt on a model is a child span of the request's (`kaset.tracing.model_call`,
+"<task> <model>"), current while the model runs, so a worker's or a provider's span hangs
+under it: attributes `kaset.model`, `kaset.operation` (the task), `kaset.route`, `kaset.remote`,
+`kaset.outcome` (ok, or the reason below, or `caller_error`, `cancelled`); status ERROR only
+when the failure is not the caller's. With tracing off it is a shared no-op context.
+
 Cost on the hot path: a plain model name that is no route, with no breaker ever created, is
-two dict lookups and a try block around the call.
+two dict lookups, a context-variable read (tracing) and a try block around the call.
 """
 
 from __future__ import annotations
@@ -78,7 +90,8 @@ from urllib.parse import urlsplit
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from kaset.errors import InvalidRequest, KasetError, ModelUnavailable, NotFound, RateLimited, UpstreamTimeout
+from kaset import tracing
+from kaset.errors import InvalidRequest, ModelUnavailable, NotFound, UpstreamRateLimited, UpstreamTimeout, faults
 from kaset.metrics import current_metrics
 from kaset.registry.catalog import Catalog, ModelSpec, RouteSpec
 from kaset.registry.handle import ModelHandle, RemoteModels
@@ -97,11 +110,9 @@ Call = Callable[[ModelHandle], Awaitable[T]]
 AB_KEY_HEADER = "x-kaset-ab-key"
 MODEL_HEADER = "x-kaset-model"
 ROUTE_HEADER = "x-kaset-route"
-# Why a call moved on (the `reason` label of kaset_fallbacks_total and kaset_retries_total).
+# Why a call moved on (the `reason` label of kaset_fallbacks_total and kaset_retries_total):
+# a name for what the error's class says (see `fallback_reason`).
 Reason = Literal["error", "timeout", "unavailable", "not_installed", "rate_limited", "overloaded", "circuit_open"]
-# Reasons that count against an upstream's breaker: it failed, rather than being busy.
-BREAKER_FAILURES = frozenset({"error", "timeout", "unavailable"})
-RETRYABLE = frozenset({"error", "timeout", "rate_limited", "overloaded"})
 
 BreakerState = Literal["closed", "open", "half_open"]
 
@@ -111,12 +122,18 @@ class TargetNotInstalled(ModelUnavailable):
     caller's (a plain model name that is not installed stays a 404)."""
 
     code = "model_not_installed"
+    # The route's own skip: a route moves on (see `fallback_reason`), but the model did not fail.
+    retryable = False
+    breaker_failure = False
 
 
 class CircuitOpen(ModelUnavailable):
     """The upstream's breaker is open: calls fail fast until its cool-down ends."""
 
     code = "circuit_open"
+    # Nothing was called, so nothing failed; after Retry-After the upstream gets a trial call.
+    retryable = True
+    breaker_failure = False
 
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
@@ -129,29 +146,26 @@ class CircuitOpen(ModelUnavailable):
 
 def fallback_reason(exc: BaseException) -> Reason | None:
     """Why `exc` lets a route try its next model, or None when the error is the caller's own (or
-    not an error: cancellation)."""
-    if isinstance(exc, KasetError):
-        if isinstance(exc, CircuitOpen):
-            return "circuit_open"
-        if isinstance(exc, TargetNotInstalled):
-            return "not_installed"
-        status = exc.status_code
-        if status == 429:
-            if isinstance(exc, RateLimited):  # the caller's own limit (kaset.quotas): no model would change it
-                return None
-            return "rate_limited" if (exc.code or "").startswith("upstream") else "overloaded"
-        if status in (408, 504):
-            return "timeout"
-        if status == 503:
-            return "overloaded" if exc.code in ("overloaded", "model_overloaded") else "unavailable"
-        if status >= 500:
-            return "error"
-        return None
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, Exception):
-        return "error"
-    return None
+    not an error: cancellation). Read from the error's class (`retryable`, `breaker_failure`);
+    the label only names the case for the metrics."""
+    if isinstance(exc, CircuitOpen):
+        return "circuit_open"
+    if isinstance(exc, TargetNotInstalled):
+        return "not_installed"
+    retryable, breaker_failure = faults(exc)
+    if not breaker_failure:
+        if not retryable:
+            return None
+        return "rate_limited" if isinstance(exc, UpstreamRateLimited) else "overloaded"  # busy, not broken
+    if not retryable:
+        return "unavailable"
+    return "timeout" if isinstance(exc, TimeoutError | UpstreamTimeout) else "error"
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Whether the same model may be tried again: a transient failure, and not an open breaker
+    (its cool-down decides when the next call goes)."""
+    return faults(exc)[0] and not isinstance(exc, CircuitOpen)
 
 
 class Breaker:
@@ -265,6 +279,21 @@ def _record_retry(model: str, reason: str) -> None:
         metrics.retry(model, reason)
 
 
+def _end_span(span: tracing.Span, exc: BaseException | None, model: ModelHandle | None) -> None:
+    """A model call's outcome on its span: ok, the reason a route would move on (an ERROR), or
+    the caller's own error / a cancellation (no error status: not the server's failure)."""
+    remote = None if model is None else model.remote
+    if exc is None:
+        tracing.end_model_call(span, "ok", remote=remote)
+        return
+    reason = fallback_reason(exc)
+    if reason is not None:
+        tracing.end_model_call(span, reason, remote=remote, error=exc, fault=True)
+    else:
+        outcome = "caller_error" if isinstance(exc, Exception) else "cancelled"
+        tracing.end_model_call(span, outcome, remote=remote, error=exc, fault=False)
+
+
 class Router:
     """Serves a model name: a route (targets, fallbacks, retries) or a plain model, each call
     guarded by its upstream's breaker. One per app; state is this process's only."""
@@ -350,20 +379,27 @@ class Router:
             return await self._call_route(route, task, fn, caller, retry, local_only)
         # A plain model name: no choice, no fallback, no retry; only its breaker, once it has one.
         if not self.breakers:
-            try:
-                model = await self.handle(name, task, local_only=local_only)
-                return await fn(model), model.spec
-            except BaseException as exc:
-                if fallback_reason(exc) in BREAKER_FAILURES and self.breaker_failures > 0:
-                    spec = self.catalog.get(name)
-                    if spec is not None:
-                        self._breaker(self._upstream(spec)).failed()
-                raise
+            with tracing.model_call(name, task) as span:
+                model: ModelHandle | None = None
+                try:
+                    model = await self.handle(name, task, local_only=local_only)
+                    result = await fn(model)
+                except BaseException as exc:
+                    if faults(exc)[1] and self.breaker_failures > 0:
+                        spec = self.catalog.get(name)
+                        if spec is not None:
+                            self._breaker(self._upstream(spec)).failed()
+                    if span is not None:
+                        _end_span(span, exc, model)
+                    raise
+                if span is not None:
+                    _end_span(span, None, model)
+                return result, model.spec
         spec = self.catalog.get(name)
         if spec is None:
             model = await self.manager.get(name, task)  # raises the usual 404
             return await fn(model), model.spec
-        return await self._attempt(spec, name, task, fn, None, routed=False, local_only=local_only), spec
+        return await self._attempt(spec, name, task, fn, None, route=None, local_only=local_only), spec
 
     async def call_local(self, name: str, task: Task, fn: Callable[[LoadedModel], Awaitable[T]], *,
                          caller: Callable[[], str | None] | None = None, retry: bool = False) -> tuple[T, ModelSpec]:
@@ -421,9 +457,9 @@ class Router:
                 _record_fallback(route.name, failed[0], served, failed[1])
             try:
                 if retries:
-                    result = await self._with_retries(spec, task, fn, route.timeout_s, retries, local_only)
+                    result = await self._with_retries(spec, task, fn, route, retries, local_only)
                 else:
-                    result = await self._attempt(spec, spec.key, task, fn, route.timeout_s, routed=True,
+                    result = await self._attempt(spec, spec.key, task, fn, route.timeout_s, route=route.name,
                                                  local_only=local_only)
                 return result, spec
             except CircuitOpen as exc:
@@ -441,12 +477,12 @@ class Router:
         assert first_skip is not None
         raise first_skip
 
-    async def _with_retries(self, spec: ModelSpec, task: Task, fn: Call[T], timeout_s: float | None, retries: int,
+    async def _with_retries(self, spec: ModelSpec, task: Task, fn: Call[T], route: RouteSpec, retries: int,
                             local_only: bool) -> T:
         served = self.served_name(spec)
 
         def retryable(exc: BaseException) -> bool:
-            if fallback_reason(exc) not in RETRYABLE:
+            if not _retryable(exc):
                 return False
             retry_after = getattr(exc, "retry_after", None)
             # A long Retry-After: better served by the next fallback than by waiting.
@@ -461,7 +497,7 @@ class Router:
         retrying = AsyncRetrying(stop=stop_after_attempt(retries + 1), wait=self._backoff,
                                  retry=retry_if_exception(retryable), before_sleep=before_sleep,
                                  sleep=self._sleep, reraise=True)
-        result: T = await retrying(self._attempt, spec, spec.key, task, fn, timeout_s, routed=True,
+        result: T = await retrying(self._attempt, spec, spec.key, task, fn, route.timeout_s, route=route.name,
                                    local_only=local_only)
         return result
 
@@ -478,38 +514,51 @@ class Router:
     # --- one attempt on one model ------------------------------------------------------------------
 
     async def _attempt(self, spec: ModelSpec, name: str, task: Task, fn: Call[T], timeout_s: float | None, *,
-                       routed: bool, local_only: bool = False) -> T:
-        upstream = self._upstream(spec)
-        breaker = self.breakers.get(upstream)
-        if breaker is not None and not breaker.admit():
-            raise CircuitOpen(
-                f"The model '{self.served_name(spec)}' is not being called for now: its upstream ({upstream}) "
-                f"failed {breaker.failures} time(s) in a row. Retry later.", retry_after=breaker.retry_after())
-        try:
+                       route: str | None, local_only: bool = False) -> T:
+        """One call of `fn` on `spec`'s handle, guarded by its upstream's breaker, in its own span.
+        `route`: the route being served (a target that is not installed is then the route's
+        problem, not the caller's 404), None for a plain model name."""
+        served = self.served_name(spec)
+        with tracing.model_call(served, task, None if route is None else {"kaset.route": route}) as span:
+            model: ModelHandle | None = None
             try:
-                model = await self.handle(name, task, local_only=local_only)
-            except NotFound as exc:
-                if routed:
-                    raise TargetNotInstalled(exc.message, param="model") from exc
-                raise
-            if timeout_s is None:
-                result = await fn(model)
-            else:
+                upstream = self._upstream(spec)
+                breaker = self.breakers.get(upstream)
+                if breaker is not None and not breaker.admit():
+                    raise CircuitOpen(
+                        f"The model '{served}' is not being called for now: its upstream ({upstream}) failed "
+                        f"{breaker.failures} time(s) in a row. Retry later.", retry_after=breaker.retry_after())
                 try:
-                    async with asyncio.timeout(timeout_s):
+                    try:
+                        model = await self.handle(name, task, local_only=local_only)
+                    except NotFound as exc:
+                        if route is not None:
+                            raise TargetNotInstalled(exc.message, param="model") from exc
+                        raise
+                    if timeout_s is None:
                         result = await fn(model)
-                except TimeoutError:
-                    raise UpstreamTimeout(f"The model '{self.served_name(spec)}' did not answer within "
-                                          f"{timeout_s:g} s (the route's timeout_s).") from None
-        except BaseException as exc:
-            self._settle(upstream, breaker, exc)
-            raise
-        if breaker is not None:
-            breaker.succeeded()
-        return result
+                    else:
+                        try:
+                            async with asyncio.timeout(timeout_s):
+                                result = await fn(model)
+                        except TimeoutError:
+                            raise UpstreamTimeout(f"The model '{served}' did not answer within {timeout_s:g} s "
+                                                  "(the route's timeout_s).") from None
+                except BaseException as exc:
+                    self._settle(upstream, breaker, exc)
+                    raise
+                if breaker is not None:
+                    breaker.succeeded()
+            except BaseException as exc:
+                if span is not None:
+                    _end_span(span, exc, model)
+                raise
+            if span is not None:
+                _end_span(span, None, model)
+            return result
 
     def _settle(self, upstream: str, breaker: Breaker | None, exc: BaseException) -> None:
-        if fallback_reason(exc) in BREAKER_FAILURES:
+        if faults(exc)[1]:
             if self.breaker_failures > 0:
                 (breaker or self._breaker(upstream)).failed()
         elif breaker is not None:

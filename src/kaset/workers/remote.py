@@ -73,7 +73,11 @@ def lost(pool: WorkerPool, replica: Replica, exc: BaseException) -> None:
 
 
 class WorkerError(KasetError):
-    """An error a worker answered, raised again here with its status, type, code and message."""
+    """An error a worker answered, raised again here with its status, type, code and message,
+    and whose fault it is: the `retryable` / `breaker_failure` of the worker's error class when
+    its envelope carries them (`KasetError.envelope(faults=True)`), else what the status says
+    (a 5xx the worker's, a 429 busy, a 4xx the caller's), so a client's bad input relayed by a
+    worker never counts against a breaker."""
 
     def __init__(self, status: int, error: dict[str, Any], retry_after: float | None) -> None:
         super().__init__(str(error.get("message") or f"The worker answered {status}."),
@@ -81,6 +85,10 @@ class WorkerError(KasetError):
         self.status_code = status
         self.error_type = str(error.get("type") or ("server_error" if status >= 500 else "invalid_request_error"))
         self.retry_after = retry_after
+        retryable, breaker_failure = KasetError.faults_of_status(status)
+        said_retryable, said_breaker = error.get("retryable"), error.get("breaker_failure")
+        self.retryable = said_retryable if isinstance(said_retryable, bool) else retryable
+        self.breaker_failure = said_breaker if isinstance(said_breaker, bool) else breaker_failure
 
     @property
     def headers(self) -> dict[str, str] | None:
