@@ -138,12 +138,17 @@ def test_probabilities_equal_the_local_models(make: Make, local: OnnxVisionRunti
     assert runtime.classify([]).shape == (0, 7)
 
 
-def test_plain_json_both_ways_and_catalog_labels(make: Make, local: OnnxVisionRuntime) -> None:
+def test_plain_json_both_ways_and_catalog_labels(make: Make, local: OnnxVisionRuntime, tmp_path: Path) -> None:
     runtime = make(binary_input=False, binary_output=False, labels=local.labels, max_batch=1)
     batch = images()[:2]
     np.testing.assert_allclose(runtime.classify(batch), local.classify(batch), atol=1e-5)
+    (tmp_path / "labels.txt").write_text("".join(f"{label}\n" for label in local.labels))  # Triton's label file
+    assert make(labels_file=str(tmp_path / "labels.txt")).labels == local.labels
     with pytest.raises(ModelUnavailable, match="gives 7 scores per image but the catalog names 2 labels"):
         make(labels=["healthy", "sick"])
+    (tmp_path / "bad.json").write_text("[not json")
+    with pytest.raises(ModelUnavailable, match=r"cannot read params\.labels_file"):
+        make(labels_file=str(tmp_path / "bad.json"))
 
 
 def test_requests_stay_under_max_request_bytes(make: Make, local: OnnxVisionRuntime) -> None:

@@ -178,10 +178,10 @@ class OipV2Runtime(ProviderClient, ImageClassifier):
         if labels is None and path:
             try:
                 text = Path(str(path)).read_text(encoding="utf-8")
-            except OSError:
+                labels = json.loads(text) if str(path).endswith(".json") else [ln.strip() for ln in text.splitlines()
+                                                                                 if ln.strip()]
+            except (OSError, ValueError):
                 raise ModelUnavailable(f"Model '{self.spec.id}': cannot read params.labels_file {path}.") from None
-            labels = json.loads(text) if str(path).endswith(".json") else [ln.strip() for ln in text.splitlines()
-                                                                             if ln.strip()]
         if labels is not None and not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
             raise ModelUnavailable(f"Model '{self.spec.id}': the labels must be a non-empty list of names.")
         return None if labels is None else list(labels)
