@@ -26,17 +26,14 @@ import numpy as np
 
 from kaset.errors import InvalidRequest, ModelUnavailable
 from kaset.knowledge.schema import Entry, LocalizedContent, load_entries
+from kaset.language import THAI_SHARE, Language, has_thai, latin_share, letter_count, thai_share
 from kaset.registry.manager import ModelManager
 from kaset.registry.routing import Router, as_router
 from kaset.runtimes.base import GenerationParams
 
-Language = Literal["en", "th"]
 SUPPORTED_LANGUAGES: tuple[Language, ...] = ("en", "th")
 CROPS = ("mango", "rice", "cassava", "durian")
 
-_THAI = re.compile(r"[\u0E00-\u0E7F]")
-_LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
-_LATIN = re.compile(r"[A-Za-z]")
 _WORD = re.compile(r"[a-z][a-z\-]+")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 
@@ -113,14 +110,11 @@ class Advice:
 
 def detect_language(text: str) -> Language:
     """Thai or English; anything else is refused with a message saying what is supported."""
-    letters = _LETTER.findall(text)
-    if not letters:
+    if not letter_count(text):
         raise InvalidRequest("The question has no words in it. Ask in Thai or English.", param="question")
-    thai = sum(1 for c in letters if _THAI.match(c))
-    latin = sum(1 for c in letters if _LATIN.match(c))
-    if thai / len(letters) >= 0.3:
+    if thai_share(text) >= THAI_SHARE:
         return "th"
-    if latin / len(letters) >= 0.7:
+    if latin_share(text) >= 0.7:
         return "en"
     raise InvalidRequest(
         "Questions are answered in Thai or English only; this one looks like another language. "
@@ -331,7 +325,7 @@ def _plain_terms(text: str, language: Language, words: frozenset[str] | None = N
     stop = _thai_stopwords()
     terms: list[str] = []
     for token in thai_tokens(text):
-        if not _THAI.search(token):
+        if not has_thai(token):
             terms += _plain_terms(token, "en")
             continue
         if token in stop:
@@ -382,7 +376,7 @@ def describes_symptoms(text: str, language: Language, problem_phrases: frozenset
 def thai_words(entries: list[Entry]) -> frozenset[str]:
     """The Thai words the entries use on their own (as PyThaiNLP cuts their whole Thai text)."""
     return frozenset(t for entry in entries for text in entry.th.texts() for t in thai_tokens(text.lower())
-                     if _THAI.search(t))
+                     if has_thai(t))
 
 
 def _document(content: LocalizedContent) -> str:
@@ -534,11 +528,10 @@ def validate_rephrasing(text: str, curated: str, language: Language) -> str | No
     stripped = text.strip()
     if len(stripped) < 20:
         return "the rewrite is empty or too short"
-    letters = _LETTER.findall(stripped)
-    thai_share = sum(1 for c in letters if _THAI.match(c)) / max(len(letters), 1)
-    if language == "en" and thai_share > 0.05:
+    share = thai_share(stripped)
+    if language == "en" and share > 0.05:
         return "the rewrite is not in English"
-    if language == "th" and thai_share < 0.5:
+    if language == "th" and share < 0.5:
         return "the rewrite is not in Thai"
     source = curated.lower()
     lowered = stripped.lower()

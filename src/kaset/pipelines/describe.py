@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from kaset.errors import InvalidRequest, KasetError, UpstreamError
+from kaset.language import has_thai
 from kaset.pipelines.advice import Language
 from kaset.pipelines.diagnose import Scored, top_k
 from kaset.registry.handle import ModelHandle
@@ -59,7 +60,6 @@ DEFAULT_PROMPT: dict[Language, str] = {
     "th": "อธิบายภาพนี้เป็นภาษาไทย 1 ถึง 3 ประโยค",
 }
 
-_THAI = re.compile(r"[\u0E00-\u0E7F]")
 _WORD = re.compile(r"[a-z0-9][a-z0-9'\-]*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 # Words that frame a description without adding a fact about the photo.
@@ -157,7 +157,7 @@ class DescribeService:
         text = generation.text.strip()
         if not text:
             raise UpstreamError(f"The model '{name}' returned an empty description.")
-        written_in: Language = "th" if _THAI.search(text) else "en"
+        written_in: Language = "th" if has_thai(text) else "en"
         notes = [] if written_in == language else [f"asked for {language}, the model answered in {written_in}"]
         return Description(
             text=text, method="vision-model", language=written_in, requested_language=language,

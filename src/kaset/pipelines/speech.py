@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kaset.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge, UnsupportedMediaType
+from kaset.language import has_thai
 from kaset.media.audio import ASR_SAMPLE_RATE, decode_audio, encode_audio
 from kaset.registry.catalog import ModelSpec
 from kaset.registry.handle import ModelHandle
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 # Sentence ends in English and in Thai text written with Western punctuation. Thai usually
 # ends a sentence with a space, which PyThaiNLP's sentence splitter handles (see _thai_sentences).
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
-_THAI = re.compile(r"[\u0E00-\u0E7F]")
 # A piece shorter than this is merged with the next: a voice saying "1." alone sounds broken.
 MIN_SENTENCE_CHARS = 12
 
@@ -175,7 +175,7 @@ def split_sentences(text: str) -> list[str]:
         part = part.strip()
         if not part:
             continue
-        pieces.extend(_thai_sentences(part) if _THAI.search(part) else [part])
+        pieces.extend(_thai_sentences(part) if has_thai(part) else [part])
     merged: list[str] = []
     for piece in pieces:
         if merged and len(merged[-1]) < MIN_SENTENCE_CHARS:

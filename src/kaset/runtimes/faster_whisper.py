@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kaset.errors import InvalidRequest, ModelUnavailable
+from kaset.language import has_thai
 from kaset.runtimes.base import (
     SAMPLE_RATE_ASR,
     Segment,
@@ -125,7 +126,7 @@ def clean_text(text: str) -> str:
     their one valid order (PyThaiNLP's normalize), spaces squeezed."""
     text = text.translate(_THAI_DIGITS)
     text = _REPEATS.sub(lambda m: m.group() if m.group(1).isdigit() else m.group(1), text)  # 1000000 stays
-    if any("\u0e00" <= c <= "\u0e7f" for c in text):
+    if has_thai(text):
         from pythainlp.util import normalize
 
         text = normalize(text)
