@@ -12,7 +12,6 @@ the treatment plan, in Thai or English.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import random
 from collections.abc import Awaitable, Callable
@@ -44,6 +43,7 @@ from kaset.pipelines.leaf_shape import NO_LEAF, LeafColour, LeafMeasure, measure
 from kaset.registry.handle import ModelHandle
 from kaset.registry.manager import ModelManager
 from kaset.registry.routing import Router, as_router
+from kaset.weighted import weighted_pick
 
 DEFAULT_CONFIG = Path(__file__).parent / "crop_guardian.yaml"
 
@@ -355,20 +355,9 @@ class DiagnosisService:
         return None
 
     def choose_variant(self, slot: Slot, ab_key: str | None) -> Variant:
-        if len(slot.variants) == 1:
-            return slot.variants[0]
-        total = sum(v.weight for v in slot.variants)
-        if ab_key:
-            # Sticky: the same key (a device or user id) always lands on the same variant.
-            digest = hashlib.sha256(f"{slot.name}:{ab_key}".encode()).digest()
-            point = int.from_bytes(digest[:8], "big") / 2**64 * total
-        else:
-            point = self.rng.random() * total
-        for variant in slot.variants:
-            point -= variant.weight
-            if point < 0:
-                return variant
-        return slot.variants[-1]
+        # Sticky: the same key (a device or user id) always lands on the same variant. An empty
+        # key is no key.
+        return weighted_pick(slot.variants, salt=slot.name, key=ab_key or None, rng=self.rng.random)
 
     async def run_slot(self, slot: Slot, variant: Variant, views: list[np.ndarray],
                        k: int) -> tuple[ModelResult, list[str]]:

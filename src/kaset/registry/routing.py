@@ -96,6 +96,7 @@ from kaset.metrics import current_metrics
 from kaset.registry.catalog import Catalog, ModelSpec, RouteSpec
 from kaset.registry.handle import ModelHandle, RemoteModels
 from kaset.runtimes.base import Task
+from kaset.weighted import weighted_pick
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -416,16 +417,7 @@ class Router:
 
     def pick(self, route: RouteSpec, key: str | None) -> str:
         """The target model name for one call: by the caller's hashed key, else at random."""
-        targets = route.targets
-        if len(targets) == 1:
-            return targets[0].model
-        total = sum(t.weight for t in targets)
-        point = (hash_point(route.name, key) if key is not None and route.sticky else self._rng()) * total
-        for target in targets:
-            point -= target.weight
-            if point < 0 and target.weight > 0:
-                return target.model
-        return next(t.model for t in reversed(targets) if t.weight > 0)
+        return weighted_pick(route.targets, salt=route.name, key=key if route.sticky else None, rng=self._rng).model
 
     def candidates(self, route: RouteSpec, task: Task, key: str | None) -> list[ModelSpec]:
         """Who may serve one call, in order: the chosen target, then the fallbacks (each model once,
