@@ -26,7 +26,7 @@ from kaset.errors import ModelUnavailable, UpstreamAuthFailed, UpstreamError, Up
 from kaset.registry.catalog import Catalog, ModelSpec
 from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository
-from kaset.runtimes.oip_v2 import OipV2Runtime, UpstreamNotReady, UpstreamRejected
+from kaset.runtimes.oip_v2 import OipV2Runtime
 from kaset.runtimes.onnx_vision import OnnxVisionRuntime
 from tests.fixtures.fake_providers import SERVER, FakeServer, provider_runtimes, serve
 from tests.fixtures.images import mango_like_leaf, photo
@@ -209,22 +209,24 @@ def test_a_wrong_tensor_name_fails_the_load_naming_the_servers_tensors(make: Mak
 
 def test_the_servers_own_4xx_words_are_quoted(make: Make, proxy: FakeServer) -> None:
     # The worker's envelope, at load: the model it does not serve.
-    with pytest.raises(UpstreamNotReady) as not_ready:
+    with pytest.raises(ModelUnavailable) as not_ready:
         make(model="no-such-model")
     assert "HTTP 404" in not_ready.value.message and "'no-such-model'" in not_ready.value.message
-    assert not_ready.value.status_code == 503 and not_ready.value.retryable and not_ready.value.breaker_failure
-    with pytest.raises(UpstreamRejected, match=r"HTTP 404\): \".*no-such-model.*\""):
+    assert (not_ready.value.status_code, not_ready.value.code) == (503, "upstream_not_ready")
+    with pytest.raises(ModelUnavailable, match=r"HTTP 404\): \".*no-such-model.*\"") as unknown:
         make(model="no-such-model", check_ready=False)
+    assert unknown.value.code == "upstream_rejected"
     # Triton's {"error": "..."} on an infer request.
     runtime = make(base_url=proxy.base_url)
     proxy.fail(400, times=1)
-    with pytest.raises(UpstreamRejected) as rejected:
+    with pytest.raises(ModelUnavailable) as rejected:
         runtime.classify(images()[:1])
     assert f'(HTTP 400): "{TRITON_ERROR}"' in rejected.value.message
     assert "catalog entry" in rejected.value.message
     error = rejected.value
+    # Misconfigured: no retry of this model, but a breaker failure and the route's next model.
     assert (error.status_code, error.code, error.retryable, error.breaker_failure) == (
-        502, "upstream_rejected", False, True)
+        503, "upstream_rejected", False, True)
 
 
 def test_5xx_and_timeouts_are_retryable_breaker_failures(make: Make, proxy: FakeServer) -> None:
@@ -247,9 +249,9 @@ def test_5xx_and_timeouts_are_retryable_breaker_failures(make: Make, proxy: Fake
 
 def test_an_upstream_that_is_down_is_a_clear_503_then_a_retryable_502(make: Make, worker: WorkerProcess) -> None:
     nobody = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(UpstreamNotReady) as down:
+    with pytest.raises(ModelUnavailable) as down:
         make(base_url=nobody)
-    assert down.value.status_code == 503 and down.value.code == "upstream_not_ready"
+    assert (down.value.status_code, down.value.code, down.value.breaker_failure) == (503, "upstream_not_ready", True)
     assert "could not be reached" in down.value.message and nobody in down.value.message
     with proxy_to(worker.url) as gone:
         runtime = make(base_url=gone.base_url)

@@ -30,10 +30,11 @@ images and `max_request_bytes`, sent concurrently; a photo bigger than that alon
 fit (a server refuses a body past its limit). A catalog `batching:` entry merges concurrent
 callers' images into one request.
 
-Errors: unreachable, timeouts and 5xx are upstream errors, retryable and breaker failures; not
-ready (or unreachable) at load is `UpstreamNotReady` (503); a 4xx to a request built from valid
-images means the catalog entry does not match the server's model: `UpstreamRejected` (502, a
-breaker failure, no retry). Both quote the server's words: OIP's `{"error": "..."}` or Kaset's
+Errors: unreachable, timeouts and 5xx are upstream errors, retryable and breaker failures. Not
+ready (or unreachable) at load, and a 4xx to a request built from valid images (the catalog
+entry does not match the server's model), are the model being unavailable: ModelUnavailable
+(503, a breaker failure, no retry of the same model) with the codes `upstream_not_ready` and
+`upstream_rejected`. Both quote the server's words: OIP's `{"error": "..."}` or Kaset's
 envelope. Async-native: `aclassify` runs on the caller's loop (tensors built in a thread:
 resizing is CPU work); the blocking `classify`, which the model manager and its batcher call
 in the model's executor, runs the same coroutine on the runtime's loop thread.
@@ -76,26 +77,10 @@ DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 PROBE_SIZE = (224, 224)
 PIXEL_TYPES = {"UINT8": np.uint8, "FP32": np.float32, "FP16": np.float16}
 SCORE_TYPES = {"FP32": "<f4", "FP16": "<f2", "FP64": "<f8"}
-
-
-class UpstreamNotReady(UpstreamError):
-    """At load, the OIP server is unreachable or says the model is not ready. A later load may find
-    it ready (Triton still loading it, a pod starting): retryable."""
-
-    status_code = 503
-    code = "upstream_not_ready"
-    retryable = True
-    breaker_failure = True
-
-
-class UpstreamRejected(UpstreamError):
-    """A 4xx to a request built from valid images: the catalog entry does not match the server's
-    model. It would fail again (no retry) and counts against the breaker, as a broken upstream."""
-
-    status_code = 502
-    code = "upstream_rejected"
-    retryable = False
-    breaker_failure = True
+# ModelUnavailable's codes: down or not ready at load (the load is tried again on a later
+# request), and a 4xx from the server.
+NOT_READY = "upstream_not_ready"
+REJECTED = "upstream_rejected"
 
 
 @dataclass
@@ -214,7 +199,7 @@ class OipV2Runtime(ProviderClient, ImageClassifier):
         self._labels = labels
 
     async def _ready(self) -> None:
-        """200 or UpstreamNotReady; a refused key is UpstreamAuthFailed, as on every call."""
+        """200, or ModelUnavailable (upstream_not_ready); a refused key is UpstreamAuthFailed."""
         session = self._require_session()
         try:
             async with self._upstream_errors(), session.get(self._url("ready"), headers=self._headers(),
@@ -224,13 +209,13 @@ class OipV2Runtime(ProviderClient, ImageClassifier):
                 info = self._parse_error(_json_or_none(await response.content.read(64 * 1024)))
         except UpstreamError as exc:
             # Down at load is "not ready" (503): the load is tried again on a later request.
-            raise UpstreamNotReady(f"{exc.message} The model '{self.spec.id}' cannot load until "
-                                   f"{self.base_url} answers.") from None
+            raise ModelUnavailable(f"{exc.message} The model '{self.spec.id}' cannot load until "
+                                   f"{self.base_url} answers.", code=NOT_READY) from None
         if response.status in (401, 403):
             raise self._error_for(response.status, info, "", None)
         quoted = f': "{self.scrub(info.message)}"' if info.message else ""
-        raise UpstreamNotReady(f"{self._who()} says its model '{self.model}' is not ready (HTTP "
-                               f"{response.status}){quoted}.")
+        raise ModelUnavailable(f"{self._who()} says its model '{self.model}' is not ready (HTTP "
+                               f"{response.status}){quoted}.", code=NOT_READY)
 
     def _adopt(self, metadata: dict[str, Any]) -> None:
         """The tensor names, datatype, layout, batch axis and image size: the catalog's, checked
@@ -471,9 +456,11 @@ class OipV2Runtime(ProviderClient, ImageClassifier):
                    retry_after: float | None) -> KasetError:
         said = f'"{message}"' if message else "no message"
         if 400 <= status < 500 and status not in (401, 403, 408, 429) and not info.auth:
-            return UpstreamRejected(f"{self._who()} refused the request for its model '{self.model}' (HTTP "
+            # Valid images, refused: the entry does not match the server's model. Misconfigured,
+            # so unavailable (a breaker failure) and not worth retrying on this model.
+            return ModelUnavailable(f"{self._who()} refused the request for its model '{self.model}' (HTTP "
                                     f"{status}): {said}. An operator must check the model's catalog entry "
-                                    "(model, tensor names, datatype, preprocessing).")
+                                    "(model, tensor names, datatype, preprocessing).", code=REJECTED)
         if status >= 500 and status != 504:
             return UpstreamError(f"{self._who()} failed (HTTP {status}): {said}.")
         # 401/403 (the key; the server's words withheld), 408/504 (timeouts), 429: as for every provider.
