@@ -34,6 +34,8 @@ from typing import Any, Literal
 from kaset import usage
 from kaset.errors import InvalidRequest, ModelUnavailable, UpstreamError
 from kaset.pipelines.advice import Advice, AdviceQuery, AdviceService, Language, detect_language
+from kaset.pipelines.speaking import Spoken as SpokenSentence
+from kaset.pipelines.speaking import Written, speak_while_writing
 from kaset.pipelines.speech import (
     MIN_SENTENCE_CHARS,
     Caller,
@@ -232,62 +234,34 @@ class VoiceAssistant:
         for notice in notices:
             yield notice
 
-        events: asyncio.Queue[VoiceEvent | _Finished] = asyncio.Queue()
-        to_speak: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
-        result: dict[str, object] = {}
+        result: dict[str, object] = {"spoken": spoken_question}
 
-        result["spoken"] = spoken_question
+        async def say(sentence: str) -> Spoken | None:
+            text = speakable(sentence)
+            if not text:
+                return None
+            spoken = await self.speech.speak(text, language=lang, model=voice_model, voice=voice, fmt=fmt,
+                                             caller=caller)
+            usage.record(audio_seconds=spoken.seconds)
+            return spoken
 
-        async def produce() -> None:
-            # Sentences into both queues the moment they exist; `None` ends the speaker.
-            index = 0
-            try:
-                async for sentence in self._sentences(question, mode, lang, crop, caller, result):
-                    await events.put(Delta(index, sentence))
-                    if voice_model is not None:
-                        await to_speak.put((index, sentence))
-                    index += 1
-            finally:
-                await to_speak.put(None)
-
-        async def synthesize() -> None:
-            while (item := await to_speak.get()) is not None:
-                index, sentence = item
-                text = speakable(sentence)
-                if not text:
-                    continue
-                spoken = await self.speech.speak(text, language=lang, model=voice_model, voice=voice, fmt=fmt,
-                                                 caller=caller)
-                usage.record(audio_seconds=spoken.seconds)
-                await events.put(Audio(index, spoken))
-
-        producer = asyncio.create_task(_report(produce(), events, "text"))
-        speaker = asyncio.create_task(_report(synthesize(), events, "audio"))
+        # Each sentence is shown the moment it exists and spoken in a second task
+        # (kaset.pipelines.speaking), so the text never waits for the voice.
+        written = self._sentences(question, mode, lang, crop, caller, result)
         sentences: list[str] = []
         first_text: float | None = None
         first_audio: float | None = None
         text_done = time.perf_counter()
-        try:
-            pending = 2
-            while pending:
-                event = await events.get()
-                if isinstance(event, _Finished):
-                    if event.error is not None:
-                        raise event.error
-                    pending -= 1
-                    if event.name == "text":
-                        text_done = time.perf_counter()
-                    continue
-                if isinstance(event, Delta):
-                    sentences.append(event.text)
-                    first_text = first_text if first_text is not None else time.perf_counter() - started
-                elif isinstance(event, Audio):
-                    first_audio = first_audio if first_audio is not None else time.perf_counter() - started
-                yield event
-        finally:
-            for task in (producer, speaker):
-                task.cancel()
-            await asyncio.gather(producer, speaker, return_exceptions=True)
+        async for event in speak_while_writing(written, _one_sentence, list, say if voice_model is not None else None):
+            if isinstance(event, Written):
+                first_text = first_text if first_text is not None else time.perf_counter() - started
+                sentences.append(event.item)
+                yield Delta(len(sentences) - 1, event.item)
+            elif isinstance(event, SpokenSentence):
+                first_audio = first_audio if first_audio is not None else time.perf_counter() - started
+                yield Audio(event.index, event.audio)
+            else:
+                text_done = time.perf_counter()
         if not sentences:
             raise UpstreamError("The model gave an empty answer. Ask again, in other words.", code="empty_answer")
         advice = result.get("advice")
@@ -363,6 +337,10 @@ class VoiceAssistant:
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def _one_sentence(sentence: str) -> list[str]:
+    return [sentence]  # the assistant's and the advisor's text already comes a sentence at a time
 
 
 @dataclass

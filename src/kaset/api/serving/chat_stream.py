@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +14,7 @@ from kaset.api.schemas.chat import AssistantMessage, ChatChoice, ChatCompletion,
 from kaset.api.serving.chat_audio import ReplyVoice
 from kaset.api.streaming import primed
 from kaset.errors import KasetError
+from kaset.pipelines.speaking import Spoken, Written, speak_while_writing
 from kaset.pipelines.speech import split_sentences
 from kaset.runtimes.base import GenerationChunk
 from kaset.usage import record as record_usage
@@ -104,67 +104,39 @@ async def sse_response(generated: AsyncIterator[GenerationChunk], payloads: Chat
 async def _spoken_stream(chunks: AsyncIterator[GenerationChunk], payloads: ChatChunks, include_usage: bool,
                          voice: ReplyVoice) -> AsyncIterator[dict[str, Any]]:
     """The reply's transcript deltas as they are generated and, as each sentence is complete,
-    its pcm16 audio delta (spoken in a second task, so the text never waits for the voice);
-    the finish and usage chunks come after the last audio."""
-    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    sentences: asyncio.Queue[str | None] = asyncio.Queue()
+    its pcm16 audio delta (kaset.pipelines.speaking: the text never waits for the voice); the
+    finish and usage chunks come after the last audio."""
     final: list[GenerationChunk] = []
     said: list[str] = []
+    buffer = [""]
 
-    async def read_text() -> None:
-        buffer = ""
-        try:
-            async for chunk in chunks:
-                for payload in payloads.text(chunk.text):
-                    events.put_nowait(("payload", payload))
-                said.append(chunk.text)
-                buffer += chunk.text
-                pieces = split_sentences(buffer)
-                if len(pieces) > 1:
-                    for sentence in pieces[:-1]:
-                        sentences.put_nowait(sentence)
-                    buffer = pieces[-1]
-                if chunk.finish_reason is not None:
-                    final.append(chunk)
-            if buffer.strip():
-                sentences.put_nowait(buffer.strip())
-            events.put_nowait(("done", None))
-        except Exception as exc:
-            events.put_nowait(("error", exc))
-        finally:
-            sentences.put_nowait(None)
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
+    def cut(chunk: GenerationChunk) -> list[str]:
+        buffer[0] += chunk.text
+        pieces = split_sentences(buffer[0])
+        if len(pieces) < 2:
+            return []  # the last piece may still grow: kept whole, spaces included
+        buffer[0] = pieces[-1]
+        return pieces[:-1]
 
-    async def speak() -> None:
-        try:
-            while (sentence := await sentences.get()) is not None:
-                events.put_nowait(("payload", payloads.audio(await voice.speak(sentence), voice.expires_at)))
-            events.put_nowait(("done", None))
-        except Exception as exc:
-            events.put_nowait(("error", exc))
+    def rest() -> list[str]:
+        return [buffer[0].strip()] if buffer[0].strip() else []
 
-    tasks = [asyncio.create_task(read_text()), asyncio.create_task(speak())]
-    try:
-        running = len(tasks)
-        while running:
-            kind, value = await events.get()
-            if kind == "done":
-                running -= 1
-            elif kind == "error":
-                raise value
-            else:
-                yield value
-        await voice.svc.spoken_replies.remember(voice.audio_id, "".join(said), voice.expires_at)
-        last = final[-1] if final else GenerationChunk(text="", finish_reason="stop")
-        yield payloads.finish(last.finish_reason or "stop")
-        usage = usage_of(last.prompt_tokens, last.completion_tokens)
-        if include_usage:
-            yield {**payloads.base, "choices": [], "usage": usage.model_dump()}
-    finally:
-        for task in tasks:
-            task.cancel()
+    async for event in speak_while_writing(chunks, cut, rest, voice.speak):
+        if isinstance(event, Written):
+            chunk = event.item
+            for payload in payloads.text(chunk.text):
+                yield payload
+            said.append(chunk.text)
+            if chunk.finish_reason is not None:
+                final.append(chunk)
+        elif isinstance(event, Spoken):
+            yield payloads.audio(event.audio, voice.expires_at)
+    await voice.svc.spoken_replies.remember(voice.audio_id, "".join(said), voice.expires_at)
+    last = final[-1] if final else GenerationChunk(text="", finish_reason="stop")
+    yield payloads.finish(last.finish_reason or "stop")
+    usage = usage_of(last.prompt_tokens, last.completion_tokens)
+    if include_usage:
+        yield {**payloads.base, "choices": [], "usage": usage.model_dump()}
 
 
 class ChatReply:
