@@ -472,8 +472,6 @@ def test_a_call_to_a_worker_model_is_a_remote_model_span(worker_hop: WorkerHop) 
     assert worker_span["service"] == "kaset-worker"
 
 
-@pytest.mark.xfail(strict=True, reason="RemoteHandle._open (kaset.workers.remote) sends no traceparent and no "
-                                       "x-request-id since the internal task API replaced the forwarding proxy")
 def test_traceparent_reaches_a_real_worker(worker_hop: WorkerHop) -> None:
     """The worker's span is the child of the gateway's model-call span, in the same trace."""
     call = _only(worker_hop.gateway, "chat echo")

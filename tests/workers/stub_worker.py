@@ -1,5 +1,6 @@
 """A stand-in worker for fault tests: answers a gateway's model handles like a worker's task
-API (echo's chat stream and embeddings), but can be slow, hang, die mid-stream or stay unready. `python -m tests.workers.stub_worker --port N [--delay S] [--unready]`."""
+API (echo's chat stream and embeddings), but can be slow, hang, die mid-stream or stay
+unready. `python -m tests.workers.stub_worker --port N [--delay S] [--unready]`."""
 
 from __future__ import annotations
 

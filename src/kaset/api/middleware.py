@@ -9,7 +9,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kaset.api.telemetry import Telemetry
-from kaset.ids import new_id
+from kaset.ids import current_request_id, new_id
 from kaset.metrics import current_metrics
 from kaset.quotas.enforcer import ADMISSION_SCOPE_KEY
 from kaset.registry.manager import inference_seconds
@@ -44,6 +44,7 @@ class GatewayMiddleware:
         request_id = request_id or new_id()
         # Handlers read it from the scope (audit rows record it; see kaset.api.deps.request_id).
         scope["kaset.request_id"] = request_id
+        current_request_id.set(request_id)
         telemetry = self.telemetry
         if content_length > self.max_body_bytes:
             await _send_too_large(send, content_length, self.max_body_bytes, request_id)

@@ -27,7 +27,9 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from kaset import tracing
 from kaset.errors import KasetError, ModelUnavailable, UpstreamTimeout
+from kaset.ids import current_request_id
 from kaset.registry.catalog import ModelSpec
 from kaset.registry.handle import Messages, ModelHandle, ModelInfo, PartMessages
 from kaset.registry.manager import inference_seconds
@@ -264,6 +266,10 @@ class RemoteHandle(ModelHandle):
         pool = self.pool
         assert pool.session is not None, "the worker pool is not started"
         headers = {**pool.headers(), **request.pop("headers", {})}
+        request_id = current_request_id.get()
+        if request_id:
+            headers["x-request-id"] = request_id
+        tracing.inject(headers)  # W3C traceparent of the current (model-call) span, when tracing is on
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(5.0, pool.timeout_s), sock_read=pool.timeout_s)
         url_path = f"{self.url_path}/{what}"
         tried = [] if tried is None else tried

@@ -62,6 +62,15 @@ async def info(name: str, request: Request) -> JSONResponse:
 
 @router.post("/{name}/{method}")
 async def call(name: str, method: str, request: Request) -> Response:
+    try:
+        return await _call(name, method, request)
+    except KasetError as exc:
+        # The gateway's RemoteHandle re-raises it; the two flags say whose fault it was, so its
+        # router counts only the server's and upstream's faults against a breaker.
+        return JSONResponse(exc.envelope(faults=True), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _call(name: str, method: str, request: Request) -> Response:
     model = await _model(request, name, method)
     if method == "transcribe":
         options = wire.options_in(json.loads(request.headers.get(wire.OPTIONS_HEADER) or "{}"))
@@ -122,11 +131,11 @@ async def _lines(chunks: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         async for chunk in chunks:
             yield json.dumps(dataclasses.asdict(chunk), ensure_ascii=False).encode() + b"\n"
     except KasetError as exc:
-        yield json.dumps({**exc.envelope(), "status": exc.status_code}).encode() + b"\n"
+        yield json.dumps({**exc.envelope(faults=True), "status": exc.status_code}).encode() + b"\n"
     except Exception as exc:  # the gateway reads a server error, not a cut connection
         log.exception("a streamed model call failed")
         error = KasetError(f"The model failed while generating ({type(exc).__name__}: {exc}).")
-        yield json.dumps({**error.envelope(), "status": error.status_code}).encode() + b"\n"
+        yield json.dumps({**error.envelope(faults=True), "status": error.status_code}).encode() + b"\n"
 
 
 apply_policy(router, PLAIN)
