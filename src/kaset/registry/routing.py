@@ -85,7 +85,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -101,7 +101,7 @@ from kaset.weighted import weighted_pick
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from kaset.registry.manager import LoadedModel, ModelManager
+    from kaset.registry.manager import ModelManager
 
 log = logging.getLogger(__name__)
 
@@ -401,17 +401,6 @@ class Router:
             model = await self.manager.get(name, task)  # raises the usual 404
             return await fn(model), model.spec
         return await self._attempt(spec, name, task, fn, None, route=None, local_only=local_only), spec
-
-    async def call_local(self, name: str, task: Task, fn: Callable[[LoadedModel], Awaitable[T]], *,
-                         caller: Callable[[], str | None] | None = None, retry: bool = False) -> tuple[T, ModelSpec]:
-        """`call` for the API routers that still hand the engine a blocking function of their own
-        (encoding in the model's thread): models loaded in this process only. Requests for
-        worker models reach those routers' endpoints on the worker itself (kaset.workers.proxy)."""
-        async def local(model: ModelHandle) -> T:
-            assert not model.remote
-            return await fn(cast("LoadedModel", model))
-
-        return await self.call(name, task, local, caller=caller, retry=retry, local_only=True)
 
     # --- routes ------------------------------------------------------------------------------------
 
