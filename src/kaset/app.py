@@ -45,16 +45,12 @@ from kaset.errors import KasetError
 from kaset.jobs.kinds import JobContext
 from kaset.jobs.runner import start_jobs
 from kaset.metrics import Metrics
-from kaset.pipelines.advice import AdviceService
-from kaset.pipelines.describe import DescribeService
-from kaset.pipelines.diagnose import DiagnosisService
-from kaset.pipelines.speech import SpeechService
+from kaset.pipelines.graph import build_manager, build_model_services
 from kaset.quotas.enforcer import QuotaEnforcer
 from kaset.registry.catalog import Catalog
-from kaset.registry.lifecycle import LifecyclePolicy, start_idle_sweeper
+from kaset.registry.lifecycle import start_idle_sweeper
 from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository
-from kaset.registry.routing import Router
 from kaset.store.db import Database
 from kaset.store.spoken_replies import spoken_replies
 from kaset.tracing import GATEWAY_SERVICE, install_tracing, shutdown_tracing
@@ -134,31 +130,22 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
         # Revocation listener (Redis) and database poll: revoked keys fail within 1 s everywhere.
         identity.start()
         catalog = Catalog.load(settings.catalog_dirs)
-        manager = ModelManager(catalog, ModelRepository(settings.resolved_models_dir),
-                               lazy_load=settings.lazy_load, warmup=settings.warmup,
-                               policy=LifecyclePolicy.from_settings(settings), observer=telemetry.metrics)
+        manager = build_manager(settings, catalog, observer=telemetry.metrics)
         settings.models = startup_models(settings, catalog, manager.repository)
         # Models served by worker processes (docs/workers.md), called through the router's handles.
         workers = None
         if settings.worker_urls or settings.worker_registry == "redis":
             workers = WorkerPool(settings, catalog, telemetry.metrics.registry)
             await workers.start()
-        routing = Router(manager, breaker_failures=settings.breaker_failures,
-                         breaker_cooldown_s=settings.breaker_cooldown_s, retry_backoff_s=settings.retry_backoff_s,
-                         retry_max_wait_s=settings.retry_max_wait_s)
-        if workers is not None:
-            # Pipelines, voice and jobs reach the workers' models through the router's handles.
-            routing.remote = WorkerModels(workers)
-        advisor = AdviceService(routing)
-        diagnoser = DiagnosisService(routing, advisor.entries)
-        describer = DescribeService(routing, vision_models=settings.describe_models)
+        # Pipelines, voice and jobs reach the workers' models through the router's handles.
+        model_side = build_model_services(settings, manager, WorkerModels(workers) if workers is not None else None)
+        routing, diagnoser = model_side.router, model_side.diagnoser
         telemetry.metrics.router = routing
         quotas = quota_enforcer(settings, telemetry.metrics)
-        app.state.services = Services(settings=settings, db=db, keys=identity.keys, models=manager, advisor=advisor,
-                                      router=routing,
-                                      diagnoser=diagnoser, describer=describer, identity=identity, quotas=quotas,
-                                      speech=SpeechService(routing, manager, settings.max_audio_seconds),
-                                      spoken_replies=spoken_replies(settings))
+        app.state.services = Services(settings=settings, db=db, keys=identity.keys, models=manager,
+                                      advisor=model_side.advisor, router=routing, diagnoser=diagnoser,
+                                      describer=model_side.describer, identity=identity, quotas=quotas,
+                                      speech=model_side.speech, spoken_replies=spoken_replies(settings))
         telemetry.start(db, settings, manager)
         # Load in the background: /health/live answers at once, /health/ready once loaded.
         loader = asyncio.create_task(_load_models(manager, settings.models, on_load))

@@ -64,7 +64,7 @@ def test_the_crop_doctor_runs_on_workers_only(topology: tuple[str, WorkerProcess
         "image": _photo(), "audio": base64.b64encode(spoken.content).decode(), "response_format": "mp3"})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert "mango" in body["transcript"].lower()  # Whisper on worker A
+    assert "mango" in body["transcript"].lower(), body  # Whisper on worker A
     assert body["diagnosis"]["status"] == "diagnosed"  # the gate and the mango models on the workers
     assert body["advice"]["citations"][0]["id"] == body["diagnosis"]["plan"]["entry_id"]  # e5-small
     assert body["audio"]["format"] == "mp3" and body["audio"]["seconds"] > 1  # Piper, encoded here

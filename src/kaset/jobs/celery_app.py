@@ -42,13 +42,7 @@ class WorkerState:
         return future.result()
 
     async def _open(self) -> None:
-        from kaset.pipelines.advice import AdviceService
-        from kaset.pipelines.diagnose import DiagnosisService
-        from kaset.registry.catalog import Catalog
-        from kaset.registry.lifecycle import LifecyclePolicy
-        from kaset.registry.manager import ModelManager
-        from kaset.registry.repository import ModelRepository
-        from kaset.registry.routing import Router
+        from kaset.pipelines.graph import build_manager, build_model_services
         from kaset.store.db import Database
 
         settings = self.settings
@@ -57,16 +51,11 @@ class WorkerState:
             await self.db.upgrade()
         self.store = JobStore(self.db, settings.data_dir, settings.job_result_ttl_s)
         # Models load on a job's first use (lazy) and stay loaded for the next jobs.
-        self.manager = ModelManager(Catalog.load(settings.catalog_dirs), ModelRepository(settings.resolved_models_dir),
-                                    lazy_load=True, warmup=settings.warmup,
-                                    policy=LifecyclePolicy.from_settings(settings))
+        self.manager = build_manager(settings, lazy_load=True)
         for model_id in settings.models or []:
             await self.manager.load(model_id)
-        router = Router(self.manager, breaker_failures=settings.breaker_failures,
-                        breaker_cooldown_s=settings.breaker_cooldown_s, retry_backoff_s=settings.retry_backoff_s,
-                        retry_max_wait_s=settings.retry_max_wait_s)
-        self.ctx = JobContext(settings=settings, router=router,
-                              diagnoser=DiagnosisService(router, AdviceService(router).entries))
+        model_side = build_model_services(settings, self.manager)
+        self.ctx = JobContext(settings=settings, router=model_side.router, diagnoser=model_side.diagnoser)
         self.webhooks = WebhookSender(settings.job_webhook_attempts, settings.job_webhook_timeout_s)
 
     async def handle(self, job_id: str, redelivered: bool) -> str:

@@ -45,16 +45,10 @@ from kaset.auth.identity import Identity
 from kaset.config import Settings
 from kaset.errors import AuthenticationFailed, KasetError
 from kaset.metrics import Metrics
-from kaset.pipelines.advice import AdviceService
-from kaset.pipelines.describe import DescribeService
-from kaset.pipelines.diagnose import DiagnosisService
-from kaset.pipelines.speech import SpeechService
+from kaset.pipelines.graph import build_manager, build_model_services
 from kaset.quotas.enforcer import QuotaEnforcer
 from kaset.registry.catalog import Catalog
-from kaset.registry.lifecycle import LifecyclePolicy
 from kaset.registry.manager import ModelManager
-from kaset.registry.repository import ModelRepository
-from kaset.registry.routing import Router
 from kaset.store.db import Database
 from kaset.store.spoken_replies import spoken_replies
 from kaset.tracing import WORKER_SERVICE, install_tracing, shutdown_tracing
@@ -206,25 +200,19 @@ def create_worker_app(settings: Settings, model_names: list[str]) -> FastAPI:
                 catalog.resolve(name).max_concurrent = concurrency
         settings.models = names
         settings.lazy_load = False  # a worker serves its models only
-        manager = ModelManager(catalog, ModelRepository(settings.resolved_models_dir), lazy_load=False,
-                               warmup=settings.warmup, policy=LifecyclePolicy.from_settings(settings),
-                               observer=telemetry.metrics)
-        # Never opened: the worker keeps no users, keys or logs. Services wants the objects.
+        manager = build_manager(settings, catalog, lazy_load=False, observer=telemetry.metrics)
+        model_side = build_model_services(settings, manager)
+        # Never opened: the worker keeps no users, keys or logs; the shared routers' Services
+        # bag still has the fields (narrow dependencies per router would drop them).
         db = Database("sqlite+aiosqlite:///:memory:")
         identity = Identity.from_settings(settings, db, sign_in=False)
-        routing = Router(manager, breaker_failures=settings.breaker_failures,
-                         breaker_cooldown_s=settings.breaker_cooldown_s, retry_backoff_s=settings.retry_backoff_s,
-                         retry_max_wait_s=settings.retry_max_wait_s)
-        advisor = AdviceService(routing)
-        diagnoser = DiagnosisService(routing, advisor.entries)
-        telemetry.metrics.router = routing
+        telemetry.metrics.router = model_side.router
         telemetry.metrics.models = manager
         quotas = QuotaEnforcer(storage_url="memory://", metrics=telemetry.metrics)
         app.state.services = Services(settings=settings, db=db, keys=identity.keys, models=manager,
-                                      advisor=advisor, router=routing, diagnoser=diagnoser,
-                                      describer=DescribeService(routing, vision_models=settings.describe_models),
-                                      identity=identity, quotas=quotas,
-                                      speech=SpeechService(routing, manager, settings.max_audio_seconds),
+                                      advisor=model_side.advisor, router=model_side.router,
+                                      diagnoser=model_side.diagnoser, describer=model_side.describer,
+                                      identity=identity, quotas=quotas, speech=model_side.speech,
                                       spoken_replies=spoken_replies(settings))
         loader = asyncio.create_task(_load_all(manager, names))
         announcer = None
