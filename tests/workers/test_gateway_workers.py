@@ -143,3 +143,22 @@ def test_forwarded_usage_and_time_are_accounted(topology: tuple[str, WorkerProce
     # The worker's time is not the gateway's overhead.
     assert float(r.headers["x-kaset-overhead-ms"]) < 50
     assert _tokens(gateway, "echo", "completion") - before == 3
+
+
+def test_completions_and_model_details_are_served_by_the_workers(
+        topology: tuple[str, WorkerProcess, WorkerProcess]) -> None:
+    """Routes that once ran only on models loaded in the gateway go through the model handle."""
+    gateway, a, b = topology
+    before = sum(ok_calls_by_replica(gateway).values())
+    done = httpx.post(f"{gateway}/v1/completions", headers=auth(), timeout=30,
+                      json={"model": "echo", "prompt": "say this back", "max_tokens": 8})
+    assert done.status_code == 200, done.text
+    assert done.json()["choices"][0]["text"].strip()
+    with httpx.stream("POST", f"{gateway}/v1/completions", headers=auth(), timeout=30,
+                      json={"model": "echo", "prompt": "stream this back", "stream": True}) as r:
+        assert r.status_code == 200
+        events = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]" and len(events) > 2
+    assert sum(ok_calls_by_replica(gateway).values()) - before >= 2  # both on worker replicas
+    detail = httpx.get(f"{gateway}/v1/models/e5-small", headers=auth(), timeout=10).json()
+    assert detail["state"] == "remote"

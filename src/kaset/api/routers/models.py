@@ -132,10 +132,11 @@ async def get_model(model_id: str, svc: Services = Depends(services)) -> ModelDe
         if detail is not None:
             return detail
     spec = svc.models.resolve(model_id)
-    if spec in svc.models.available():
-        return _model_object(svc.models, spec, model_id)
+    # As the router does: a model a worker serves is called there, even if installed here too.
     if any(served.key == spec.key for served in _worker_models(svc)):
         detail = _remote_object(svc.models, spec)
         detail.id = model_id
         return detail
+    if spec in svc.models.available():
+        return _model_object(svc.models, spec, model_id)
     raise ModelNotFound(f"The model '{model_id}' is not installed on this server.", param="model")
