@@ -21,7 +21,8 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from contextlib import aclosing
 from typing import Any
 
 import aiohttp
@@ -176,20 +177,11 @@ class RemoteHandle(ModelHandle):
         return self._chunks("chat_parts_stream", {"messages": messages, "params": wire.params_out(params)})
 
     async def synthesize_stream(self, text: str, voice: str | None, speed: float) -> AsyncIterator[bytes]:
-        resp, replica, sent_at = await self._open("synthesize_stream",
-                                                  json={"text": text, "voice": voice, "speed": speed})
-        finished = False
-        try:
-            async for piece in resp.content.iter_any():
+        # Raw PCM has no room for an error: a worker whose synthesis failed cuts the reply.
+        body = {"text": text, "voice": voice, "speed": speed}
+        async with aclosing(self._stream("synthesize_stream", body, lines=False)) as pieces:
+            async for piece in pieces:
                 yield piece
-            finished = True
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # Raw PCM has no room for an error: a worker whose synthesis failed cuts the reply.
-            lost(self.pool, replica, exc)
-            raise WorkerLost(f"The worker serving '{self.name}' was lost mid-speech "
-                                    f"({type(exc).__name__}); the audio is incomplete.") from exc
-        finally:
-            self._finish(resp, replica, sent_at, finished)
 
     async def embed(self, texts: list[str]) -> Embeddings:
         return wire.embeddings_in(await self._json("embed", json={"texts": texts}))
@@ -210,21 +202,29 @@ class RemoteHandle(ModelHandle):
 
     async def _chunks(self, what: str, body: dict[str, Any]) -> AsyncIterator[GenerationChunk]:
         """A generation streamed as one JSON object per line; an error line ends it."""
-        resp, replica, sent_at = await self._open(what, json=body)
-        finished = False
-        try:
-            async for line in resp.content:
+        # aclosing: the replica is released the moment this generator stops, not when collected.
+        async with aclosing(self._stream(what, body, lines=True)) as lines:
+            async for line in lines:
                 if not line.strip():
                     continue
                 item = json.loads(line)
                 if "error" in item:
                     raise WorkerError(int(item.get("status", 500)), item["error"], None)
                 yield wire.chunk_in(item)
+
+    async def _stream(self, what: str, body: dict[str, Any], *, lines: bool) -> AsyncGenerator[bytes, None]:
+        """A streamed reply's lines, or its bytes as they arrive; a replica lost on the way is
+        marked so and the stream ends with WorkerLost (what was sent stands)."""
+        resp, replica, sent_at = await self._open(what, json=body)
+        finished = False
+        try:
+            async for piece in (resp.content if lines else resp.content.iter_any()):
+                yield piece
             finished = True
         except (aiohttp.ClientError, TimeoutError) as exc:
             lost(self.pool, replica, exc)
-            raise WorkerLost(f"The worker serving '{self.name}' was lost mid-stream "
-                                    f"({type(exc).__name__}); the reply is incomplete.") from exc
+            raise WorkerLost(f"The worker serving '{self.name}' was lost mid-reply "
+                             f"({type(exc).__name__}); the reply is incomplete.") from exc
         finally:
             self._finish(resp, replica, sent_at, finished)
 
