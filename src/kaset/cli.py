@@ -113,9 +113,14 @@ def jobs_worker(
         err.print("[red]No broker: set KASET_JOBS_BROKER_URL (e.g. amqp://guest:guest@127.0.0.1:5672// or "
                   "redis://127.0.0.1:6379/0).[/] Without one the server runs jobs itself (the embedded mode).")
         raise typer.Exit(2)
-    from kaset.jobs.celery_app import run_worker
+    from kaset.jobs.celery_app import RemoteOpener, run_worker
 
-    run_worker(settings, loglevel=settings.log_level.upper())
+    open_remote: RemoteOpener | None = None
+    if settings.worker_urls or settings.worker_registry == "redis":
+        from kaset.workers.remote import open_worker_models  # jobs run on the model workers' models too
+
+        open_remote = open_worker_models
+    run_worker(settings, loglevel=settings.log_level.upper(), open_remote=open_remote)
 
 
 @app.command("worker")

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.fixtures import postgres
@@ -207,3 +208,36 @@ def test_redis_broker(tmp_path: Path, job_models: Path, pg: str) -> None:
         client = redis.Redis.from_url(REDIS_URL)
         client.delete(queue)
         client.close()
+
+
+def test_a_jobs_worker_without_models_runs_jobs_on_a_model_worker(tmp_path: Path, job_models: Path, pg: str,
+                                                                   queue: str) -> None:
+    """`kaset jobs-worker` with KASET_WORKER_URLS and an empty models folder: the transcription
+    job's Whisper runs on a real `kaset worker` (through the model handle), not in the jobs worker."""
+    from tests.fixtures.worker_process import worker_process
+    from tests.workers.conftest import TOKEN
+
+    settings = job_settings(tmp_path, job_models, database_url=pg, jobs_broker_url=BROKER, jobs_queue=queue)
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    jobs: Worker | None = None
+    with worker_process(tmp_path, "whisper-1", {"KASET_MODELS_DIR": str(job_models), "KASET_WORKER_TOKEN": TOKEN}) \
+            as model_worker:
+        try:
+            with gateway(settings) as g:
+                wav = speech_wav(g.client, PARAGRAPH)
+                job = g.client.post("/v1/jobs", files={"file": ("long.wav", wav, "audio/wav")},
+                                    data={"kind": "transcribe", "model": "whisper-1"})
+                assert job.status_code == 202, job.text
+                env = _env(tmp_path, empty, pg, queue)
+                env.update(KASET_WORKER_URLS=model_worker.url, KASET_WORKER_TOKEN=TOKEN)
+                jobs = Worker(env, tmp_path / "jobs-worker.log")
+                done = _wait(g, job.json()["id"], lambda j: j["status"] in ("completed", "failed"), 180,
+                             "the jobs worker did not finish it")
+                assert done["status"] == "completed", (done, jobs.text())
+                assert "rice" in g.client.get(f"/v1/jobs/{job.json()['id']}/result").json()["text"].lower()
+            scraped = httpx.get(f"{model_worker.url}/metrics", timeout=10).text
+            assert 'route="/internal/v1/models/{name}/{method}"' in scraped  # Whisper ran on the model worker
+        finally:
+            if jobs is not None:
+                jobs.stop()

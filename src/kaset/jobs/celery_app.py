@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
 
@@ -23,14 +24,24 @@ from kaset.jobs.runner import execute, worker_id
 from kaset.jobs.store import JobStore
 from kaset.jobs.webhooks import WebhookSender
 
+if TYPE_CHECKING:
+    from kaset.registry.catalog import Catalog
+    from kaset.registry.handle import RemoteModels
+
 log = logging.getLogger(__name__)
+
+# Opens the models kaset workers serve, for this process's router, and gives back how to close
+# them (kaset.cli passes kaset.workers.remote.open_worker_models: that package sits above this one).
+RemoteOpener = Callable[[Settings, "Catalog"], Awaitable[tuple["RemoteModels", Callable[[], Awaitable[None]]]]]
 
 
 class WorkerState:
     """One per worker process: its own event loop thread, database, models and services."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, open_remote: RemoteOpener | None = None) -> None:
         self.settings = settings
+        self.open_remote = open_remote
+        self.close_remote: Callable[[], Awaitable[None]] | None = None
         self.worker = worker_id("celery")
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="kaset-jobs-loop", daemon=True)
@@ -54,7 +65,11 @@ class WorkerState:
         self.manager = build_manager(settings, lazy_load=True)
         for model_id in settings.models or []:
             await self.manager.load(model_id)
-        model_side = build_model_services(settings, self.manager)
+        remote = None
+        if self.open_remote is not None:
+            # Jobs then run on the workers' models too, with their breakers and failover.
+            remote, self.close_remote = await self.open_remote(settings, self.manager.catalog)
+        model_side = build_model_services(settings, self.manager, remote)
         self.ctx = JobContext(settings=settings, router=model_side.router, diagnoser=model_side.diagnoser)
         self.webhooks = WebhookSender(settings.job_webhook_attempts, settings.job_webhook_timeout_s)
 
@@ -74,6 +89,8 @@ class WorkerState:
 
     async def _close(self) -> None:
         await self.webhooks.close()
+        if self.close_remote is not None:
+            await self.close_remote()
         await self.manager.close()
         await self.db.close()
 
@@ -110,12 +127,13 @@ def worker_app(settings: Settings) -> Celery:
     return app
 
 
-def run_worker(settings: Settings, *, concurrency_note: str = "solo", loglevel: str = "INFO") -> None:
+def run_worker(settings: Settings, *, concurrency_note: str = "solo", loglevel: str = "INFO",
+               open_remote: RemoteOpener | None = None) -> None:
     """`kaset jobs-worker`: a Celery worker in this process (the solo pool: jobs run here, one at a
     time, with models loaded once; run more workers for more jobs at once)."""
     global _state
     app = worker_app(settings)
-    _state = WorkerState(settings)  # database and the --models loaded before taking work
+    _state = WorkerState(settings, open_remote)  # database and the --models loaded before taking work
     try:
         app.worker_main(["worker", f"--pool={concurrency_note}", f"--loglevel={loglevel}",
                          f"--queues={settings.jobs_queue}", f"--hostname=kaset-jobs@{_state.worker}",

@@ -21,7 +21,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from typing import Any
 
@@ -29,9 +29,10 @@ import aiohttp
 import numpy as np
 
 from kaset import tracing
+from kaset.config import Settings
 from kaset.errors import KasetError, ModelUnavailable, UpstreamTimeout
 from kaset.ids import current_request_id
-from kaset.registry.catalog import ModelSpec
+from kaset.registry.catalog import Catalog, ModelSpec
 from kaset.registry.handle import Messages, ModelHandle, ModelInfo, PartMessages
 from kaset.registry.manager import inference_seconds
 from kaset.runtimes.base import (
@@ -339,3 +340,12 @@ def _count_inference(seconds: float) -> None:
     bucket = inference_seconds.get()
     if bucket is not None:
         bucket[0] += seconds
+
+
+async def open_worker_models(settings: Settings,
+                             catalog: Catalog) -> tuple[WorkerModels, Callable[[], Awaitable[None]]]:
+    """The workers of `settings` (KASET_WORKER_URLS or the Redis registry) for a process other
+    than the gateway (a Celery jobs worker): their models, and how to close the pool."""
+    pool = WorkerPool(settings, catalog)
+    await pool.start()
+    return WorkerModels(pool), pool.close
