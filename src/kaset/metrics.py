@@ -237,6 +237,19 @@ def record_batch_size(model: str, size: int) -> None:
         metrics.batch_size(model, size)
 
 
+class VoiceSessions(Collector):
+    """Open /v1/voice/stream sessions of one app, as the `kaset_voice_sessions` gauge. The voice
+    router creates it on the first session and registers it with the app's registry, so the
+    gauge appears once voice has been used."""
+
+    def __init__(self) -> None:
+        self.open = 0
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("kaset_voice_sessions", "Open /v1/voice/stream WebSocket sessions.",
+                                value=self.open)
+
+
 class _KasetCollector(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self.m = metrics
