@@ -20,10 +20,11 @@ from kaset.api.schemas.chat import (
 )
 from kaset.api.serving.chat_audio import hear_audio_parts, recall_spoken_replies, voice_for
 from kaset.api.serving.chat_images import chat_about_images, chat_with_vision_model, image_urls
-from kaset.api.serving.chat_messages import deterministic, language_of, last_user_text, stops, to_messages
+from kaset.api.serving.chat_messages import deterministic, last_user_text, stops, to_messages
 from kaset.api.serving.chat_stream import ChatReply, CompletionChunks, sse_response, usage_of
 from kaset.errors import InvalidRequest, PayloadTooLarge
 from kaset.ids import new_id
+from kaset.language import written_language
 from kaset.registry.handle import ModelHandle
 from kaset.registry.routing import caller_key
 from kaset.runtimes.base import Generation, GenerationParams
@@ -54,7 +55,7 @@ async def chat_completions(
     await recall_spoken_replies(body, svc)
     if voice is not None:
         # Fail before generating when nothing can speak the language the reply will likely be in.
-        voice.language = language_of(last_user_text(body))
+        voice.language = written_language(last_user_text(body))
         voice.check()
     reply = ChatReply(body, completion_id, created, voice)
     images = image_urls(body)

@@ -15,10 +15,10 @@ from fastapi import Request
 
 from kaset.api.deps import Services, check_model_allowed
 from kaset.api.schemas.chat import ChatCompletionAudio, ChatCompletionRequest, ContentPart
-from kaset.api.serving.chat_messages import THAI, language_of
 from kaset.api.uploads import image_from_base64
 from kaset.errors import InvalidRequest, ModelUnavailable, NotFound, PayloadTooLarge, UnsupportedMediaType
 from kaset.ids import new_id
+from kaset.language import has_thai, written_language
 from kaset.media.audio import SUPPORTED_INPUT_FORMATS, decode_audio
 from kaset.pipelines.advice import Language
 from kaset.usage import record as record_usage
@@ -49,7 +49,7 @@ def _default_transcriber(body: ChatCompletionRequest, svc: Services) -> str:
     one; otherwise a multilingual one (it detects the language), else English-only."""
     texts = " ".join(p.text or "" for m in body.messages if isinstance(m.content, list) for p in m.content) + \
         " ".join(m.content for m in body.messages if isinstance(m.content, str))
-    if THAI.search(texts):
+    if has_thai(texts):
         return svc.speech.transcriber_for("th")
     try:
         return svc.speech.transcriber_for(None)
@@ -157,7 +157,7 @@ class ReplyVoice:
         return spoken.audio
 
     async def whole(self, text: str) -> ChatCompletionAudio:
-        self.language = language_of(text) if text.strip() else self.language
+        self.language = written_language(text) if text.strip() else self.language
         self.check()
         data = await self.speak(text) if text.strip() else b""
         await self.svc.spoken_replies.remember(self.audio_id, text, self.expires_at)

@@ -11,10 +11,10 @@ from fastapi.responses import Response, StreamingResponse
 
 from kaset.api.deps import Services
 from kaset.api.schemas.chat import ChatCompletionRequest, ContentPart
-from kaset.api.serving.chat_messages import THAI
 from kaset.api.serving.chat_stream import ChatReply, sse_response, stream_sse
 from kaset.api.uploads import image_from_base64
 from kaset.errors import InvalidRequest, PayloadTooLarge
+from kaset.language import has_thai
 from kaset.media.image import decode_image
 from kaset.pipelines.advice import Language
 from kaset.pipelines.describe import Description, encode_jpeg
@@ -137,7 +137,7 @@ async def chat_about_images(body: ChatCompletionRequest, images: list[tuple[int,
     for index, url in images:
         _refuse_remote(url, index)
     target, prompt = _question(body, images)
-    language: Language = "th" if THAI.search(prompt) else "en"
+    language: Language = "th" if has_thai(prompt) else "en"
     urls = [url for i, url in images if i == target][:MAX_DESCRIBED_IMAGES]
     descriptions = []
     for url in urls:

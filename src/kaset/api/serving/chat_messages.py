@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 from kaset.api.schemas.chat import ChatCompletionRequest, ChatMessage
 from kaset.errors import InvalidRequest, PayloadTooLarge
-from kaset.pipelines.advice import Language
 from kaset.runtimes.base import GenerationParams
-
-THAI = re.compile(r"[\u0E00-\u0E7F]")
 
 
 def deterministic(params: GenerationParams) -> bool:
@@ -57,12 +52,6 @@ def stops(stop: str | list[str] | None) -> list[str]:
     if len(stops) > 4:
         raise InvalidRequest("At most 4 stop sequences are allowed.", param="stop")
     return [s for s in stops if s]
-
-
-def language_of(text: str) -> Language:
-    letters = [c for c in text if c.isalpha()]
-    thai = sum(1 for c in letters if THAI.match(c))
-    return "th" if letters and thai / len(letters) >= 0.3 else "en"
 
 
 def last_user_text(body: ChatCompletionRequest) -> str:
