@@ -148,7 +148,7 @@ def test_forwarded_usage_and_time_are_accounted(topology: tuple[str, WorkerProce
 def test_completions_and_model_details_are_served_by_the_workers(
         topology: tuple[str, WorkerProcess, WorkerProcess]) -> None:
     """Routes that once ran only on models loaded in the gateway go through the model handle."""
-    gateway, a, b = topology
+    gateway, _, _ = topology
     before = sum(ok_calls_by_replica(gateway).values())
     done = httpx.post(f"{gateway}/v1/completions", headers=auth(), timeout=30,
                       json={"model": "echo", "prompt": "say this back", "max_tokens": 8})
