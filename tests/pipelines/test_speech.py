@@ -93,11 +93,10 @@ async def test_garbled_thai_is_not_trusted(hearing: SpeechService, kind: str) ->
 
 @module_loop
 async def test_noise_and_silence_are_not_speech(hearing: SpeechService) -> None:
-    quiet_hiss = await hearing.hear(thai.wav_bytes(thai.noise(level=0.02, seed=9)), language="th")
-    assert speech_doubt(quiet_hiss) is not None, quiet_hiss  # Whisper wrote "โอเค โอเค ..."
     # Usually no text at all (400 no_speech); Whisper's temperature fallback samples, so now and
-    # then it writes something for noise (seen in CI): then it must be doubted, never trusted.
-    for samples in (thai.noise(), thai.silence()):
+    # then it writes something for noise (seen in CI; for the quiet hiss once "โอเค โอเค ..."):
+    # then it must be doubted, never trusted.
+    for samples in (thai.noise(level=0.02, seed=9), thai.noise(), thai.silence()):
         try:
             heard = await hearing.hear(thai.wav_bytes(samples), language="th")
         except InvalidRequest as refused:
