@@ -42,9 +42,9 @@ from kaset.registry.routing import (
     Router,
     caller_key,
     fallback_reason,
-    hash_point,
     upstream_of,
 )
+from kaset.weighted import hash_point
 
 
 def _echo(model_id: str, version: str = "1", **extra: Any) -> ModelSpec:

@@ -80,7 +80,6 @@ two dict lookups, a context-variable read (tracing) and a try block around the c
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 import time
@@ -260,12 +259,6 @@ def caller_key(request: Request) -> str | None:
         return None
     key_id = getattr(principal, "key_id", None)
     return f"k:{key_id}" if key_id is not None else f"u:{getattr(principal, 'user_id', '')}"
-
-
-def hash_point(route: str, key: str) -> float:
-    """A point in [0, 1) fixed by (route, key): the same caller lands on the same target."""
-    digest = hashlib.blake2b(f"{route}\0{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0**64
 
 
 def _record_fallback(route: str, from_model: str, to_model: str, reason: str) -> None:
