@@ -10,9 +10,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime as dt
+import gc
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import statistics
@@ -274,3 +276,134 @@ def write_json(path: Path | None, payload: Mapping[str, Any]) -> None:
     if path is not None:
         path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
         print(f"wrote {path}")
+
+
+# --- HTTP clients: one request at a time, and wrk ----------------------------------------
+
+
+def post_bytes(port: int, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> bytes:
+    """A whole keep-alive HTTP/1.1 POST, ready to send again and again."""
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    return (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def latency_post(port: int, path: str, body: bytes, headers: Mapping[str, str] | None, expect: bytes,
+                 requests: int, warmup: int) -> tuple[list[float], float]:
+    """Seconds per request and the wall seconds of the measured ones: one keep-alive connection,
+    one request at a time, GC off (the client's pauses are not the server's). Every reply must be
+    200 with a Content-Length and contain `expect`, so a broken path cannot look fast."""
+    payload = post_bytes(port, path, body, headers)
+    latencies: list[float] = []
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = sock.makefile("rb")
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        measured_from = time.perf_counter()
+        try:
+            for i in range(warmup + requests):
+                if i == warmup:
+                    measured_from = time.perf_counter()
+                started = time.perf_counter()
+                sock.sendall(payload)
+                status = reader.readline()
+                length = -1
+                while True:
+                    line = reader.readline()
+                    if line in (b"\r\n", b""):
+                        break
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                if length < 0:
+                    raise RuntimeError(f"no Content-Length from port {port}{path}: {status!r}")
+                reply = reader.read(length)
+                elapsed = time.perf_counter() - started
+                if not status.startswith(b"HTTP/1.1 200") or expect not in reply:
+                    raise RuntimeError(f"unexpected reply from port {port}{path}: {status!r} {reply[:300]!r}")
+                if i >= warmup:
+                    latencies.append(elapsed)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+    return latencies, time.perf_counter() - measured_from
+
+
+def _lua_bytes(data: bytes) -> str:
+    return '"' + "".join(f"\\{b:03d}" for b in data) + '"'
+
+
+def wrk_post_script(path: Path, body: bytes, headers: Mapping[str, str] | None = None) -> Path:
+    """A wrk Lua script: POST `body` with `headers`; its summary printed as one WRKJSON line."""
+    lines = [f'wrk.headers["{k}"] = "{v}"' for k, v in {"Content-Type": "application/json",
+                                                       **(headers or {})}.items()]
+    path.write_text(f"""
+wrk.method = "POST"
+wrk.body = {_lua_bytes(body)}
+{chr(10).join(lines)}
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {{"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, "status": %d, '
+    .. '"timeout": %d, "p50_us": %d, "p99_us": %d}}\\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+""")
+    return path
+
+
+def wrk_post(wrk: str, script: Path, port: int, path: str, connections: int, seconds: float) -> dict[str, float]:
+    """`wrk -t1` for `seconds`; the WRKJSON summary plus req/s. Any error (a non-2xx, a timeout) fails."""
+    argv = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(script),
+            f"http://127.0.0.1:{port}{path}"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    match = re.search(r"^WRKJSON (\{.*\})$", out, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no summary from wrk:\n{out}")
+    stats: dict[str, float] = json.loads(match.group(1))
+    errors = sum(stats[k] for k in ("connect", "read", "write", "status", "timeout"))
+    if errors:
+        raise RuntimeError(f"wrk saw {errors:.0f} errors against port {port}{path}: {stats}")
+    stats["rps"] = stats["requests"] / (stats["duration_us"] / 1e6)
+    return stats
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU time of these processes, all their threads included."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def bench_tool(command: str, package: str) -> Path | None:
+    """A command-line tool the benchmarks need but Kaset does not: from PATH, else from the
+    benchmark-only venv `var/bench-venv/` (never `.venv`), installed there with pip if missing.
+    None, with the reason printed, when that fails."""
+    import shutil
+
+    found = shutil.which(command)
+    if found:
+        return Path(found)
+    venv = REPO / "var" / "bench-venv"
+    path = venv / "bin" / command
+    if path.exists():
+        return path
+    print(f"installing {package} into {venv} (once)", flush=True)
+    try:
+        if not (venv / "bin" / "python").exists():
+            base = getattr(sys, "_base_executable", None) or sys.executable
+            subprocess.run([base, "-m", "venv", str(venv)], check=True, capture_output=True, text=True, timeout=300)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", package],
+                       check=True, capture_output=True, text=True, timeout=1800)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        detail = getattr(exc, "stderr", None) or str(exc)
+        print(f"{package} could not be installed: {str(detail).strip()[-800:]}", flush=True)
+        return None
+    return path if path.exists() else None

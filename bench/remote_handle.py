@@ -1,0 +1,471 @@
+"""The remote model handle (issue 12): a gateway with no models of its own calling a `kaset worker`,
+against calling that worker's internal task API directly, in the same run.
+
+Per source tree (`--kaset-src`, several allowed; default the working tree), two processes on free
+127.0.0.1 ports, both run from that tree:
+
+* a worker, `kaset worker --models echo,e5-small` (e5-small only when it is installed in
+  `--models-dir`), its token the benchmark key so one Authorization header fits every side;
+* a gateway, `kaset serve` with no models and an empty models folder, finding the worker through
+  KASET_WORKER_URLS (auth, request log and metrics on, as shipped).
+
+Sides, for three tasks: chat on `echo` (no weights: the hop's own cost), embeddings of one short
+text on `echo` (same, with a vector to carry) and on `e5-small` (a real engine, ~9 ms a text):
+
+* **direct** (the baseline): the worker's internal task API, the very call the gateway's
+  `RemoteHandle` makes: POST /internal/v1/models/{echo/chat, echo/embed_each, e5-small/embed_each};
+* **gateway**: POST /v1/chat/completions and /v1/embeddings on the gateway;
+* **worker /v1** (a reference, `--no-reference` leaves it out): the worker's own OpenAI route,
+  what the gateway forwarded to before the handle.
+
+Latency, 1 connection: a blocking keep-alive client (raw socket, GC off), `--requests` after
+`--warmup` (a tenth of each for e5-small); p50/p99 and req/s.
+Throughput, 16 connections: `wrk -t1 -c16`, `--duration` s after `--wrk-warmup` s; req/s and wrk's
+p50/p99. CPU per request: the worker's, plus the gateway's on gateway sides. Rounds rotate the
+order of all sides of all trees; figures are medians over rounds.
+
+Target (issue 12): the remote handle adds at most 0.6 ms p50.
+
+`--profile-seconds S` then starts one more gateway per tree, drives it with wrk at 16 connections
+for S seconds per task while py-spy samples it, and prints where its main thread (the event loop)
+spent its CPU, by stage and by function. (Not cProfile: SQLAlchemy's async engine switches
+greenlets, which cProfile cannot follow, so it charged the loop's request work to the background
+database polls.)
+
+    .venv/bin/python bench/remote_handle.py [--rounds 3] [--requests 2000] [--duration 5]
+    .venv/bin/python bench/remote_handle.py --kaset-src /tmp/before/src --kaset-src src --profile-seconds 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from _common import (
+    BENCH_KEY,
+    DEFAULT_MODELS_DIR,
+    PYTHON,
+    REPO,
+    OtherLoad,
+    Server,
+    bench_tool,
+    cpu_seconds,
+    free_port,
+    install_signal_handlers,
+    kaset_server,
+    latency_post,
+    machine,
+    median,
+    percentile,
+    print_machine,
+    table,
+    write_json,
+    wrk_post,
+    wrk_post_script,
+)
+from kaset.runtimes.base import GenerationParams
+from peer_gateways import git_state
+
+ADDED_P50_TARGET_MS = 0.6
+MESSAGE = "The farmer plants rice in the wet season."
+TEXT = "query: how do I treat brown spots on rice leaves?"
+MESSAGES = [{"role": "user", "content": MESSAGE}]
+# What the gateway's chat route hands the echo model for this request (its defaults), on the wire.
+PARAMS = dataclasses.asdict(GenerationParams(temperature=1.0))
+AUTH = {"Authorization": f"Bearer {BENCH_KEY}"}
+
+
+@dataclass(frozen=True)
+class Call:
+    """One side of one task: which server, which path, which body, what the reply must contain."""
+
+    server: str  # "worker" or "gateway"
+    path: str
+    body: bytes
+    expect: bytes
+
+
+def calls(task: str) -> dict[str, Call]:
+    if task == "chat":
+        openai = json.dumps({"model": "echo", "messages": MESSAGES}).encode()
+        expect = json.dumps(MESSAGE).encode()
+        return {"direct": Call("worker", "/internal/v1/models/echo/chat",
+                               json.dumps({"messages": MESSAGES, "params": PARAMS}).encode(), expect),
+                "gateway": Call("gateway", "/v1/chat/completions", openai, expect),
+                "worker /v1": Call("worker", "/v1/chat/completions", openai, expect)}
+    model = "echo" if task == "embed-echo" else "e5-small"
+    openai = json.dumps({"model": model, "input": TEXT}).encode()
+    return {"direct": Call("worker", f"/internal/v1/models/{model}/embed_each",
+                           json.dumps({"texts": [TEXT]}).encode(), b'"vectors"'),
+            "gateway": Call("gateway", "/v1/embeddings", openai, b'"embedding"'),
+            "worker /v1": Call("worker", "/v1/embeddings", openai, b'"embedding"')}
+
+
+@dataclass
+class Results:
+    p50_ms: list[float] = field(default_factory=list)
+    p99_ms: list[float] = field(default_factory=list)
+    rps_1: list[float] = field(default_factory=list)
+    rps_16: list[float] = field(default_factory=list)
+    wrk_p50_ms: list[float] = field(default_factory=list)
+    wrk_p99_ms: list[float] = field(default_factory=list)
+    cpu_us_per_request: list[float] = field(default_factory=list)  # worker, plus gateway on gateway sides
+    server_cpu_us: list[float] = field(default_factory=list)  # the server called: the gateway's own, or the worker
+    other_load: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Tree:
+    label: str
+    src: Path | None  # None: the installed (working) tree
+    worker: Server
+    gateway: Server
+
+    def port(self, server: str) -> int:
+        return self.worker.port if server == "worker" else self.gateway.port
+
+    def pids(self, server: str) -> list[int]:
+        return [self.worker.pid] + ([self.gateway.pid] if server == "gateway" else [])
+
+
+def path_kind(src: Path) -> str:
+    """How the gateway reaches a worker's chat model in this source tree."""
+    deps = (src / "kaset" / "api" / "deps.py").read_text()
+    if "Forwarded" in deps or (src / "kaset" / "workers" / "proxy.py").exists():
+        return "OpenAI routes forwarded at the HTTP layer (workers/proxy.py)"
+    return "every route through the model handle (RemoteHandle)"
+
+
+def src_env(src: Path | None) -> dict[str, str]:
+    return {"PYTHONPATH": str(src)} if src is not None else {}
+
+
+def worker_server(port: int, data_dir: Path, models: str, models_dir: Path, src: Path | None) -> Server:
+    argv = [PYTHON, "-m", "kaset", "worker", "--models", models, "--host", "127.0.0.1", "--port", str(port)]
+    env = {"KASET_DATA_DIR": str(data_dir), "KASET_MODELS_DIR": str(models_dir), "KASET_WORKER_TOKEN": BENCH_KEY,
+           **src_env(src)}
+    return Server(f"worker-{port}", argv, port, "/health/ready", env=env)
+
+
+def gateway_server(port: int, directory: Path, worker_port: int, src: Path | None) -> Server:
+    (directory / "no-models").mkdir(parents=True, exist_ok=True)
+    return kaset_server(f"gateway-{port}", port, directory / "data", models="", models_dir=directory / "no-models",
+                        extra_env={"KASET_WORKER_URLS": f"http://127.0.0.1:{worker_port}",
+                                   "KASET_WORKER_TOKEN": BENCH_KEY, "KASET_MODELS": "[]", **src_env(src)})
+
+
+def wait_serving(tree: Tree, gateway: Server, tasks: list[str], timeout_s: float = 60) -> None:
+    """Until the gateway has seen the worker's models and answers through them."""
+    deadline = time.monotonic() + timeout_s
+    for task in tasks:
+        call = calls(task)["gateway"]
+        while True:
+            try:
+                latency_post(gateway.port, call.path, call.body, AUTH, call.expect, 1, 0)
+                break
+            except (RuntimeError, OSError) as exc:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{tree.label}: the gateway never served {task}: {exc}\n"
+                                       f"{gateway.log_tail()}") from exc
+                time.sleep(0.3)
+
+
+def measure(wrk: str, script: Path, tree: Tree, call: Call, res: Results, requests: int, warmup: int,
+            connections: int, duration: float, wrk_warmup: float) -> None:
+    port = tree.port(call.server)
+    load = OtherLoad()
+    lat, wall = latency_post(port, call.path, call.body, AUTH, call.expect, requests, warmup)
+    res.p50_ms.append(percentile(lat, 50) * 1000)
+    res.p99_ms.append(percentile(lat, 99) * 1000)
+    res.rps_1.append(len(lat) / wall)
+    wrk_post(wrk, script, port, call.path, connections, wrk_warmup)
+    pids = tree.pids(call.server)
+    before = [cpu_seconds([pid]) for pid in pids]
+    stats = wrk_post(wrk, script, port, call.path, connections, duration)
+    used = [cpu_seconds([pid]) - b for pid, b in zip(pids, before, strict=True)]
+    res.cpu_us_per_request.append(sum(used) / max(stats["requests"], 1) * 1e6)
+    res.server_cpu_us.append(used[-1] / max(stats["requests"], 1) * 1e6)
+    res.other_load.append(load.cores())
+    res.rps_16.append(stats["rps"])
+    res.wrk_p50_ms.append(stats["p50_us"] / 1000)
+    res.wrk_p99_ms.append(stats["p99_us"] / 1000)
+
+
+# --- the profile ------------------------------------------------------------------------------
+
+
+# Where a sample of the gateway's main thread goes: the first rule matching its frames, searched
+# from the innermost frame out (json.dumps called by wire.py counts as the handle's), except that
+# a background task's samples count as that task wherever they are.
+BACKGROUND = (("kaset/auth/cache.py", "background: credential revocation poll"),
+              ("kaset/jobs/", "background: job runner poll"),
+              ("kaset/store/request_log.py", "request log (recording, batching)"))
+STAGES = (("aiohttp/", "aiohttp client: the call to the worker"),
+          ("kaset/workers/", "RemoteHandle, pool and wire (JSON of the call)"),
+          ("fastapi/dependencies/", "FastAPI dependency solving"),
+          ("pydantic", "pydantic: request validation, response serialisation"),
+          ("kaset/api/deps.py", "auth dependency (key lookup, identity)"),
+          ("kaset/auth/", "auth dependency (key lookup, identity)"),
+          ("kaset/api/routers/", "route handler (building the OpenAI reply)"),
+          ("kaset/registry/", "router: route, breaker, handle"),
+          ("kaset/metrics", "metrics"), ("prometheus_client/", "metrics"),
+          ("kaset/api/", "gateway middleware, telemetry, responses"), ("kaset/", "other Kaset code"),
+          ("uvicorn/", "uvicorn: HTTP parsing and sending"), ("httptools", "uvicorn: HTTP parsing and sending"),
+          ("starlette/", "Starlette/FastAPI routing and middleware"),
+          ("fastapi/", "Starlette/FastAPI routing and middleware"),
+          ("asyncio/", "asyncio and uvloop (C: callbacks, socket I/O)"),
+          ("uvloop", "asyncio and uvloop (C: callbacks, socket I/O)"))
+
+
+def profile_gateway(py_spy: Path, wrk: str, tmpdir: Path, tree: Tree, tasks: list[str], seconds: float,
+                    connections: int, keep: Path | None, top: int) -> dict[str, list[str]]:
+    """py-spy on a fresh gateway in front of the tree's worker while wrk drives each task."""
+    found: dict[str, list[str]] = {}
+    gateway = gateway_server(free_port(), tmpdir / f"profile-{tree.label}".replace(" ", "-"), tree.worker.port,
+                             tree.src)
+    rate = 250
+    try:
+        gateway.start()
+        for task in tasks:
+            slug = f"{tree.label}-{task}".replace(" ", "-")
+            out = (keep or tmpdir) / f"gateway-{slug}.pyspy.txt"
+            call = calls(task)["gateway"]
+            script = wrk_post_script(tmpdir / f"profile-{slug}.lua", call.body, AUTH)
+            wait_serving(tree, gateway, [task])
+            wrk_post(wrk, script, gateway.port, call.path, connections, 1.0)
+            # Raw stacks of running (not idle) threads, function-level: where the CPU goes.
+            # --nonblocking: the gateway is not paused for each sample, so it runs as it would.
+            spy = subprocess.Popen([str(py_spy), "record", "--nonblocking", "-p", str(gateway.pid), "-r", str(rate),
+                                    "-d",
+                                    str(round(seconds) + 2), "-f", "raw", "--threads", "--nolineno", "-o", str(out)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            time.sleep(1.0)  # py-spy attached
+            before = main_thread_cpu(gateway.pid)
+            stats = wrk_post(wrk, script, gateway.port, call.path, connections, seconds)
+            main_us = (main_thread_cpu(gateway.pid) - before) / max(stats["requests"], 1) * 1e6
+            _, err = spy.communicate(timeout=60)
+            if not out.exists():
+                print(f"{tree.label} {task}: py-spy wrote nothing: {err.decode(errors='replace')[-400:]}",
+                      file=sys.stderr)
+                continue
+            lines = report_profile(out, main_us, top)
+            found[task] = lines
+            print(f"\n{tree.label}, {task}: py-spy of the gateway at {rate} Hz, {stats['requests']:.0f} requests "
+                  f"under wrk -c{connections} ({stats['rps']:.0f} req/s while sampled)")
+            print("\n".join(lines))
+    finally:
+        gateway.stop()
+    return found
+
+
+def _frames(stack: str) -> list[tuple[str, str]]:
+    """(function, file) of each frame, outermost first, of one py-spy raw stack."""
+    frames = []
+    for frame in stack.split(";"):
+        name, _, where = frame.partition(" (")
+        frames.append((name, where.rstrip(")")))
+    return frames
+
+
+def main_thread_cpu(pid: int) -> float:
+    """CPU seconds of a process's main thread (its thread id is the pid): the gateway's event loop."""
+    for thread in psutil.Process(pid).threads():
+        if thread.id == pid:
+            return float(thread.user_time + thread.system_time)
+    return 0.0
+
+
+def report_profile(path: Path, main_us: float, top: int) -> list[str]:
+    """The main thread's samples by stage and by innermost function, as shares of its CPU per
+    request measured meanwhile (`main_us`). Shares, because py-spy also counts a thread that is
+    runnable but waiting for a core, which on two busy cores is often."""
+    stages: dict[str, int] = {}
+    own: dict[str, int] = {}
+    main = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        thread, _, rest = stack.partition(";")
+        # Other threads (aiosqlite's, the executor's) are left out: py-spy counts their blocking
+        # queue waits as running.
+        if not thread.endswith("MainThread"):
+            continue
+        main += count
+        frames = _frames(rest)
+        files = [f for _, f in frames]
+        stage = next((label for marker, label in BACKGROUND if any(marker in f for f in files)), None)
+        if stage is None:
+            stage = next((label for _, f in reversed(frames) for marker, label in STAGES if marker in f), "other")
+        stages[stage] = stages.get(stage, 0) + count
+        leaf = f"{frames[-1][0]} ({frames[-1][1]})" if frames else "?"
+        own[leaf] = own.get(leaf, 0) + count
+
+    def us(samples: int) -> str:
+        share = samples / max(main, 1)
+        return f"{share * main_us:7.1f} µs  {share:5.1%}"
+
+    lines = [f"main thread (the event loop): {main_us:.0f} µs of CPU a request (psutil), {main} samples", "by stage:"]
+    lines += [f"  {us(n)}  {label}" for label, n in sorted(stages.items(), key=lambda kv: -kv[1])]
+    lines.append("innermost Python function:")
+    lines += [f"  {us(n)}  {name}" for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
+    return lines
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, rotating the order (default 3)")
+    parser.add_argument("--requests", type=int, default=2000,
+                        help="latency requests per round (default 2000; e5-small a tenth)")
+    parser.add_argument("--warmup", type=int, default=300,
+                        help="latency warmup requests (default 300; e5-small a tenth)")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
+    parser.add_argument("--duration", type=float, default=5.0, help="wrk seconds per side and round (default 5)")
+    parser.add_argument("--wrk-warmup", type=float, default=1.0, help="wrk warmup seconds (default 1)")
+    parser.add_argument("--models-dir", type=Path, default=None,
+                        help="where e5-small is installed (default KASET_MODELS_DIR, else var/test/models when "
+                             f"it has e5-small, else {DEFAULT_MODELS_DIR})")
+    parser.add_argument("--tasks", default="chat,embed-echo,embed-e5",
+                        help="of chat (echo), embed-echo, embed-e5 (e5-small); default all three")
+    parser.add_argument("--no-reference", action="store_true", help="leave out the worker's own /v1 routes")
+    parser.add_argument("--kaset-src", type=Path, action="append",
+                        help="run worker and gateway from this src/ folder (several: side by side in one run)")
+    parser.add_argument("--profile-seconds", type=float, default=0.0,
+                        help="after measuring, sample a gateway per tree with py-spy for this long per task "
+                             "(default off; py-spy from PATH, else installed into var/bench-venv/)")
+    parser.add_argument("--profile-dir", type=Path, help="keep py-spy's raw stacks here")
+    parser.add_argument("--profile-top", type=int, default=25)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print("wrk not found; install it with: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    models_dir = args.models_dir
+    if models_dir is None:
+        test_models = REPO / "var" / "test" / "models"
+        models_dir = (Path(os.environ["KASET_MODELS_DIR"]) if "KASET_MODELS_DIR" in os.environ
+                      else test_models if (test_models / "e5-small").is_dir() else DEFAULT_MODELS_DIR)
+    tasks = [t for t in args.tasks.split(",") if t]
+    if "embed-e5" in tasks and not (models_dir / "e5-small").is_dir():
+        print(f"e5-small is not installed in {models_dir}: its embeddings are left out", file=sys.stderr)
+        tasks.remove("embed-e5")
+    sides = ["direct", "gateway"] + ([] if args.no_reference else ["worker /v1"])
+    srcs: list[Path | None] = [s.resolve() for s in args.kaset_src] if args.kaset_src else [None]
+
+    install_signal_handlers()
+    info = machine()
+    print_machine(info)
+    print("servers and client share this machine; nothing is pinned")
+    trees: list[Tree] = []
+    results: dict[tuple[str, str, str], Results] = {}
+    profiles: dict[str, dict[str, list[str]]] = {}
+    described: dict[str, dict[str, str]] = {}
+    with tempfile.TemporaryDirectory(prefix="kaset-bench-") as tmp:
+        tmpdir = Path(tmp)
+        scripts = {(task, side): wrk_post_script(tmpdir / f"{task}-{i}.lua", call.body, AUTH)
+                   for task in tasks for i, (side, call) in enumerate(calls(task).items())}
+        for i, src in enumerate(srcs):
+            label = "tree" if len(srcs) == 1 else f"tree {i + 1}"
+            worker = worker_server(free_port(), tmpdir / f"worker-{i}",
+                                   "echo" + (",e5-small" if "embed-e5" in tasks else ""), models_dir, src)
+            gateway = gateway_server(free_port(), tmpdir / f"gateway-{i}", worker.port, src)
+            trees.append(Tree(label, src, worker, gateway))
+            source = src or (REPO / "src")
+            described[label] = {"src": str(source), "git": git_state(source),
+                                "path": path_kind(source)}
+            print(f"{label}: {source} ({described[label]['git']}): {described[label]['path']}")
+        try:
+            for tree in trees:
+                tree.worker.start()
+                tree.gateway.start()
+                wait_serving(tree, tree.gateway, tasks)
+            for round_no in range(1, args.rounds + 1):
+                for task in tasks:
+                    order = [(tree, side) for tree in trees for side in sides]
+                    shift = (round_no - 1) % len(order)
+                    for tree, side in order[shift:] + order[:shift]:
+                        res = results.setdefault((tree.label, task, side), Results())
+                        scale = 10 if task == "embed-e5" else 1
+                        measure(wrk, scripts[(task, side)], tree, calls(task)[side], res, args.requests // scale,
+                                args.warmup // scale, args.connections, args.duration, args.wrk_warmup)
+                        print(f"round {round_no} {tree.label} {task:5} {side:10}: p50 {res.p50_ms[-1]:.3f} ms  "
+                              f"p99 {res.p99_ms[-1]:.3f} ms  {res.rps_1[-1]:.0f} req/s at 1, "
+                              f"{res.rps_16[-1]:.0f} at {args.connections} (wrk p50 {res.wrk_p50_ms[-1]:.2f} ms)  "
+                              f"CPU {res.cpu_us_per_request[-1]:.0f} µs/req  other load {res.other_load[-1]:.2f}",
+                              flush=True)
+            if args.profile_seconds > 0:
+                if args.profile_dir is not None:
+                    args.profile_dir.mkdir(parents=True, exist_ok=True)
+                py_spy = bench_tool("py-spy", "py-spy")
+                for tree in trees:
+                    if py_spy is None:
+                        break
+                    profiles[tree.label] = profile_gateway(py_spy, wrk, tmpdir, tree, tasks, args.profile_seconds,
+                                                           args.connections, args.profile_dir, args.profile_top)
+        finally:
+            for tree in trees:
+                tree.gateway.stop()
+                tree.worker.stop()
+
+    print()
+    print(f"medians over {args.rounds} rounds; 1 connection: {args.requests} requests a round ({args.requests // 10} "
+          f"to e5-small); {args.connections} connections: wrk {args.duration:g} s a round")
+    summary: dict[str, dict[str, float]] = {}
+    for tree in trees:
+        print(f"\n{tree.label}: {described[tree.label]['src']} ({described[tree.label]['git']}): "
+              f"{described[tree.label]['path']}")
+        rows = []
+        for task in tasks:
+            d = results[(tree.label, task, "direct")]
+            for side in sides:
+                r = results[(tree.label, task, side)]
+                added = median(r.p50_ms) - median(d.p50_ms)
+                row = [f"{task}: {side}", f"{median(r.p50_ms):.3f} ms", f"{median(r.p99_ms):.3f} ms",
+                       f"{median(r.rps_1):.0f}", f"{median(r.rps_16):.0f}",
+                       f"{median(r.wrk_p50_ms):.2f} / {median(r.wrk_p99_ms):.2f} ms",
+                       f"{median(r.cpu_us_per_request):.0f} µs", f"{median(r.server_cpu_us):.0f} µs"]
+                if side == "direct":
+                    row += ["", "", "", ""]
+                else:
+                    ratio_1, ratio_16 = median(r.rps_1) / median(d.rps_1), median(r.rps_16) / median(d.rps_16)
+                    row += [f"+{added:.3f} ms", f"{ratio_1:.0%}", f"{ratio_16:.0%}",
+                            ("yes" if added <= ADDED_P50_TARGET_MS else "NO") if side == "gateway" else ""]
+                    summary[f"{tree.label}/{task}/{side}"] = {"added_p50_ms": added, "rps_ratio_1": ratio_1,
+                                                              "rps_ratio_16": ratio_16}
+                rows.append(row)
+        print(table(["side", "p50, 1 conn", "p99, 1 conn", "req/s, 1 conn", f"req/s, {args.connections} conn",
+                     f"wrk p50 / p99, {args.connections} conn", "CPU / request", "of it the server called",
+                     "added p50",
+                     "req/s vs direct, 1 conn", f"vs direct, {args.connections} conn",
+                     f"≤ +{ADDED_P50_TARGET_MS} ms"], rows))
+    other = [x for r in results.values() for x in r.other_load]
+    print(f"\nother processes' CPU during the measurements: median {median(other):.2f}, max {max(other):.2f} cores "
+          f"of {info['nproc']}")
+    write_json(args.json, {"machine": info, "args": vars(args), "trees": described, "summary": summary,
+                           "rounds": {"/".join(k): vars(v) for k, v in results.items()}, "profiles": profiles})
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; servers stopped", file=sys.stderr)
+        sys.exit(130)
