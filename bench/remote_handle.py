@@ -24,7 +24,8 @@ Throughput, 16 connections: `wrk -t1 -c16`, `--duration` s after `--wrk-warmup` 
 p50/p99. CPU per request: the worker's, plus the gateway's on gateway sides. Rounds rotate the
 order of all sides of all trees; figures are medians over rounds.
 
-Target (issue 12): the remote handle adds at most 0.6 ms p50.
+Target (issue 12): the remote handle adds at most 0.6 ms p50. About 5 minutes with one tree on a
+quiet machine (`--tasks chat,embed-echo`: about 2.5), twice that with two trees.
 
 `--profile-seconds S` then starts one more gateway per tree, drives it with wrk at 16 connections
 for S seconds per task while py-spy samples it, and prints where its main thread (the event loop)
@@ -445,7 +446,7 @@ def main() -> int:
                     row += ["", "", "", ""]
                 else:
                     ratio_1, ratio_16 = median(r.rps_1) / median(d.rps_1), median(r.rps_16) / median(d.rps_16)
-                    row += [f"+{added:.3f} ms", f"{ratio_1:.0%}", f"{ratio_16:.0%}",
+                    row += [f"{added:+.3f} ms", f"{ratio_1:.0%}", f"{ratio_16:.0%}",
                             ("yes" if added <= ADDED_P50_TARGET_MS else "NO") if side == "gateway" else ""]
                     summary[f"{tree.label}/{task}/{side}"] = {"added_p50_ms": added, "rps_ratio_1": ratio_1,
                                                               "rps_ratio_16": ratio_16}
