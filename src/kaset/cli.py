@@ -107,7 +107,7 @@ def jobs_worker(
     """Run async jobs from the queue (Celery; needs KASET_JOBS_BROKER_URL), one at a time."""
     settings = _settings(config, models=models, jobs_queue=queue, log_level=log_level)
     if models is None:
-        settings.models = []  # models load on a job's first use
+        settings = settings.model_copy(update={"models": []})  # models load on a job's first use
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not settings.jobs_broker_url:
         err.print("[red]No broker: set KASET_JOBS_BROKER_URL (e.g. amqp://guest:guest@127.0.0.1:5672// or "
