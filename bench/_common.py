@@ -24,7 +24,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -37,6 +37,8 @@ PYTHON = sys.executable
 # Where `make models` (kaset models install --default) puts them, unless KASET_MODELS_DIR says.
 DEFAULT_MODELS_DIR = Settings().resolved_models_dir
 BENCH_KEY = "ksk-bench-" + "0123456789abcdef" * 2
+# Every request to a server started here carries it (auth on; a worker's token is the same key).
+AUTH = {"Authorization": f"Bearer {BENCH_KEY}"}
 
 _servers: list[Server] = []
 
@@ -58,6 +60,23 @@ def install_signal_handlers() -> None:
 def _stop_all() -> None:
     for server in list(_servers):
         server.stop()
+
+
+def begin_benchmark() -> dict[str, Any]:
+    """Signals handled so our servers stop; the machine's facts, printed and returned."""
+    install_signal_handlers()
+    info = machine()
+    print_machine(info)
+    return info
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """Exit with main()'s status; on Ctrl-C or SIGTERM (the servers are stopped by then) with 130."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; servers stopped", file=sys.stderr)
+        sys.exit(130)
 
 
 def http_get(url: str, headers: Mapping[str, str] | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -169,6 +188,36 @@ def _settled(status: int, body: bytes) -> bool:
     return status == 503 and bool(states) and all(v in ("loaded", "failed") for v in states.values())
 
 
+def served_model_states(port: int) -> dict[str, str]:
+    """The per-model states a `kaset serve` on this port reports now."""
+    _, body = http_get(f"http://127.0.0.1:{port}/health/ready")
+    return model_states(body)
+
+
+def require_loaded(server: Server, models: Iterable[str] | None = None) -> dict[str, str]:
+    """The server's model states, once it is certain that `models` (None: every model it started
+    with) are loaded; else RuntimeError with the states and the server's log."""
+    states = served_model_states(server.port)
+    wanted = list(states) if models is None else list(models)
+    missing = [m for m in wanted if states.get(m) != "loaded"]
+    if missing:
+        raise RuntimeError(f"the gateway did not load {', '.join(missing)}: {states}\n{server.log_tail()}")
+    return states
+
+
+@contextlib.contextmanager
+def kaset_serving(name: str, models: str | None, models_dir: Path,
+                  must_load: Iterable[str] | None = None) -> Iterator[Server]:
+    """A started `kaset serve` (see kaset_server) in a fresh data folder, with `must_load` (None:
+    every start-up model) loaded; stopped on leaving."""
+    with tempfile.TemporaryDirectory(prefix=f"kaset-bench-{name}-") as tmp:
+        server = kaset_server(name, free_port(), Path(tmp) / "data", models=models, models_dir=models_dir,
+                              allow_failed=True)
+        with server:
+            require_loaded(server, must_load)
+            yield server
+
+
 def kaset_server(name: str, port: int, data_dir: Path, models: str | None, models_dir: Path = DEFAULT_MODELS_DIR,
                  extra_env: Mapping[str, str] | None = None, allow_failed: bool = False) -> Server:
     """`python -m kaset serve` with auth on and the benchmark's admin key preset.
@@ -182,6 +231,23 @@ def kaset_server(name: str, port: int, data_dir: Path, models: str | None, model
     env = {"KASET_DATA_DIR": str(data_dir), "KASET_MODELS_DIR": str(models_dir), "KASET_AUTH_ENABLED": "true",
            "KASET_BOOTSTRAP_KEY": BENCH_KEY, **(extra_env or {})}
     return Server(name, argv, port, "/health/ready", env=env, ready=_settled if allow_failed else None)
+
+
+def kaset_worker(name: str, port: int, data_dir: Path, models: str, models_dir: Path = DEFAULT_MODELS_DIR,
+                 extra_env: Mapping[str, str] | None = None) -> Server:
+    """`python -m kaset worker` whose token is the benchmark key, so AUTH fits it and its gateway."""
+    argv = [PYTHON, "-m", "kaset", "worker", "--models", models, "--host", "127.0.0.1", "--port", str(port)]
+    env = {"KASET_DATA_DIR": str(data_dir), "KASET_MODELS_DIR": str(models_dir), "KASET_WORKER_TOKEN": BENCH_KEY,
+           **(extra_env or {})}
+    return Server(name, argv, port, "/health/ready", env=env)
+
+
+def workers_gateway(name: str, port: int, data_dir: Path, workers: Iterable[Server],
+                    models_dir: Path = DEFAULT_MODELS_DIR, extra_env: Mapping[str, str] | None = None) -> Server:
+    """`kaset serve` with no models of its own, finding these workers through KASET_WORKER_URLS."""
+    urls = ",".join(f"http://127.0.0.1:{w.port}" for w in workers)
+    return kaset_server(name, port, data_dir, models="", models_dir=models_dir, extra_env={
+        "KASET_WORKER_URLS": urls, "KASET_WORKER_TOKEN": BENCH_KEY, "KASET_MODELS": "[]", **(extra_env or {})})
 
 
 # --- noise from other work on the machine -------------------------------------------------
@@ -256,8 +322,19 @@ def percentile(values: Sequence[float], pct: float) -> float:
     return ordered[rank - 1]
 
 
+def percentile_ms(seconds: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile of durations in seconds, in milliseconds."""
+    return percentile(seconds, pct) * 1000
+
+
 def median(values: Iterable[float]) -> float:
     return float(statistics.median(list(values)))
+
+
+def other_load_summary(loads: Sequence[float], nproc: int | None = None) -> str:
+    """The closing line on other processes' CPU (OtherLoad) over all measurements."""
+    return (f"other processes' CPU during the measurements: median {median(loads):.2f}, max {max(loads):.2f} cores"
+            + (f" of {nproc}" if nproc is not None else ""))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -289,10 +366,11 @@ def post_bytes(port: int, path: str, body: bytes, headers: Mapping[str, str] | N
 
 
 def latency_post(port: int, path: str, body: bytes, headers: Mapping[str, str] | None, expect: bytes,
-                 requests: int, warmup: int) -> tuple[list[float], float]:
+                 requests: int, warmup: int, overhead_ms: list[float] | None = None) -> tuple[list[float], float]:
     """Seconds per request and the wall seconds of the measured ones: one keep-alive connection,
     one request at a time, GC off (the client's pauses are not the server's). Every reply must be
-    200 with a Content-Length and contain `expect`, so a broken path cannot look fast."""
+    200 with a Content-Length and contain `expect`, so a broken path cannot look fast. The
+    x-kaset-overhead-ms values of the measured replies go into `overhead_ms` when given."""
     payload = post_bytes(port, path, body, headers)
     latencies: list[float] = []
     with socket.create_connection(("127.0.0.1", port)) as sock:
@@ -309,13 +387,17 @@ def latency_post(port: int, path: str, body: bytes, headers: Mapping[str, str] |
                 sock.sendall(payload)
                 status = reader.readline()
                 length = -1
+                overhead = None
                 while True:
                     line = reader.readline()
                     if line in (b"\r\n", b""):
                         break
                     name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
+                    name = name.strip().lower()
+                    if name == b"content-length":
                         length = int(value)
+                    elif name == b"x-kaset-overhead-ms":
+                        overhead = float(value)
                 if length < 0:
                     raise RuntimeError(f"no Content-Length from port {port}{path}: {status!r}")
                 reply = reader.read(length)
@@ -324,13 +406,15 @@ def latency_post(port: int, path: str, body: bytes, headers: Mapping[str, str] |
                     raise RuntimeError(f"unexpected reply from port {port}{path}: {status!r} {reply[:300]!r}")
                 if i >= warmup:
                     latencies.append(elapsed)
+                    if overhead_ms is not None and overhead is not None:
+                        overhead_ms.append(overhead)
         finally:
             if gc_was_enabled:
                 gc.enable()
     return latencies, time.perf_counter() - measured_from
 
 
-def _lua_bytes(data: bytes) -> str:
+def lua_string(data: bytes) -> str:
     return '"' + "".join(f"\\{b:03d}" for b in data) + '"'
 
 
@@ -340,7 +424,7 @@ def wrk_post_script(path: Path, body: bytes, headers: Mapping[str, str] | None =
                                                        **(headers or {})}.items()]
     path.write_text(f"""
 wrk.method = "POST"
-wrk.body = {_lua_bytes(body)}
+wrk.body = {lua_string(body)}
 {chr(10).join(lines)}
 
 done = function(summary, latency, requests)

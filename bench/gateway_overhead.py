@@ -18,154 +18,40 @@ Targets: at most 1 ms added p50 latency; at least 50% of the bare app's requests
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import re
-import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-
-import psutil
 
 from _common import (
     BENCH_DIR,
-    BENCH_KEY,
     PYTHON,
-    OtherLoad,
     Server,
+    begin_benchmark,
     free_port,
-    install_signal_handlers,
     kaset_server,
-    machine,
+    lua_string,
     median,
-    percentile,
-    print_machine,
+    other_load_summary,
+    run_main,
     table,
     write_json,
+    wrk_post,
 )
+from _rounds import Plan, Series, echo_chat, measure_round, require_wrk
 
-PATH = "/v1/chat/completions"
-MESSAGE = "The farmer plants rice in the wet season."
-BODY = json.dumps({"model": "echo", "messages": [{"role": "user", "content": MESSAGE}]}).encode()
+POST = echo_chat()
 LATENCY_TARGET_MS = 1.0
 THROUGHPUT_TARGET = 0.5
 
-
-@dataclass
-class Results:
-    p50_ms: list[float] = field(default_factory=list)
-    p99_ms: list[float] = field(default_factory=list)
-    rps: list[float] = field(default_factory=list)
-    wrk_p50_ms: list[float] = field(default_factory=list)
-    cpu_us_per_request: list[float] = field(default_factory=list)
-    # Other processes' CPU (cores) during the latency run and during the wrk run.
-    other_load_latency: list[float] = field(default_factory=list)
-    other_load_wrk: list[float] = field(default_factory=list)
-    overhead_header_ms: list[float] = field(default_factory=list)
-
-
-# --- latency: one connection, one request at a time -------------------------------------------
-
-
-def _request_bytes(port: int) -> bytes:
-    head = (f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-            f"Authorization: Bearer {BENCH_KEY}\r\nContent-Length: {len(BODY)}\r\n\r\n")
-    return head.encode() + BODY
-
-
-def latency_run(port: int, requests: int, warmup: int) -> tuple[list[float], list[float]]:
-    """Seconds per request, and the x-kaset-overhead-ms values seen (empty for the bare app)."""
-    payload = _request_bytes(port)
-    expected = json.dumps(MESSAGE).encode()
-    latencies: list[float] = []
-    overheads: list[float] = []
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        reader = sock.makefile("rb")
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            for i in range(warmup + requests):
-                started = time.perf_counter()
-                sock.sendall(payload)
-                status = reader.readline()
-                length = -1
-                overhead = None
-                while True:
-                    line = reader.readline()
-                    if line in (b"\r\n", b""):
-                        break
-                    name, _, value = line.partition(b":")
-                    name = name.strip().lower()
-                    if name == b"content-length":
-                        length = int(value)
-                    elif name == b"x-kaset-overhead-ms":
-                        overhead = float(value)
-                body = reader.read(length)
-                elapsed = time.perf_counter() - started
-                if not status.startswith(b"HTTP/1.1 200") or expected not in body:
-                    raise RuntimeError(f"unexpected reply from port {port}: {status!r} {body[:300]!r}")
-                if i >= warmup:
-                    latencies.append(elapsed)
-                    if overhead is not None:
-                        overheads.append(overhead)
-        finally:
-            if gc_was_enabled:
-                gc.enable()
-    return latencies, overheads
-
-
-# --- throughput: wrk ------------------------------------------------------------------------
-
-
-def _lua_string(data: bytes) -> str:
-    return '"' + "".join(f"\\{b:03d}" for b in data) + '"'
-
-
-def wrk_script(directory: Path) -> Path:
-    script = directory / "post.lua"
-    script.write_text(f"""
-wrk.method = "POST"
-wrk.body = {_lua_string(BODY)}
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer {BENCH_KEY}"
-
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRKJSON {{"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, "status": %d, '
-    .. '"timeout": %d, "p50_us": %d, "p99_us": %d}}\\n',
-    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(99)))
-end
-""")
-    return script
+# peer_gateways.py (another script) still imports these two from here; they can go once it uses
+# _common.wrk_post_script and wrk_post itself.
+PATH = POST.path
+_lua_string = lua_string
 
 
 def wrk_run(wrk: str, script: Path, port: int, connections: int, seconds: float) -> dict[str, float]:
-    argv = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(script),
-            f"http://127.0.0.1:{port}{PATH}"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
-    match = re.search(r"^WRKJSON (\{.*\})$", out, re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"no summary from wrk:\n{out}")
-    stats: dict[str, float] = json.loads(match.group(1))
-    errors = sum(stats[k] for k in ("connect", "read", "write", "status", "timeout"))
-    if errors:
-        raise RuntimeError(f"wrk saw {errors:.0f} errors against port {port}: {stats}")
-    stats["rps"] = stats["requests"] / (stats["duration_us"] / 1e6)
-    return stats
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads included."""
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+    return wrk_post(wrk, script, port, PATH, connections, seconds)
 
 
 # --- limits ---------------------------------------------------------------------------------
@@ -208,19 +94,17 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args()
 
-    wrk = shutil.which("wrk")
+    wrk = require_wrk()
     if wrk is None:
-        print("wrk not found; install it with: apt-get install -y wrk", file=sys.stderr)
         return 2
-    install_signal_handlers()
-    info = machine()
-    print_machine(info)
+    info = begin_benchmark()
     print("server and client share this machine; nothing is pinned")
 
-    results = {"kaset": Results(), "bare": Results()}
+    plan = Plan.of(args)
+    results = {"kaset": Series(), "bare": Series()}
     with tempfile.TemporaryDirectory(prefix="kaset-bench-") as tmp:
         tmpdir = Path(tmp)
-        script = wrk_script(tmpdir)
+        script = POST.wrk_script(tmpdir / "post.lua")
         bare_port = free_port()
         servers = {
             "kaset": kaset_server("kaset", free_port(), tmpdir / "data", models="echo",
@@ -235,24 +119,9 @@ def main() -> int:
             for round_no in range(1, args.rounds + 1):
                 order = ["kaset", "bare"] if round_no % 2 else ["bare", "kaset"]
                 for name in order:
-                    port = servers[name].port
                     res = results[name]
-                    load = OtherLoad()
-                    lat, overheads = latency_run(port, args.requests, args.warmup)
-                    res.other_load_latency.append(load.cores())
-                    res.p50_ms.append(percentile(lat, 50) * 1000)
-                    res.p99_ms.append(percentile(lat, 99) * 1000)
-                    if overheads:
-                        res.overhead_header_ms.append(median(overheads))
-                    wrk_run(wrk, script, port, args.connections, args.wrk_warmup)
-                    cpu_before = _cpu_seconds(servers[name].pid)
-                    load = OtherLoad()
-                    stats = wrk_run(wrk, script, port, args.connections, args.duration)
-                    res.other_load_wrk.append(load.cores())
-                    res.cpu_us_per_request.append((_cpu_seconds(servers[name].pid) - cpu_before)
-                                                  / stats["requests"] * 1e6)
-                    res.rps.append(stats["rps"])
-                    res.wrk_p50_ms.append(stats["p50_us"] / 1000)
+                    measure_round(wrk, script, servers[name].port, POST, [servers[name].pid], plan, res)
+                    overheads = name == "kaset" and bool(res.overhead_header_ms)  # bare_app.py sends none
                     print(f"round {round_no} {name:5}: p50 {res.p50_ms[-1]:.3f} ms  p99 {res.p99_ms[-1]:.3f} ms  "
                           f"{args.connections} conn {res.rps[-1]:.0f} req/s, server CPU "
                           f"{res.cpu_us_per_request[-1]:.0f} µs/req"
@@ -290,8 +159,7 @@ def main() -> int:
         ],
     ))
     loads = k.other_load_latency + k.other_load_wrk + b.other_load_latency + b.other_load_wrk
-    print(f"other processes' CPU during the measurements: median {median(loads):.2f}, max {max(loads):.2f} cores "
-          f"of {info['nproc']}")
+    print(other_load_summary(loads, info["nproc"]))
     write_json(args.json, {"machine": info, "args": vars(args),
                            "rounds": {name: vars(res) for name, res in results.items()},
                            "added_p50_ms": added_p50, "added_p99_ms": added_p99, "rps_ratio": ratio})
@@ -299,8 +167,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; servers stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

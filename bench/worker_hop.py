@@ -16,37 +16,24 @@ Target (issue 5): at most 1 ms added p50 at 1 connection.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 from _common import (
-    BENCH_KEY,
-    DEFAULT_MODELS_DIR,
-    PYTHON,
-    OtherLoad,
-    Server,
+    begin_benchmark,
     free_port,
-    install_signal_handlers,
-    kaset_server,
-    machine,
+    kaset_worker,
     median,
-    percentile,
-    print_machine,
+    other_load_summary,
     table,
+    workers_gateway,
     write_json,
 )
-from gateway_overhead import Results, _cpu_seconds, latency_run, wrk_run, wrk_script
+from _rounds import Plan, Series, echo_chat, measure_round, require_wrk
 
+POST = echo_chat()
 HOP_TARGET_MS = 1.0
-
-
-def worker_server(port: int, data_dir: Path) -> Server:
-    argv = [PYTHON, "-m", "kaset", "worker", "--models", "echo", "--host", "127.0.0.1", "--port", str(port)]
-    env = {"KASET_DATA_DIR": str(data_dir), "KASET_MODELS_DIR": str(DEFAULT_MODELS_DIR),
-           "KASET_WORKER_TOKEN": BENCH_KEY}
-    return Server("worker", argv, port, "/health/ready", env=env)
 
 
 def main() -> int:
@@ -59,44 +46,27 @@ def main() -> int:
     parser.add_argument("--wrk-warmup", type=float, default=2.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    wrk = shutil.which("wrk")
+    wrk = require_wrk()
     if wrk is None:
-        print("wrk not found; install it with: apt-get install -y wrk", file=sys.stderr)
         return 2
-    install_signal_handlers()
-    info = machine()
-    print_machine(info)
-    results = {"gateway": Results(), "direct": Results()}
+    info = begin_benchmark()
+    plan = Plan.of(args)
+    results = {"gateway": Series(), "direct": Series()}
     with tempfile.TemporaryDirectory(prefix="kaset-bench-") as tmp:
         tmpdir = Path(tmp)
-        script = wrk_script(tmpdir)
-        worker = worker_server(free_port(), tmpdir / "worker")
-        gateway = kaset_server("gateway", free_port(), tmpdir / "gateway", models="", extra_env={
-            "KASET_WORKER_URLS": f"http://127.0.0.1:{worker.port}", "KASET_WORKER_TOKEN": BENCH_KEY,
-            "KASET_MODELS": "[]"})
-        ports = {"gateway": gateway.port, "direct": worker.port}
-        pids = {}
+        script = POST.wrk_script(tmpdir / "post.lua")
+        worker = kaset_worker("worker", free_port(), tmpdir / "worker", "echo")
+        gateway = workers_gateway("gateway", free_port(), tmpdir / "gateway", [worker])
+        servers = {"gateway": gateway, "direct": worker}
         try:
             worker.start()
             gateway.start()
-            pids = {"gateway": gateway.pid, "direct": worker.pid}
             for round_no in range(1, args.rounds + 1):
                 for name in (["gateway", "direct"] if round_no % 2 else ["direct", "gateway"]):
                     res = results[name]
-                    load = OtherLoad()
-                    lat, _ = latency_run(ports[name], args.requests, args.warmup)
-                    res.other_load_latency.append(load.cores())
-                    res.p50_ms.append(percentile(lat, 50) * 1000)
-                    res.p99_ms.append(percentile(lat, 99) * 1000)
-                    wrk_run(wrk, script, ports[name], args.connections, args.wrk_warmup)
-                    cpu = _cpu_seconds(pids["direct"]) + (_cpu_seconds(pids["gateway"]) if name == "gateway" else 0)
-                    load = OtherLoad()
-                    stats = wrk_run(wrk, script, ports[name], args.connections, args.duration)
-                    res.other_load_wrk.append(load.cores())
-                    after = _cpu_seconds(pids["direct"]) + (_cpu_seconds(pids["gateway"]) if name == "gateway" else 0)
-                    res.cpu_us_per_request.append((after - cpu) / stats["requests"] * 1e6)
-                    res.rps.append(stats["rps"])
-                    res.wrk_p50_ms.append(stats["p50_us"] / 1000)
+                    # The worker's CPU, plus the gateway's on the gateway side.
+                    pids = [worker.pid] + ([gateway.pid] if name == "gateway" else [])
+                    measure_round(wrk, script, servers[name].port, POST, pids, plan, res)
                     print(f"round {round_no} {name:7}: p50 {res.p50_ms[-1]:.3f} ms  p99 {res.p99_ms[-1]:.3f} ms  "
                           f"{res.rps[-1]:.0f} req/s  CPU {res.cpu_us_per_request[-1]:.0f} µs/req  other load "
                           f"{res.other_load_latency[-1]:.2f}/{res.other_load_wrk[-1]:.2f} cores", flush=True)
@@ -116,8 +86,7 @@ def main() -> int:
           f"{median(g.rps) / median(d.rps):.0%}", "", ""],
          ["CPU per request (gateway + worker)", f"{median(g.cpu_us_per_request):.0f} µs",
           f"{median(d.cpu_us_per_request):.0f} µs", "", "", ""]]))
-    other = g.other_load_latency + g.other_load_wrk + d.other_load_latency + d.other_load_wrk
-    print(f"other processes' CPU during the measurements: median {median(other):.2f}, max {max(other):.2f} cores")
+    print(other_load_summary(g.other_load_latency + g.other_load_wrk + d.other_load_latency + d.other_load_wrk))
     write_json(args.json, {"machine": info, "gateway": vars(g), "direct": vars(d), "added_p50_ms": added})
     return 0
 
