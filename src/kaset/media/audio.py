@@ -111,7 +111,10 @@ def _decode_to_16k_mono(data: bytes, max_samples: int) -> np.ndarray:
         stream = container.streams.audio[0]
         # Audio decoders gain nothing from threads; one keeps each request to its own core.
         stream.codec_context.thread_count = 1
-        resampler = av.audio.resampler.AudioResampler(format="flt", layout="mono", rate=ASR_SAMPLE_RATE)
+        # One filter-graph thread: the default (0) starts a pool per graph, one thread a core,
+        # that lives until the garbage collector breaks the graph's reference cycle.
+        resampler = av.audio.resampler.AudioResampler(format="flt", layout="mono", rate=ASR_SAMPLE_RATE,
+                                                      threads=1)
         for frame in _decoded_frames(container, stream):
             for out in resampler.resample(frame):
                 total += _append(pieces, out, total, max_samples)
