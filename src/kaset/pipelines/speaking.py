@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -39,9 +39,24 @@ class WritingDone:
     """The source is exhausted (speech of the last sentences may still follow)."""
 
 
-class _Finished:
-    def __init__(self, error: BaseException | None = None) -> None:
-        self.error = error
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A background task ended (with its error, if it failed)."""
+
+    error: BaseException | None = None
+
+
+async def report_end(work: Awaitable[None], queue: asyncio.Queue[Any]) -> None:
+    """Run `work` and put a `Finished` on `queue` when it ends, however it ends short of
+    cancellation: the consumer re-raises the error where it can report it."""
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        queue.put_nowait(Finished(exc))
+    else:
+        queue.put_nowait(Finished())
 
 
 async def speak_while_writing(items: AsyncIterator[T], cut: Callable[[T], list[str]],
@@ -52,7 +67,7 @@ async def speak_while_writing(items: AsyncIterator[T], cut: Callable[[T], list[s
     returns (and `finish` returns at the end), `Spoken` once `speak` has said it (a sentence
     `speak` returns None for is skipped). With `speak` None nothing is cut or spoken.
     An error in either task is raised here, after what came before it."""
-    events: asyncio.Queue[Written[T] | Spoken[A] | WritingDone | _Finished] = asyncio.Queue()
+    events: asyncio.Queue[Written[T] | Spoken[A] | WritingDone | Finished] = asyncio.Queue()
     sentences: asyncio.Queue[str | None] = asyncio.Queue()
 
     async def write() -> None:
@@ -81,19 +96,12 @@ async def speak_while_writing(items: AsyncIterator[T], cut: Callable[[T], list[s
                 events.put_nowait(Spoken(index, sentence, audio))
             index += 1
 
-    async def report(work: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await work()
-            events.put_nowait(_Finished())
-        except Exception as exc:
-            events.put_nowait(_Finished(exc))
-
-    tasks = [asyncio.create_task(report(write)), asyncio.create_task(report(say))]
+    tasks = [asyncio.create_task(report_end(write(), events)), asyncio.create_task(report_end(say(), events))]
     try:
         running = len(tasks)
         while running:
             event = await events.get()
-            if isinstance(event, _Finished):
+            if isinstance(event, Finished):
                 if event.error is not None:
                     raise event.error
                 running -= 1

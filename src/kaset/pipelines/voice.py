@@ -27,15 +27,15 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from kaset import usage
 from kaset.errors import InvalidRequest, ModelUnavailable, UpstreamError
 from kaset.pipelines.advice import Advice, AdviceQuery, AdviceService, Language, detect_language
+from kaset.pipelines.speaking import Finished, Written, report_end, speak_while_writing
 from kaset.pipelines.speaking import Spoken as SpokenSentence
-from kaset.pipelines.speaking import Written, speak_while_writing
 from kaset.pipelines.speech import (
     MIN_SENTENCE_CHARS,
     Caller,
@@ -302,7 +302,7 @@ class VoiceAssistant:
         params = GenerationParams(max_tokens=MAX_TOKENS, temperature=0.3)
         # The stream lives inside `router.call`'s callback (the model is held for its length), so
         # sentences cross over through a queue to this generator.
-        out: asyncio.Queue[str | _Finished] = asyncio.Queue()
+        out: asyncio.Queue[str | Finished] = asyncio.Queue()
 
         async def run(model: ModelHandle) -> None:
             cutter = SentenceCutter()
@@ -325,11 +325,11 @@ class VoiceAssistant:
         async def call() -> None:
             await self.router.call(self.chat_model, "chat", run, caller=caller)
 
-        task = asyncio.create_task(_report(call(), out, "llm"))
+        task = asyncio.create_task(report_end(call(), out))
         try:
             while True:
                 item = await out.get()
-                if isinstance(item, _Finished):
+                if isinstance(item, Finished):
                     if item.error is not None:
                         raise item.error
                     return
@@ -341,27 +341,6 @@ class VoiceAssistant:
 
 def _one_sentence(sentence: str) -> list[str]:
     return [sentence]  # the assistant's and the advisor's text already comes a sentence at a time
-
-
-@dataclass
-class _Finished:
-    """A background task ended (with its error, if it failed)."""
-
-    name: str
-    error: BaseException | None = None
-
-
-async def _report(work: Coroutine[Any, Any, None], queue: asyncio.Queue[Any], name: str) -> None:
-    """Run `work` and put a `_Finished` on `queue` when it ends, however it ends short of
-    cancellation: the consumer re-raises errors where it can report them."""
-    try:
-        await work
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        queue.put_nowait(_Finished(name, exc))
-    else:
-        queue.put_nowait(_Finished(name))
 
 
 @dataclass
