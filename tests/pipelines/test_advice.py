@@ -9,13 +9,8 @@ import pytest
 
 from kaset.errors import InvalidRequest
 from kaset.knowledge.schema import load_entries
-from kaset.pipelines.advice import (
-    AdviceQuery,
-    AdviceService,
-    curated_answer,
-    detect_language,
-    validate_rephrasing,
-)
+from kaset.pipelines.advice import AdviceQuery, AdviceService, curated_answer, detect_language
+from kaset.pipelines.advice_rephrasing import validate_rephrasing
 from kaset.registry.catalog import Catalog
 from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository

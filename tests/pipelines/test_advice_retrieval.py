@@ -17,17 +17,15 @@ import pytest
 import yaml
 
 from kaset.pipelines.advice import (
-    NEGATED,
-    UNDERSTOOD_THRESHOLD,
     Advice,
     AdviceQuery,
     AdviceService,
     curated_answer,
-    describes_symptoms,
     detect_language,
     not_understood_answer,
-    question_terms,
 )
+from kaset.pipelines.advice_retrieval import UNDERSTOOD_THRESHOLD
+from kaset.pipelines.advice_terms import NEGATED, describes_symptoms, question_terms
 from kaset.registry.catalog import Catalog
 from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository

@@ -11,7 +11,8 @@ from typing import Literal
 import pytest
 
 from kaset.knowledge.schema import Entry, load_entries
-from kaset.pipelines.advice import Advice, Hit, Language
+from kaset.language import Language
+from kaset.pipelines.advice import Advice, Hit
 from kaset.pipelines.diagnose import Diagnosis, GateResult
 from kaset.pipelines.diagnosis_text import RETAKE_TIPS, not_a_plant, unsure
 from kaset.pipelines.spoken_answer import BUDGET, MAX_ACTIONS, spoken_answer
