@@ -2,7 +2,8 @@
 
 A provider adapter, as `openai_compatible` is for chat: the model runs in another server (Triton
 or KServe in the cluster, a kaset worker's `/v2`); Kaset sends it the images and reads the
-scores. The HTTP plumbing (loop thread, sessions, key) is `provider.ProviderClient`'s.
+scores. The HTTP plumbing (loop thread, sessions, key) is `provider.ProviderClient`'s, the
+tensors on the wire `provider.oip_wire`'s; this module turns images into tensors and back.
 
 - Load: `GET {base}/v2/models/{model}[/versions/{v}]/ready` (200 is ready, as for tritonclient's
   `is_model_ready`), then the model's metadata. What the catalog leaves out is taken from it
@@ -15,11 +16,9 @@ scores. The HTTP plumbing (loop thread, sessions, key) is `provider.ProviderClie
   or else from the server's classification extension (an output asked with
   `parameters.classification = k` is "score:index:label" strings), which Kaset's `/v2` and a
   Triton model with a `label_filename` answer.
-- Infer: the images as one tensor in the binary tensor data extension (the JSON head, the raw
-  little-endian bytes, the head's length in `Inference-Header-Content-Length`), byte for byte
-  what tritonclient's `InferInput(...).set_data_from_numpy(binary_data=True)` and
-  `InferRequestedOutput(binary_data=True)` build (tests/runtimes/test_oip_v2.py compares). The
-  output is read binary or JSON. `binary_input` / `binary_output: false` use plain JSON.
+- Infer: the images as one tensor in the binary tensor data extension, byte for byte what
+  tritonclient builds, or plain JSON with `binary_input` / `binary_output: false`; the protocol
+  itself is `kaset.runtimes.provider.oip_wire`'s.
 
 Images: Kaset's `/v2` takes RGB uint8 pixels of any size and preprocesses them itself. A Triton
 or KServe model usually wants normalised floats of one size: the catalog declares `datatype:
@@ -44,9 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import struct
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
@@ -65,31 +62,31 @@ from kaset.runtimes.onnx_vision import (
     softmax,
 )
 from kaset.runtimes.provider import ProviderClient, UpstreamErrorInfo
+from kaset.runtimes.provider.oip_wire import (
+    HEADER_LENGTH,
+    BadReply,
+    WireRequest,
+    infer_request,
+    json_object,
+    json_or_none,
+    read_output,
+    request_headers,
+    tensors,
+)
 
 if TYPE_CHECKING:
     from kaset.registry.catalog import ModelSpec
 
-HEADER_LENGTH = "Inference-Header-Content-Length"
 DEFAULT_MAX_BATCH = 32
 # Tensor bytes in one request: below a kaset worker's default body limit (25 MiB) and Triton's (64 MB).
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 # The probe image when nothing fixes a size (Kaset's /v2 takes any).
 PROBE_SIZE = (224, 224)
 PIXEL_TYPES = {"UINT8": np.uint8, "FP32": np.float32, "FP16": np.float16}
-SCORE_TYPES = {"FP32": "<f4", "FP16": "<f2", "FP64": "<f8"}
 # ModelUnavailable's codes: down or not ready at load (the load is tried again on a later
 # request), and a 4xx from the server.
 NOT_READY = "upstream_not_ready"
 REJECTED = "upstream_rejected"
-
-
-@dataclass
-class WireRequest:
-    """One infer request as it goes on the wire."""
-
-    rows: list[int]  # the images of the call it carries, in tensor order
-    body: bytes
-    header_length: int | None  # the JSON head's length when binary tensor data follows it
 
 
 class OipV2Runtime(ProviderClient, ImageClassifier):
@@ -206,7 +203,7 @@ class OipV2Runtime(ProviderClient, ImageClassifier):
                                                             timeout=self._timeout) as response:
                 if response.status == 200:
                     return
-                info = self._parse_error(_json_or_none(await response.content.read(64 * 1024)))
+                info = self._parse_error(json_or_none(await response.content.read(64 * 1024)))
         except UpstreamError as exc:
             # Down at load is "not ready" (503): the load is tried again on a later request.
             raise ModelUnavailable(f"{exc.message} The model '{self.spec.id}' cannot load until "
@@ -220,8 +217,8 @@ class OipV2Runtime(ProviderClient, ImageClassifier):
     def _adopt(self, metadata: dict[str, Any]) -> None:
         """The tensor names, datatype, layout, batch axis and image size: the catalog's, checked
         against the server's metadata, or the metadata's where the catalog says nothing."""
-        inputs = _tensors(metadata.get("inputs"))
-        outputs = _tensors(metadata.get("outputs"))
+        inputs = tensors(metadata.get("inputs"))
+        outputs = tensors(metadata.get("outputs"))
         self.input_tensor = self._pick("input", self.input_tensor, inputs, "IMAGE")
         self.output_tensor = self._pick("output", self.output_tensor, outputs, "PROBABILITIES")
         wanted = inputs.get(self.input_tensor, {})
@@ -361,19 +358,9 @@ class OipV2Runtime(ProviderClient, ImageClassifier):
         if not self.batched:
             tensor = tensor[0]
         tensor = np.ascontiguousarray(tensor, dtype=tensor.dtype.newbyteorder("<"))
-        # Key order and the compact JSON are tritonclient's, so the bytes are the same as its own.
-        described: dict[str, Any] = {"name": self.input_tensor, "shape": list(tensor.shape),
-                                     "datatype": self.datatype}
-        raw = tensor.tobytes()
-        if self.binary_input:
-            described["parameters"] = {"binary_data_size": len(raw)}
-        else:
-            described["data"] = tensor.reshape(-1).tolist()
-        output: dict[str, Any] = {"classification": classification} if classification else {}
-        output["binary_data"] = self.binary_output
-        head = json.dumps({"inputs": [described], "outputs": [{"name": self.output_tensor, "parameters": output}]},
-                          separators=(",", ":")).encode()
-        return WireRequest(rows, head + raw, len(head)) if self.binary_input else WireRequest(rows, head, None)
+        return infer_request(rows, tensor, input_tensor=self.input_tensor, datatype=self.datatype,
+                             output_tensor=self.output_tensor, binary_input=self.binary_input,
+                             binary_output=self.binary_output, classification=classification)
 
     def _url(self, suffix: str = "") -> str:
         url = f"{self.base_url}/v2/models/{quote(self.model, safe='')}"
@@ -383,14 +370,14 @@ class OipV2Runtime(ProviderClient, ImageClassifier):
 
     async def _infer(self, request: WireRequest, count: int, classification: bool = False) -> Any:
         """Scores (count, classes) of one request; with `classification`, its strings."""
-        headers = self._headers()
-        headers["Content-Type"] = "application/json" if request.header_length is None else "application/octet-stream"
-        if request.header_length is not None:
-            headers[HEADER_LENGTH] = str(request.header_length)
+        headers = {**self._headers(), **request_headers(request)}
         async with self._open("POST", self._url("infer"), data=request.body, headers=headers) as response:
             body = await response.read()
             length = response.headers.get(HEADER_LENGTH)
-        values, datatype, shape = self._output(body, length)
+        try:
+            values, datatype, shape = read_output(body, length, self.output_tensor)
+        except BadReply as exc:
+            raise self._bad_reply(str(exc)) from None
         if classification:
             return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
         if datatype == "BYTES" or not values.size or values.size % count:
@@ -398,42 +385,11 @@ class OipV2Runtime(ProviderClient, ImageClassifier):
         scores = values.astype(np.float32).reshape(count, -1)
         return softmax(scores) if self.scores == "logits" else scores
 
-    def _output(self, body: bytes, header_length: str | None) -> tuple[Any, str, Any]:
-        """Our output tensor of a reply: (values, datatype, shape), binary or JSON."""
-        size = len(body)
-        if header_length is not None:
-            if not header_length.isdigit() or int(header_length) > len(body):
-                raise self._bad_reply(f"an {HEADER_LENGTH} of {header_length!r} for {len(body)} bytes")
-            size = int(header_length)
-        head = self._json_object(body[:size])
-        offset = size
-        outputs: list[Any] = head["outputs"] if isinstance(head.get("outputs"), list) else []
-        for output in outputs:
-            if not isinstance(output, dict):
-                continue
-            parameters: dict[str, Any] = output["parameters"] if isinstance(output.get("parameters"), dict) else {}
-            length = parameters.get("binary_data_size")
-            raw = body[offset:offset + length] if isinstance(length, int) else None
-            offset += length if isinstance(length, int) else 0
-            if output.get("name") != self.output_tensor:
-                continue
-            datatype, shape = str(output.get("datatype", "")).upper(), output.get("shape")
-            try:
-                if datatype == "BYTES":
-                    return (_byte_strings(raw) if raw is not None else list(_flat(output.get("data")))), datatype, shape
-                if raw is not None:
-                    return np.frombuffer(raw, dtype=SCORE_TYPES[datatype]), datatype, shape
-                return np.asarray(list(_flat(output.get("data"))), dtype=np.float64), datatype, shape
-            except (KeyError, ValueError, TypeError, struct.error):
-                raise self._bad_reply(f"an output '{self.output_tensor}' of {datatype} that cannot be read") from None
-        names = ", ".join(str(o.get("name")) for o in outputs if isinstance(o, dict)) or "none"
-        raise self._bad_reply(f"a reply without the output '{self.output_tensor}' (it has: {names})")
-
     def _json_object(self, body: bytes) -> dict[str, Any]:
-        reply = _json_or_none(body)
-        if not isinstance(reply, dict):
-            raise self._bad_reply("a reply that is not a JSON object")
-        return reply
+        try:
+            return json_object(body)
+        except BadReply as exc:
+            raise self._bad_reply(str(exc)) from None
 
     # --- errors ---------------------------------------------------------------------------------
 
@@ -481,33 +437,3 @@ async def _all(calls: list[Coroutine[Any, Any, Any]]) -> list[Any]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-
-
-def _tensors(value: Any) -> dict[str, dict[str, Any]]:
-    listed = value if isinstance(value, list) else []
-    return {str(t["name"]): t for t in listed if isinstance(t, dict) and "name" in t}
-
-
-def _json_or_none(body: bytes) -> Any:
-    try:
-        return json.loads(body.decode("utf-8", errors="replace"))
-    except ValueError:
-        return None
-
-
-def _flat(data: Any) -> Any:
-    for item in data if isinstance(data, list) else []:
-        if isinstance(item, list):
-            yield from _flat(item)
-        else:
-            yield item
-
-
-def _byte_strings(raw: bytes) -> list[bytes]:
-    """A BYTES tensor in the binary extension: each element a 4-byte little-endian length, then bytes."""
-    items, offset = [], 0
-    while offset < len(raw):
-        (length,) = struct.unpack_from("<I", raw, offset)
-        items.append(raw[offset + 4:offset + 4 + length])
-        offset += 4 + length
-    return items
