@@ -21,7 +21,8 @@ import pytest
 from kaset.errors import InvalidRequest, ModelUnavailable
 from kaset.registry.batching import DynamicBatcher, spread_tokens
 from kaset.registry.catalog import Catalog
-from kaset.registry.manager import LoadedModel, ModelManager
+from kaset.registry.loaded_model import LoadedModel
+from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository
 from kaset.runtimes.base import Embedder, Embeddings, ImageClassifier
 from tests.fixtures.images import mango_like_leaf, photo

@@ -33,7 +33,8 @@ from kaset.registry.lifecycle import (
     folder_bytes,
     start_idle_sweeper,
 )
-from kaset.registry.manager import LoadedModel, ModelManager
+from kaset.registry.loaded_model import LoadedModel
+from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository
 from tests.fixtures.images import photo
 

@@ -34,7 +34,8 @@ from kaset.errors import (
 from kaset.metrics import Metrics, current_metrics
 from kaset.registry.catalog import Catalog, ModelSpec, RouteSpec
 from kaset.registry.lifecycle import ModelOverloaded
-from kaset.registry.manager import LoadedModel, ModelManager
+from kaset.registry.loaded_model import LoadedModel
+from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository
 from kaset.registry.routing import (
     Breaker,

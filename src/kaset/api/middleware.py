@@ -12,7 +12,7 @@ from kaset.api.telemetry import Telemetry
 from kaset.ids import current_request_id, new_id
 from kaset.metrics import current_metrics
 from kaset.quotas.enforcer import ADMISSION_SCOPE_KEY
-from kaset.registry.manager import inference_seconds
+from kaset.registry.inference_time import inference_seconds
 from kaset.usage import RequestUsage, current_usage
 
 REQUEST_ID_HEADER = "x-request-id"

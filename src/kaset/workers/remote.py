@@ -34,7 +34,7 @@ from kaset.errors import KasetError, ModelUnavailable, UpstreamTimeout
 from kaset.ids import current_request_id
 from kaset.registry.catalog import Catalog, ModelSpec
 from kaset.registry.handle import Messages, ModelHandle, ModelInfo, PartMessages
-from kaset.registry.manager import inference_seconds
+from kaset.registry.inference_time import inference_seconds
 from kaset.runtimes.base import (
     Embeddings,
     Generation,

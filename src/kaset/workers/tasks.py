@@ -16,7 +16,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from kaset.api.policy import PLAIN, apply_policy
 from kaset.api.streaming import primed
 from kaset.errors import InvalidRequest, KasetError, NotFound
-from kaset.registry.manager import LoadedModel, ModelManager
+from kaset.registry.loaded_model import LoadedModel
+from kaset.registry.manager import ModelManager
 from kaset.runtimes.base import Task
 from kaset.workers import wire
 
