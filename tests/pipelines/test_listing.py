@@ -14,19 +14,10 @@ from pydantic import ValidationError
 
 from kaset.pipelines.describe import DescribeService
 from kaset.pipelines.diagnose import Scored
-from kaset.pipelines.listing import (
-    CATEGORIES,
-    LLM_PARAMS,
-    Evidence,
-    Listing,
-    ListingService,
-    build_listing,
-    check_grounding,
-    listing_schema,
-    parse_listing,
-    salvage_fields,
-    suggest_categories,
-)
+from kaset.pipelines.listing import LLM_PARAMS, ListingService
+from kaset.pipelines.listing_categories import suggest_categories
+from kaset.pipelines.listing_grounding import Evidence, build_listing, check_grounding
+from kaset.pipelines.listing_schema import CATEGORIES, Listing, listing_schema, parse_listing, salvage_fields
 from kaset.registry.catalog import Catalog
 from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository
