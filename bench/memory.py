@@ -13,7 +13,6 @@ reported separately; an idle server has none.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,14 +22,12 @@ import psutil
 
 from _common import (
     DEFAULT_MODELS_DIR,
+    begin_benchmark,
     free_port,
-    http_get,
-    install_signal_handlers,
     kaset_server,
-    machine,
     median,
-    model_states,
-    print_machine,
+    run_main,
+    served_model_states,
     table,
     write_json,
 )
@@ -79,8 +76,7 @@ def measure(label: str, models: str | None, models_dir: Path, settle_timeout: fl
         started = time.monotonic()
         with server:
             result.startup_s.append(time.monotonic() - started)
-            _, body = http_get(f"http://127.0.0.1:{port}/health/ready")
-            result.states = model_states(body)
+            result.states = served_model_states(port)
             result.settle_s.append(settle(server.pid, settle_timeout))
             proc = psutil.Process(server.pid)
             full = proc.memory_full_info()
@@ -103,9 +99,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args()
 
-    install_signal_handlers()
-    info = machine()
-    print_machine(info)
+    info = begin_benchmark()
     results = {label: Sample() for label, _ in CONFIGS}
     for _ in range(args.rounds):
         for label, models in CONFIGS:
@@ -128,8 +122,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; servers stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

@@ -43,87 +43,63 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 from _common import (
-    BENCH_KEY,
     DEFAULT_MODELS_DIR,
-    PYTHON,
     REPO,
-    OtherLoad,
     Server,
+    begin_benchmark,
     bench_tool,
-    cpu_seconds,
     free_port,
-    install_signal_handlers,
-    kaset_server,
+    kaset_worker,
     latency_post,
-    machine,
     median,
-    percentile,
-    print_machine,
+    other_load_summary,
+    run_main,
     table,
+    workers_gateway,
     write_json,
     wrk_post,
-    wrk_post_script,
 )
+from _rounds import ECHO_MESSAGE, Plan, Post, Series, echo_chat, measure_round, require_wrk
 from kaset.runtimes.base import GenerationParams
 from peer_gateways import git_state
 
 ADDED_P50_TARGET_MS = 0.6
-MESSAGE = "The farmer plants rice in the wet season."
 TEXT = "query: how do I treat brown spots on rice leaves?"
-MESSAGES = [{"role": "user", "content": MESSAGE}]
 # What the gateway's chat route hands the echo model for this request (its defaults), on the wire.
 PARAMS = dataclasses.asdict(GenerationParams(temperature=1.0))
-AUTH = {"Authorization": f"Bearer {BENCH_KEY}"}
 
 
 @dataclass(frozen=True)
 class Call:
-    """One side of one task: which server, which path, which body, what the reply must contain."""
+    """One side of one task: which server ("worker" or "gateway"), and the request sent to it."""
 
-    server: str  # "worker" or "gateway"
-    path: str
-    body: bytes
-    expect: bytes
+    server: str
+    post: Post
 
 
 def calls(task: str) -> dict[str, Call]:
     if task == "chat":
-        openai = json.dumps({"model": "echo", "messages": MESSAGES}).encode()
-        expect = json.dumps(MESSAGE).encode()
-        return {"direct": Call("worker", "/internal/v1/models/echo/chat",
-                               json.dumps({"messages": MESSAGES, "params": PARAMS}).encode(), expect),
-                "gateway": Call("gateway", "/v1/chat/completions", openai, expect),
-                "worker /v1": Call("worker", "/v1/chat/completions", openai, expect)}
+        openai = echo_chat()
+        internal = json.dumps({"messages": [{"role": "user", "content": ECHO_MESSAGE}], "params": PARAMS}).encode()
+        return {"direct": Call("worker", Post("/internal/v1/models/echo/chat", internal, openai.expect)),
+                "gateway": Call("gateway", openai),
+                "worker /v1": Call("worker", openai)}
     model = "echo" if task == "embed-echo" else "e5-small"
-    openai = json.dumps({"model": model, "input": TEXT}).encode()
-    return {"direct": Call("worker", f"/internal/v1/models/{model}/embed_each",
-                           json.dumps({"texts": [TEXT]}).encode(), b'"vectors"'),
-            "gateway": Call("gateway", "/v1/embeddings", openai, b'"embedding"'),
-            "worker /v1": Call("worker", "/v1/embeddings", openai, b'"embedding"')}
-
-
-@dataclass
-class Results:
-    p50_ms: list[float] = field(default_factory=list)
-    p99_ms: list[float] = field(default_factory=list)
-    rps_1: list[float] = field(default_factory=list)
-    rps_16: list[float] = field(default_factory=list)
-    wrk_p50_ms: list[float] = field(default_factory=list)
-    wrk_p99_ms: list[float] = field(default_factory=list)
-    cpu_us_per_request: list[float] = field(default_factory=list)  # worker, plus gateway on gateway sides
-    server_cpu_us: list[float] = field(default_factory=list)  # the server called: the gateway's own, or the worker
-    other_load: list[float] = field(default_factory=list)
+    embeddings = Post("/v1/embeddings", json.dumps({"model": model, "input": TEXT}).encode(), b'"embedding"')
+    return {"direct": Call("worker", Post(f"/internal/v1/models/{model}/embed_each",
+                                          json.dumps({"texts": [TEXT]}).encode(), b'"vectors"')),
+            "gateway": Call("gateway", embeddings),
+            "worker /v1": Call("worker", embeddings)}
 
 
 @dataclass
@@ -153,54 +129,29 @@ def src_env(src: Path | None) -> dict[str, str]:
 
 
 def worker_server(port: int, data_dir: Path, models: str, models_dir: Path, src: Path | None) -> Server:
-    argv = [PYTHON, "-m", "kaset", "worker", "--models", models, "--host", "127.0.0.1", "--port", str(port)]
-    env = {"KASET_DATA_DIR": str(data_dir), "KASET_MODELS_DIR": str(models_dir), "KASET_WORKER_TOKEN": BENCH_KEY,
-           **src_env(src)}
-    return Server(f"worker-{port}", argv, port, "/health/ready", env=env)
+    return kaset_worker(f"worker-{port}", port, data_dir, models, models_dir, extra_env=src_env(src))
 
 
-def gateway_server(port: int, directory: Path, worker_port: int, src: Path | None) -> Server:
+def gateway_server(port: int, directory: Path, worker: Server, src: Path | None) -> Server:
     (directory / "no-models").mkdir(parents=True, exist_ok=True)
-    return kaset_server(f"gateway-{port}", port, directory / "data", models="", models_dir=directory / "no-models",
-                        extra_env={"KASET_WORKER_URLS": f"http://127.0.0.1:{worker_port}",
-                                   "KASET_WORKER_TOKEN": BENCH_KEY, "KASET_MODELS": "[]", **src_env(src)})
+    return workers_gateway(f"gateway-{port}", port, directory / "data", [worker], models_dir=directory / "no-models",
+                           extra_env=src_env(src))
 
 
 def wait_serving(tree: Tree, gateway: Server, tasks: list[str], timeout_s: float = 60) -> None:
     """Until the gateway has seen the worker's models and answers through them."""
     deadline = time.monotonic() + timeout_s
     for task in tasks:
-        call = calls(task)["gateway"]
+        post = calls(task)["gateway"].post
         while True:
             try:
-                latency_post(gateway.port, call.path, call.body, AUTH, call.expect, 1, 0)
+                latency_post(gateway.port, post.path, post.body, post.headers, post.expect, 1, 0)
                 break
             except (RuntimeError, OSError) as exc:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{tree.label}: the gateway never served {task}: {exc}\n"
                                        f"{gateway.log_tail()}") from exc
                 time.sleep(0.3)
-
-
-def measure(wrk: str, script: Path, tree: Tree, call: Call, res: Results, requests: int, warmup: int,
-            connections: int, duration: float, wrk_warmup: float) -> None:
-    port = tree.port(call.server)
-    load = OtherLoad()
-    lat, wall = latency_post(port, call.path, call.body, AUTH, call.expect, requests, warmup)
-    res.p50_ms.append(percentile(lat, 50) * 1000)
-    res.p99_ms.append(percentile(lat, 99) * 1000)
-    res.rps_1.append(len(lat) / wall)
-    wrk_post(wrk, script, port, call.path, connections, wrk_warmup)
-    pids = tree.pids(call.server)
-    before = [cpu_seconds([pid]) for pid in pids]
-    stats = wrk_post(wrk, script, port, call.path, connections, duration)
-    used = [cpu_seconds([pid]) - b for pid, b in zip(pids, before, strict=True)]
-    res.cpu_us_per_request.append(sum(used) / max(stats["requests"], 1) * 1e6)
-    res.server_cpu_us.append(used[-1] / max(stats["requests"], 1) * 1e6)
-    res.other_load.append(load.cores())
-    res.rps_16.append(stats["rps"])
-    res.wrk_p50_ms.append(stats["p50_us"] / 1000)
-    res.wrk_p99_ms.append(stats["p99_us"] / 1000)
 
 
 # --- the profile ------------------------------------------------------------------------------
@@ -233,7 +184,7 @@ def profile_gateway(py_spy: Path, wrk: str, tmpdir: Path, tree: Tree, tasks: lis
                     connections: int, keep: Path | None, top: int) -> dict[str, list[str]]:
     """py-spy on a fresh gateway in front of the tree's worker while wrk drives each task."""
     found: dict[str, list[str]] = {}
-    gateway = gateway_server(free_port(), tmpdir / f"profile-{tree.label}".replace(" ", "-"), tree.worker.port,
+    gateway = gateway_server(free_port(), tmpdir / f"profile-{tree.label}".replace(" ", "-"), tree.worker,
                              tree.src)
     rate = 250
     try:
@@ -241,10 +192,10 @@ def profile_gateway(py_spy: Path, wrk: str, tmpdir: Path, tree: Tree, tasks: lis
         for task in tasks:
             slug = f"{tree.label}-{task}".replace(" ", "-")
             out = (keep or tmpdir) / f"gateway-{slug}.pyspy.txt"
-            call = calls(task)["gateway"]
-            script = wrk_post_script(tmpdir / f"profile-{slug}.lua", call.body, AUTH)
+            post = calls(task)["gateway"].post
+            script = post.wrk_script(tmpdir / f"profile-{slug}.lua")
             wait_serving(tree, gateway, [task])
-            wrk_post(wrk, script, gateway.port, call.path, connections, 1.0)
+            wrk_post(wrk, script, gateway.port, post.path, connections, 1.0)
             # Raw stacks of running (not idle) threads, function-level: where the CPU goes.
             # --nonblocking: the gateway is not paused for each sample, so it runs as it would.
             spy = subprocess.Popen([str(py_spy), "record", "--nonblocking", "-p", str(gateway.pid), "-r", str(rate),
@@ -253,7 +204,7 @@ def profile_gateway(py_spy: Path, wrk: str, tmpdir: Path, tree: Tree, tasks: lis
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(1.0)  # py-spy attached
             before = main_thread_cpu(gateway.pid)
-            stats = wrk_post(wrk, script, gateway.port, call.path, connections, seconds)
+            stats = wrk_post(wrk, script, gateway.port, post.path, connections, seconds)
             main_us = (main_thread_cpu(gateway.pid) - before) / max(stats["requests"], 1) * 1e6
             _, err = spy.communicate(timeout=60)
             if not out.exists():
@@ -354,9 +305,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    wrk = shutil.which("wrk")
+    wrk = require_wrk()
     if wrk is None:
-        print("wrk not found; install it with: apt-get install -y wrk", file=sys.stderr)
         return 2
     models_dir = args.models_dir
     if models_dir is None:
@@ -370,23 +320,22 @@ def main() -> int:
     sides = ["direct", "gateway"] + ([] if args.no_reference else ["worker /v1"])
     srcs: list[Path | None] = [s.resolve() for s in args.kaset_src] if args.kaset_src else [None]
 
-    install_signal_handlers()
-    info = machine()
-    print_machine(info)
+    info = begin_benchmark()
     print("servers and client share this machine; nothing is pinned")
+    plan = Plan.of(args)
     trees: list[Tree] = []
-    results: dict[tuple[str, str, str], Results] = {}
+    results: dict[tuple[str, str, str], Series] = {}
     profiles: dict[str, dict[str, list[str]]] = {}
     described: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory(prefix="kaset-bench-") as tmp:
         tmpdir = Path(tmp)
-        scripts = {(task, side): wrk_post_script(tmpdir / f"{task}-{i}.lua", call.body, AUTH)
+        scripts = {(task, side): call.post.wrk_script(tmpdir / f"{task}-{i}.lua")
                    for task in tasks for i, (side, call) in enumerate(calls(task).items())}
         for i, src in enumerate(srcs):
             label = "tree" if len(srcs) == 1 else f"tree {i + 1}"
             worker = worker_server(free_port(), tmpdir / f"worker-{i}",
                                    "echo" + (",e5-small" if "embed-e5" in tasks else ""), models_dir, src)
-            gateway = gateway_server(free_port(), tmpdir / f"gateway-{i}", worker.port, src)
+            gateway = gateway_server(free_port(), tmpdir / f"gateway-{i}", worker, src)
             trees.append(Tree(label, src, worker, gateway))
             source = src or (REPO / "src")
             described[label] = {"src": str(source), "git": git_state(source),
@@ -402,13 +351,15 @@ def main() -> int:
                     order = [(tree, side) for tree in trees for side in sides]
                     shift = (round_no - 1) % len(order)
                     for tree, side in order[shift:] + order[:shift]:
-                        res = results.setdefault((tree.label, task, side), Results())
+                        res = results.setdefault((tree.label, task, side), Series())
                         scale = 10 if task == "embed-e5" else 1
-                        measure(wrk, scripts[(task, side)], tree, calls(task)[side], res, args.requests // scale,
-                                args.warmup // scale, args.connections, args.duration, args.wrk_warmup)
+                        scaled = dataclasses.replace(plan, requests=plan.requests // scale, warmup=plan.warmup // scale)
+                        call = calls(task)[side]
+                        measure_round(wrk, scripts[(task, side)], tree.port(call.server), call.post,
+                                      tree.pids(call.server), scaled, res)
                         print(f"round {round_no} {tree.label} {task:5} {side:10}: p50 {res.p50_ms[-1]:.3f} ms  "
                               f"p99 {res.p99_ms[-1]:.3f} ms  {res.rps_1[-1]:.0f} req/s at 1, "
-                              f"{res.rps_16[-1]:.0f} at {args.connections} (wrk p50 {res.wrk_p50_ms[-1]:.2f} ms)  "
+                              f"{res.rps[-1]:.0f} at {args.connections} (wrk p50 {res.wrk_p50_ms[-1]:.2f} ms)  "
                               f"CPU {res.cpu_us_per_request[-1]:.0f} µs/req  other load {res.other_load[-1]:.2f}",
                               flush=True)
             if args.profile_seconds > 0:
@@ -439,13 +390,13 @@ def main() -> int:
                 r = results[(tree.label, task, side)]
                 added = median(r.p50_ms) - median(d.p50_ms)
                 row = [f"{task}: {side}", f"{median(r.p50_ms):.3f} ms", f"{median(r.p99_ms):.3f} ms",
-                       f"{median(r.rps_1):.0f}", f"{median(r.rps_16):.0f}",
+                       f"{median(r.rps_1):.0f}", f"{median(r.rps):.0f}",
                        f"{median(r.wrk_p50_ms):.2f} / {median(r.wrk_p99_ms):.2f} ms",
                        f"{median(r.cpu_us_per_request):.0f} µs", f"{median(r.server_cpu_us):.0f} µs"]
                 if side == "direct":
                     row += ["", "", "", ""]
                 else:
-                    ratio_1, ratio_16 = median(r.rps_1) / median(d.rps_1), median(r.rps_16) / median(d.rps_16)
+                    ratio_1, ratio_16 = median(r.rps_1) / median(d.rps_1), median(r.rps) / median(d.rps)
                     row += [f"{added:+.3f} ms", f"{ratio_1:.0%}", f"{ratio_16:.0%}",
                             ("yes" if added <= ADDED_P50_TARGET_MS else "NO") if side == "gateway" else ""]
                     summary[f"{tree.label}/{task}/{side}"] = {"added_p50_ms": added, "rps_ratio_1": ratio_1,
@@ -456,17 +407,11 @@ def main() -> int:
                      "added p50",
                      "req/s vs direct, 1 conn", f"vs direct, {args.connections} conn",
                      f"≤ +{ADDED_P50_TARGET_MS} ms"], rows))
-    other = [x for r in results.values() for x in r.other_load]
-    print(f"\nother processes' CPU during the measurements: median {median(other):.2f}, max {max(other):.2f} cores "
-          f"of {info['nproc']}")
+    print("\n" + other_load_summary([x for r in results.values() for x in r.other_load], info["nproc"]))
     write_json(args.json, {"machine": info, "args": vars(args), "trees": described, "summary": summary,
                            "rounds": {"/".join(k): vars(v) for k, v in results.items()}, "profiles": profiles})
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; servers stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

@@ -24,8 +24,6 @@ import argparse
 import asyncio
 import io
 import os
-import sys
-import tempfile
 import time
 import wave
 from collections.abc import Callable
@@ -36,21 +34,17 @@ from typing import Any
 import aiohttp
 
 from _common import (
-    BENCH_KEY,
+    AUTH,
     DEFAULT_MODELS_DIR,
     OtherLoad,
-    Server,
-    free_port,
-    http_get,
-    install_signal_handlers,
-    kaset_server,
-    machine,
+    begin_benchmark,
+    kaset_serving,
     median,
-    model_states,
-    print_machine,
+    run_main,
     table,
     write_json,
 )
+from _libraries import llama, llama_sampling, piper_voice, whisper_model
 from kaset.media.audio import encode_audio
 from kaset.registry.catalog import Catalog, ModelSpec
 from kaset.registry.repository import ModelRepository
@@ -105,24 +99,12 @@ class Direct:
     """The four libraries, loaded as the runtimes load them, with the catalog's params."""
 
     def __init__(self, catalog: Catalog, repo: ModelRepository) -> None:
-        from faster_whisper import WhisperModel
-        from llama_cpp import Llama
-        from piper import PiperVoice
-
         whisper, piper, llm, e5 = (catalog.resolve(m) for m in NEEDED)
         self.whisper_params = whisper.params
-        self.whisper = WhisperModel(str(repo.path_for(whisper)), device="cpu",
-                                    compute_type=str(whisper.params.get("compute_type", "int8")),
-                                    cpu_threads=int(whisper.params.get("cpu_threads", 2)))
-        self.piper = PiperVoice.load(repo.path_for(piper) / str(piper.params["model_file"]))
-        threads = int(llm.params["n_threads"])
-        # The runtime's sampling settings (llama-cpp-python's defaults unless the catalog says otherwise).
-        self.top_k = int(llm.params.get("top_k", 40))
-        self.min_p = float(llm.params.get("min_p", 0.05))
-        self.repeat_penalty = float(llm.params.get("repeat_penalty", 1.0))
-        self.llm = Llama(model_path=str(repo.path_for(llm) / str(llm.params["model_file"])),
-                         n_ctx=int(llm.params.get("n_ctx", 2048)), n_threads=threads, n_threads_batch=threads,
-                         verbose=False)
+        self.whisper = whisper_model(whisper, repo)
+        self.piper = piper_voice(piper, repo)
+        self.sampling = llama_sampling(llm)
+        self.llm = llama(llm, repo)
         self.e5 = _load_e5(e5, repo)
         self.e5_query = e5.params.get("mode", "query") == "query"
 
@@ -138,7 +120,7 @@ class Direct:
     def chat(self, max_tokens: int) -> tuple[str, int]:
         out: Any = self.llm.create_chat_completion(
             messages=CHAT_MESSAGES, temperature=0.0, top_p=1.0, max_tokens=max_tokens,  # type: ignore[arg-type]
-            top_k=self.top_k, min_p=self.min_p, repeat_penalty=self.repeat_penalty)
+            **self.sampling)
         return str(out["choices"][0]["message"]["content"]), int(out["usage"]["completion_tokens"])
 
     def embed(self, texts: list[str]) -> int:
@@ -169,17 +151,15 @@ class Gateway:
         # The gateway's own account of its overhead, per endpoint (x-kaset-overhead-ms).
         self.overhead_ms: dict[str, list[float]] = {}
 
-    def _note(self, path: str, response: aiohttp.ClientResponse) -> None:
-        value = response.headers.get("x-kaset-overhead-ms")
-        if value is not None:
-            self.overhead_ms.setdefault(path, []).append(float(value))
-
-    async def _json(self, path: str, payload: dict[str, Any]) -> Any:
-        async with self.session.post(self.base + path, json=payload) as response:
+    async def _post(self, path: str, as_json: bool = True, **kwargs: Any) -> Any:
+        """POST; the reply's JSON (or bytes), its x-kaset-overhead-ms noted; RuntimeError unless 200."""
+        async with self.session.post(self.base + path, **kwargs) as response:
             if response.status != 200:
                 raise RuntimeError(f"{path}: {response.status} {await response.text()}")
-            self._note(path, response)
-            return await response.json()
+            value = response.headers.get("x-kaset-overhead-ms")
+            if value is not None:
+                self.overhead_ms.setdefault(path, []).append(float(value))
+            return await response.json() if as_json else await response.read()
 
     async def transcribe(self, wav: bytes) -> str:
         form = aiohttp.FormData()
@@ -187,28 +167,20 @@ class Gateway:
         form.add_field("model", "whisper-tiny.en")
         form.add_field("response_format", "json")
         form.add_field("temperature", "0")
-        async with self.session.post(self.base + "/v1/audio/transcriptions", data=form) as response:
-            if response.status != 200:
-                raise RuntimeError(f"transcriptions: {response.status} {await response.text()}")
-            self._note("/v1/audio/transcriptions", response)
-            return str((await response.json())["text"]).strip()
+        return str((await self._post("/v1/audio/transcriptions", data=form))["text"]).strip()
 
     async def speak(self, text: str) -> bytes:
         payload = {"model": "piper-joe", "input": text, "response_format": "wav"}
-        async with self.session.post(self.base + "/v1/audio/speech", json=payload) as response:
-            if response.status != 200:
-                raise RuntimeError(f"speech: {response.status} {await response.text()}")
-            self._note("/v1/audio/speech", response)
-            return await response.read()
+        return bytes(await self._post("/v1/audio/speech", as_json=False, json=payload))
 
     async def chat(self, max_tokens: int) -> tuple[str, int]:
-        out = await self._json("/v1/chat/completions", {"model": "smollm2-135m", "messages": CHAT_MESSAGES,
-                                                        "temperature": 0, "max_tokens": max_tokens})
+        out = await self._post("/v1/chat/completions", json={"model": "smollm2-135m", "messages": CHAT_MESSAGES,
+                                                             "temperature": 0, "max_tokens": max_tokens})
         return str(out["choices"][0]["message"]["content"]), int(out["usage"]["completion_tokens"])
 
     async def embed(self, texts: list[str], encoding_format: str) -> int:
-        out = await self._json("/v1/embeddings", {"model": "e5-small", "input": texts,
-                                                  "encoding_format": encoding_format})
+        out = await self._post("/v1/embeddings", json={"model": "e5-small", "input": texts,
+                                                       "encoding_format": encoding_format})
         return len(out["data"])
 
 
@@ -246,71 +218,61 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Metric], dict[str, li
         "embed32": Metric(f"e5-small, embeddings/s, batch 32 ({args.batch32_requests} requests)", "emb/s"),
     }
 
-    with tempfile.TemporaryDirectory(prefix="kaset-bench-rt-") as tmp:
-        port = free_port()
-        server: Server = kaset_server("runtimes", port, Path(tmp) / "data", models=None, models_dir=args.models_dir,
-                                      allow_failed=True)
-        print("starting kaset serve with the default pack ...", flush=True)
-        with server:
-            _, body = http_get(f"http://127.0.0.1:{port}/health/ready")
-            states = model_states(body)
-            missing = [m for m in NEEDED if states.get(m) != "loaded"]
-            if missing:
-                raise RuntimeError(f"the gateway did not load {', '.join(missing)}: {states}\n{server.log_tail()}")
-            headers = {"Authorization": f"Bearer {BENCH_KEY}"}
-            timeout = aiohttp.ClientTimeout(total=300)
-            async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
-                gateway = Gateway(session, port)
+    print("starting kaset serve with the default pack ...", flush=True)
+    with kaset_serving("runtimes", None, args.models_dir, must_load=NEEDED) as server:
+        timeout = aiohttp.ClientTimeout(total=300)
+        async with aiohttp.ClientSession(headers=AUTH, timeout=timeout) as session:
+            gateway = Gateway(session, server.port)
 
-                async def embed_many(side: str, batch_size: int, requests: int) -> int:
-                    n = 0
-                    for i in range(requests):
-                        batch = TEXTS_32 if batch_size == 32 else [TEXTS_32[i % len(TEXTS_32)]]
-                        if side == "direct":
-                            n += direct.embed(batch)
-                        else:
-                            n += await gateway.embed(batch, args.encoding_format)
-                    return n
+            async def embed_many(side: str, batch_size: int, requests: int) -> int:
+                n = 0
+                for i in range(requests):
+                    batch = TEXTS_32 if batch_size == 32 else [TEXTS_32[i % len(TEXTS_32)]]
+                    if side == "direct":
+                        n += direct.embed(batch)
+                    else:
+                        n += await gateway.embed(batch, args.encoding_format)
+                return n
 
-                # Each case: (direct call, gateway call, turn (seconds, result) into the metric's value).
-                cases: dict[str, tuple[Callable[[], Any], Callable[[], Any], Callable[[float, Any], float]]] = {
-                    "whisper": (lambda: direct.transcribe(clip), lambda: gateway.transcribe(clip),
-                                lambda s, _text: s / clip_s),
-                    "piper": (lambda: direct.speak(SPEECH_TEXT), lambda: gateway.speak(SPEECH_TEXT),
-                              lambda s, wav: s / wav_seconds(wav)),
-                    "llm": (lambda: direct.chat(args.max_tokens), lambda: gateway.chat(args.max_tokens),
-                            lambda s, out: out[1] / s),
-                    "embed1": (lambda: embed_many("direct", 1, args.batch1_requests),
-                               lambda: embed_many("gateway", 1, args.batch1_requests),
-                               lambda s, n: n / s),
-                    "embed32": (lambda: embed_many("direct", 32, args.batch32_requests),
-                                lambda: embed_many("gateway", 32, args.batch32_requests),
-                                lambda s, n: n / s),
-                }
-                cases = {name: case for name, case in cases.items() if name in args.only}
-                metrics = {name: m for name, m in metrics.items() if name in args.only}
-                # One untimed warmup call per side and case.
-                for direct_fn, gateway_fn, _ in cases.values():
-                    await timed(direct_fn)
-                    await timed(gateway_fn)
-                last: dict[tuple[str, str], Any] = {}
-                for round_no in range(1, args.rounds + 1):
-                    for name, (direct_fn, gateway_fn, value) in cases.items():
-                        sides = [("direct", direct_fn), ("gateway", gateway_fn)]
-                        if round_no % 2 == 0:
-                            sides.reverse()
-                        for side, fn in sides:
-                            seconds, out, load = await timed(fn)
-                            last[name, side] = out
-                            getattr(metrics[name], side).append(value(seconds, out))
-                            metrics[name].other_load.append(load)
-                    print(f"round {round_no}: " + "; ".join(
-                        f"{name} direct {m.direct[-1]:.3g} gateway {m.gateway[-1]:.3g}" for name, m in metrics.items())
-                        + f"; other load up to {max(m.other_load[-1] for m in metrics.values()):.2f} cores",
-                        flush=True)
-                # Do both sides answer alike? (last round's outputs)
-                for name, m in metrics.items():
-                    m.notes.append(_compare(name, last[name, "direct"], last[name, "gateway"]))
+            # Each case: (direct call, gateway call, turn (seconds, result) into the metric's value).
+            cases: dict[str, tuple[Callable[[], Any], Callable[[], Any], Callable[[float, Any], float]]] = {
+                "whisper": (lambda: direct.transcribe(clip), lambda: gateway.transcribe(clip),
+                            lambda s, _text: s / clip_s),
+                "piper": (lambda: direct.speak(SPEECH_TEXT), lambda: gateway.speak(SPEECH_TEXT),
+                          lambda s, wav: s / wav_seconds(wav)),
+                "llm": (lambda: direct.chat(args.max_tokens), lambda: gateway.chat(args.max_tokens),
+                        lambda s, out: out[1] / s),
+                "embed1": (lambda: embed_many("direct", 1, args.batch1_requests),
+                           lambda: embed_many("gateway", 1, args.batch1_requests),
+                           lambda s, n: n / s),
+                "embed32": (lambda: embed_many("direct", 32, args.batch32_requests),
+                            lambda: embed_many("gateway", 32, args.batch32_requests),
+                            lambda s, n: n / s),
+            }
+            cases = {name: case for name, case in cases.items() if name in args.only}
+            metrics = {name: m for name, m in metrics.items() if name in args.only}
+            # One untimed warmup call per side and case.
+            for direct_fn, gateway_fn, _ in cases.values():
+                await timed(direct_fn)
+                await timed(gateway_fn)
+            last: dict[tuple[str, str], Any] = {}
+            for round_no in range(1, args.rounds + 1):
+                for name, (direct_fn, gateway_fn, value) in cases.items():
+                    sides = [("direct", direct_fn), ("gateway", gateway_fn)]
+                    if round_no % 2 == 0:
+                        sides.reverse()
+                    for side, fn in sides:
+                        seconds, out, load = await timed(fn)
+                        last[name, side] = out
+                        getattr(metrics[name], side).append(value(seconds, out))
+                        metrics[name].other_load.append(load)
+                print(f"round {round_no}: " + "; ".join(
+                    f"{name} direct {m.direct[-1]:.3g} gateway {m.gateway[-1]:.3g}" for name, m in metrics.items())
+                    + f"; other load up to {max(m.other_load[-1] for m in metrics.values()):.2f} cores",
+                    flush=True)
+            # Do both sides answer alike? (last round's outputs)
+            for name, m in metrics.items():
+                m.notes.append(_compare(name, last[name, "direct"], last[name, "gateway"]))
     return metrics, gateway.overhead_ms
 
 
@@ -344,9 +306,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown case(s) {', '.join(sorted(unknown))}; choose from {', '.join(CASES)}")
 
-    install_signal_handlers()
-    info = machine()
-    print_machine(info)
+    info = begin_benchmark()
     print("server and client share this machine; nothing is pinned; direct and gateway runs alternate")
     metrics, overhead_ms = asyncio.run(run(args))
 
@@ -373,8 +333,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; servers stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

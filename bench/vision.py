@@ -48,7 +48,6 @@ import asyncio
 import json
 import struct
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -61,19 +60,16 @@ import numpy as np
 import psutil
 
 from _common import (
+    AUTH,
     BENCH_KEY,
     DEFAULT_MODELS_DIR,
     REPO,
     OtherLoad,
-    free_port,
-    http_get,
-    install_signal_handlers,
-    kaset_server,
-    machine,
+    begin_benchmark,
+    kaset_serving,
     median,
-    model_states,
-    percentile,
-    print_machine,
+    percentile_ms,
+    run_main,
     table,
     write_json,
 )
@@ -273,7 +269,7 @@ class Tally:
         case.cpu_ms_per_image.append(self.cpu_seconds / self.images * 1000)
         case.other_load.append(self.other_core_seconds / self.seconds)
         if self.latencies:
-            case.latency_ms_p50.append(percentile(self.latencies, 50) * 1000)
+            case.latency_ms_p50.append(percentile_ms(self.latencies, 50))
 
 
 CASE_NAMES = ["direct b1", "gateway b1", f"direct b{CONCURRENCY}", f"gateway c{CONCURRENCY}"]
@@ -470,8 +466,8 @@ async def latency(args: argparse.Namespace, gateway: Gateway) -> dict[str, Laten
             result.seconds.append(seconds)
             result.outcomes[outcome] += 1
         result.other_load = load.cores()
-        print(f"{name}: p50 {percentile(result.seconds, 50) * 1000:.1f} ms, p95 "
-              f"{percentile(result.seconds, 95) * 1000:.1f} ms; other load {result.other_load:.2f}", flush=True)
+        print(f"{name}: p50 {percentile_ms(result.seconds, 50):.1f} ms, p95 "
+              f"{percentile_ms(result.seconds, 95):.1f} ms; other load {result.other_load:.2f}", flush=True)
     return out
 
 
@@ -484,28 +480,18 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, dict[str, Case]], dic
                                       "JPEG)" for i in images))
     print("loading ONNX Runtime directly ...", flush=True)
     direct = Direct(args.models_dir)
-    with tempfile.TemporaryDirectory(prefix="kaset-bench-vision-") as tmp:
-        port = free_port()
-        server = kaset_server("vision", port, Path(tmp) / "data", models=SERVED, models_dir=args.models_dir,
-                              allow_failed=True)
-        print(f"starting kaset serve --models {SERVED} ...", flush=True)
-        with server:
-            _, body = http_get(f"http://127.0.0.1:{port}/health/ready")
-            states = model_states(body)
-            failed = [m for m, state in states.items() if state != "loaded"]
-            if failed:
-                raise RuntimeError(f"the gateway did not load {', '.join(failed)}: {states}\n{server.log_tail()}")
-            headers = {"Authorization": f"Bearer {BENCH_KEY}"}
-            connector = aiohttp.TCPConnector(limit=CONCURRENCY)
-            async with aiohttp.ClientSession(headers=headers, connector=connector,
-                                             timeout=aiohttp.ClientTimeout(total=300)) as session:
-                gateway = Gateway(session, port)
-                try:
-                    results, checks = ({}, {}) if args.skip_throughput else await throughput(
-                        args, direct, gateway, server.pid, images)
-                    latencies = {} if args.skip_latency else await latency(args, gateway)
-                finally:
-                    await gateway.close()
+    print(f"starting kaset serve --models {SERVED} ...", flush=True)
+    with kaset_serving("vision", SERVED, args.models_dir) as server:
+        connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+        async with aiohttp.ClientSession(headers=AUTH, connector=connector,
+                                         timeout=aiohttp.ClientTimeout(total=300)) as session:
+            gateway = Gateway(session, server.port)
+            try:
+                results, checks = ({}, {}) if args.skip_throughput else await throughput(
+                    args, direct, gateway, server.pid, images)
+                latencies = {} if args.skip_latency else await latency(args, gateway)
+            finally:
+                await gateway.close()
     return results, checks, latencies
 
 
@@ -551,10 +537,10 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Case]], checks
     if latencies:
         rows = []
         for name, lat in latencies.items():
-            p50, p95 = percentile(lat.seconds, 50) * 1000, percentile(lat.seconds, 95) * 1000
+            p50, p95 = percentile_ms(lat.seconds, 50), percentile_ms(lat.seconds, 95)
             # The same over the requests that ran while other processes used under a quarter core.
             quiet = [s for s, load in zip(lat.seconds, lat.loads, strict=True) if load < 0.25]
-            q50, q95 = percentile(quiet, 50) * 1000, percentile(quiet, 95) * 1000
+            q50, q95 = percentile_ms(quiet, 50), percentile_ms(quiet, 95)
             summary[name] = {"p50_ms": p50, "p95_ms": p95, "quiet_requests": len(quiet), "quiet_p50_ms": q50,
                              "quiet_p95_ms": q95}
             rows.append([name, str(len(lat.seconds)), f"{p50:.1f}", f"{p95:.1f}", f"{max(lat.seconds) * 1000:.1f}",
@@ -589,9 +575,7 @@ def main() -> int:
               file=sys.stderr)
         return 2
 
-    install_signal_handlers()
-    info = machine()
-    print_machine(info)
+    info = begin_benchmark()
     print("server and client share this machine; nothing is pinned; direct and gateway runs alternate")
     results, checks, latencies = asyncio.run(run(args))
     summary = report(args, results, checks, latencies, int(info["nproc"] or 1))
@@ -603,8 +587,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; servers stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

@@ -25,7 +25,6 @@ import asyncio
 import io
 import json
 import sys
-import tempfile
 import time
 import wave
 from dataclasses import dataclass, field
@@ -36,21 +35,19 @@ import aiohttp
 import numpy as np
 
 from _common import (
+    AUTH,
     BENCH_KEY,
     DEFAULT_MODELS_DIR,
     OtherLoad,
-    free_port,
-    http_get,
-    install_signal_handlers,
-    kaset_server,
-    machine,
+    begin_benchmark,
+    kaset_serving,
     median,
-    model_states,
     percentile,
-    print_machine,
+    percentile_ms,
     table,
     write_json,
 )
+from _libraries import llama, llama_sampling, piper_voice, whisper_model
 from kaset.pipelines.voice import MAX_TOKENS, SYSTEM_PROMPT, SentenceCutter, speakable
 from kaset.registry.catalog import Catalog
 from kaset.registry.repository import ModelRepository
@@ -113,22 +110,12 @@ class Direct:
     """The libraries loaded with the catalog's params, called one after the other."""
 
     def __init__(self, catalog: Catalog, repo: ModelRepository) -> None:
-        from faster_whisper import WhisperModel
-        from llama_cpp import Llama
-        from piper import PiperVoice
-
         whisper, piper, llm, _e5 = (catalog.resolve(m) for m in NEEDED)
         self.beam_size = int(whisper.params.get("beam_size", 1))
-        self.whisper = WhisperModel(str(repo.path_for(whisper)), device="cpu",
-                                    compute_type=str(whisper.params.get("compute_type", "int8")),
-                                    cpu_threads=int(whisper.params.get("cpu_threads", 2)))
-        self.piper = PiperVoice.load(repo.path_for(piper) / str(piper.params["model_file"]))
-        threads = int(llm.params["n_threads"])
-        self.sampling = {"top_k": int(llm.params.get("top_k", 40)), "min_p": float(llm.params.get("min_p", 0.05)),
-                         "repeat_penalty": float(llm.params.get("repeat_penalty", 1.0))}
-        self.llm = Llama(model_path=str(repo.path_for(llm) / str(llm.params["model_file"])),
-                         n_ctx=int(llm.params.get("n_ctx", 2048)), n_threads=threads, n_threads_batch=threads,
-                         verbose=False)
+        self.whisper = whisper_model(whisper, repo)
+        self.piper = piper_voice(piper, repo)
+        self.sampling = llama_sampling(llm)
+        self.llm = llama(llm, repo)
         self.advisor: Any = None
 
     def transcribe(self, samples: np.ndarray) -> str:
@@ -209,56 +196,47 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         manager = ModelManager(catalog, repo)
         direct.advisor = AdviceService(manager, llm_model=None)
     results: dict[str, dict[str, Series]] = {m: {"gateway": Series(), "direct": Series()} for m in args.modes}
-    with tempfile.TemporaryDirectory(prefix="kaset-bench-voice-") as tmp:
-        port = free_port()
-        server = kaset_server("voice", port, Path(tmp) / "data", models=None, models_dir=args.models_dir,
-                              allow_failed=True)
-        print("starting kaset serve with the default pack ...", flush=True)
-        with server:
-            _, body = http_get(f"http://127.0.0.1:{port}/health/ready")
-            states = model_states(body)
-            missing = [m for m in NEEDED if states.get(m) != "loaded"]
-            if missing:
-                raise RuntimeError(f"the gateway did not load {', '.join(missing)}: {states}")
-            headers = {"Authorization": f"Bearer {BENCH_KEY}"}
-            async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=600)) as session:
-                async with session.post(f"http://127.0.0.1:{port}/v1/audio/speech", json={
-                        "model": "piper-joe", "input": QUESTION, "response_format": "wav"}) as response:
-                    pcm = to_pcm16k(await response.read())
-                samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
-                print(f"question: {len(pcm) / 32000:.2f} s of Piper speech: {QUESTION!r}", flush=True)
-                # A connection per question: between questions nothing reads this client's socket
-                # (aiohttp answers pings only inside receive()), and the server's ping timeout would
-                # close an idle one. Connecting is outside the timed part (the clock starts at stop).
-                async def gateway(mode: str) -> tuple[float, float, float, str]:
-                    async with session.ws_connect(f"ws://127.0.0.1:{port}/v1/voice/stream",
-                                                  protocols=["kaset.v1", f"kaset-key.{BENCH_KEY}"]) as ws:
-                        return await gateway_run(ws, pcm, mode)
+    print("starting kaset serve with the default pack ...", flush=True)
+    with kaset_serving("voice", None, args.models_dir, must_load=NEEDED) as server:
+        port = server.port
+        async with aiohttp.ClientSession(headers=AUTH, timeout=aiohttp.ClientTimeout(total=600)) as session:
+            async with session.post(f"http://127.0.0.1:{port}/v1/audio/speech", json={
+                    "model": "piper-joe", "input": QUESTION, "response_format": "wav"}) as response:
+                pcm = to_pcm16k(await response.read())
+            samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+            print(f"question: {len(pcm) / 32000:.2f} s of Piper speech: {QUESTION!r}", flush=True)
+            # A connection per question: between questions nothing reads this client's socket
+            # (aiohttp answers pings only inside receive()), and the server's ping timeout would
+            # close an idle one. Connecting is outside the timed part (the clock starts at stop).
+            async def gateway(mode: str) -> tuple[float, float, float, str]:
+                async with session.ws_connect(f"ws://127.0.0.1:{port}/v1/voice/stream",
+                                              protocols=["kaset.v1", f"kaset-key.{BENCH_KEY}"]) as ws:
+                    return await gateway_run(ws, pcm, mode)
 
-                for mode in args.modes:
-                    # Untimed warmup per side (the advisor's index, the models' first calls).
-                    await gateway(mode)
-                    await direct_run(direct, samples, mode)
-                    for n in range(1, args.runs + 1):
-                        sides = ["gateway", "direct"] if n % 2 else ["direct", "gateway"]
-                        line = []
-                        for side in sides:
-                            await asyncio.sleep(PAUSE_S)
-                            load = OtherLoad()
-                            if side == "gateway":
-                                first, total, heard, answer = await gateway(mode)
-                            else:
-                                first, total, heard, answer = await direct_run(direct, samples, mode)
-                            series = results[mode][side]
-                            series.first_audio.append(first)
-                            series.end_to_end.append(total)
-                            series.transcribe.append(heard)
-                            series.other_load.append(load.cores())
-                            series.answers.append(answer)
-                            line.append(f"{side} first audio {first * 1000:.0f} ms, end {total * 1000:.0f} ms")
-                        print(f"{mode} run {n}: " + "; ".join(line)
-                              + f"; other load {max(results[mode][s].other_load[-1] for s in sides):.2f} cores",
-                              flush=True)
+            for mode in args.modes:
+                # Untimed warmup per side (the advisor's index, the models' first calls).
+                await gateway(mode)
+                await direct_run(direct, samples, mode)
+                for n in range(1, args.runs + 1):
+                    sides = ["gateway", "direct"] if n % 2 else ["direct", "gateway"]
+                    line = []
+                    for side in sides:
+                        await asyncio.sleep(PAUSE_S)
+                        load = OtherLoad()
+                        if side == "gateway":
+                            first, total, heard, answer = await gateway(mode)
+                        else:
+                            first, total, heard, answer = await direct_run(direct, samples, mode)
+                        series = results[mode][side]
+                        series.first_audio.append(first)
+                        series.end_to_end.append(total)
+                        series.transcribe.append(heard)
+                        series.other_load.append(load.cores())
+                        series.answers.append(answer)
+                        line.append(f"{side} first audio {first * 1000:.0f} ms, end {total * 1000:.0f} ms")
+                    print(f"{mode} run {n}: " + "; ".join(line)
+                          + f"; other load {max(results[mode][s].other_load[-1] for s in sides):.2f} cores",
+                          flush=True)
     return {mode: {side: vars(s) for side, s in sides.items()} for mode, sides in results.items()}
 
 
@@ -269,8 +247,8 @@ def report(results: dict[str, Any]) -> None:
         for label, key in (("first audio", "first_audio"), ("end to end", "end_to_end"),
                            ("transcribe", "transcribe")):
             rows.append([mode, label,
-                         f"{percentile(g[key], 50) * 1000:.0f} ms", f"{percentile(g[key], 95) * 1000:.0f} ms",
-                         f"{percentile(d[key], 50) * 1000:.0f} ms", f"{percentile(d[key], 95) * 1000:.0f} ms",
+                         f"{percentile_ms(g[key], 50):.0f} ms", f"{percentile_ms(g[key], 95):.0f} ms",
+                         f"{percentile_ms(d[key], 50):.0f} ms", f"{percentile_ms(d[key], 95):.0f} ms",
                          f"{median(g[key]) / median(d[key]):.2f}×"])
     print(table(["mode", "from stop to", "gateway p50", "gateway p95", "direct p50", "direct p95",
                  "gateway / direct (median)"], rows))
@@ -292,9 +270,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
     args = parser.parse_args()
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    install_signal_handlers()
-    info = machine()
-    print_machine(info)
+    info = begin_benchmark()
     results = asyncio.run(run(args))
     report(results)
     write_json(args.json, {"machine": info, "runs": args.runs, "results": results})
