@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from kaset.auth import audit
 from kaset.auth.identity import Identity
-from kaset.cli import app, parse_duration
+from kaset.cli import app
+from kaset.cli.keys import parse_duration
 from kaset.errors import AuthenticationFailed
 from kaset.quotas.policy import Limits
 from kaset.store.db import Database
