@@ -23,8 +23,14 @@ over rounds.
 
 Targets for Kaset: at most +0.5 ms p50 over direct, at least 40% of direct's requests/s.
 
+`--profile-seconds S`: after the rounds, py-spy (`var/bench-venv/bin/py-spy`, or on PATH) samples
+each Kaset gateway's main thread (the event loop) for S seconds under wrk, and the script prints
+its CPU per request by stage (aiohttp client, provider runtime, FastAPI, uvicorn, ...) and by
+innermost function. Shares of the samples times the main thread's CPU per request (psutil).
+
     .venv/bin/python bench/peer_gateways.py [--rounds 3] [--requests 1000] [--duration 10] [--skip-litellm]
     .venv/bin/python bench/peer_gateways.py --kaset-src /tmp/before/src --kaset-src src   # two trees, one run
+    .venv/bin/python bench/peer_gateways.py --skip-litellm --rounds 1 --profile-seconds 8   # where Kaset's time goes
 """
 
 from __future__ import annotations
@@ -230,9 +236,10 @@ def kaset_gateway(name: str, port: int, upstream: str, directory: Path, connecti
 
 def kaset_path(kaset_src: Path) -> str:
     """Which way the gateway calls a provider runtime, read from the source it runs."""
-    manager = (kaset_src / "kaset" / "registry" / "manager.py").read_text()
-    if "runtime.achat(" in manager:
-        return "async (the model handle awaits runtime.achat on the gateway's loop)"
+    registry = kaset_src / "kaset" / "registry"
+    sources = [path.read_text() for path in sorted(registry.glob("*.py"))]
+    if any("runtime.achat(" in text or "async_native" in text for text in sources):
+        return "async (the model handle awaits the runtime's coroutine on the gateway's loop)"
     return "blocking (model executor thread, then the runtime's loop thread)"
 
 
@@ -248,6 +255,95 @@ def git_state(directory: Path) -> str:
         return "not a git checkout"
     dirty = git("status", "--porcelain", "--", ".")
     return commit + (" + uncommitted changes" if dirty else "")
+
+
+# --- the profile ------------------------------------------------------------------------------
+
+
+# Where a sample of the gateway's main thread goes: the first rule matching its frames, searched
+# from the innermost frame out (json.dumps called by aiohttp counts as aiohttp's).
+STAGES = (("aiohttp/", "aiohttp client: the call to the upstream"),
+          ("kaset/runtimes/", "provider runtime (request body, reply)"),
+          ("fastapi/dependencies/", "FastAPI dependency solving"),
+          ("pydantic", "pydantic: request validation, reply serialisation"),
+          ("kaset/api/routers/", "route handler and serving helpers"),
+          ("kaset/api/serving/", "route handler and serving helpers"),
+          ("kaset/registry/", "router, handle, model manager"),
+          ("kaset/metrics", "metrics"), ("prometheus_client/", "metrics"),
+          ("kaset/store/", "request log and store"), ("kaset/auth/", "auth"),
+          ("kaset/api/", "gateway middleware, telemetry, responses"), ("kaset/", "other Kaset code"),
+          ("uvicorn/", "uvicorn: HTTP parsing and sending"), ("httptools", "uvicorn: HTTP parsing and sending"),
+          ("starlette/", "Starlette/FastAPI routing and middleware"),
+          ("fastapi/", "Starlette/FastAPI routing and middleware"),
+          ("asyncio/", "asyncio and uvloop (callbacks, socket I/O)"),
+          ("uvloop", "asyncio and uvloop (callbacks, socket I/O)"))
+
+
+def py_spy_command(bench_venv: Path) -> Path | None:
+    found = bench_venv / "bin" / "py-spy"
+    if found.exists():
+        return found
+    on_path = shutil.which("py-spy")
+    return Path(on_path) if on_path else None
+
+
+def main_thread_cpu(pid: int) -> float:
+    """CPU seconds of a process's main thread (its thread id is the pid): the gateway's event loop."""
+    for thread in psutil.Process(pid).threads():
+        if thread.id == pid:
+            return float(thread.user_time + thread.system_time)
+    return 0.0
+
+
+def profile_gateway(py_spy: Path, wrk: str, script: Path, server: Server, connections: int, seconds: float,
+                    out: Path, top: int) -> list[str]:
+    """py-spy on a running gateway while wrk drives it; the report's lines."""
+    rate = 250
+    # Raw stacks, function-level; --nonblocking: the gateway is not paused for each sample.
+    spy = subprocess.Popen([str(py_spy), "record", "--nonblocking", "-p", str(server.pid), "-r", str(rate),
+                            "-d", str(round(seconds) + 2), "-f", "raw", "--threads", "--nolineno", "-o", str(out)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)  # py-spy attached
+    before = main_thread_cpu(server.pid)
+    stats = wrk_run(wrk, script, server.port, connections, seconds)
+    main_us = (main_thread_cpu(server.pid) - before) / max(stats["requests"], 1) * 1e6
+    _, err = spy.communicate(timeout=60)
+    if not out.exists():
+        return [f"py-spy wrote nothing: {err.decode(errors='replace')[-400:]}"]
+    header = (f"{server.name}: py-spy at {rate} Hz, {stats['requests']:.0f} requests under wrk -c{connections} "
+              f"({stats['rps']:.0f} req/s while sampled)")
+    return [header, *report_profile(out, main_us, top)]
+
+
+def report_profile(path: Path, main_us: float, top: int) -> list[str]:
+    """The main thread's samples by stage and by innermost function, as shares of its CPU per
+    request (`main_us`). Shares, because py-spy also counts a thread that is runnable but waiting
+    for a core, which on two busy cores is often."""
+    stages: dict[str, int] = {}
+    own: dict[str, int] = {}
+    main = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        thread, _, rest = stack.partition(";")
+        if not rest or not count_text.isdigit() or not thread.endswith("MainThread"):
+            continue  # other threads (aiosqlite's, the executor's): py-spy counts their queue waits
+        count = int(count_text)
+        main += count
+        frames = [(name, where.rstrip(")")) for name, _, where in (f.partition(" (") for f in rest.split(";"))]
+        stage = next((label for _, f in reversed(frames) for marker, label in STAGES if marker in f), "other")
+        stages[stage] = stages.get(stage, 0) + count
+        leaf = f"{frames[-1][0]} ({frames[-1][1]})"
+        own[leaf] = own.get(leaf, 0) + count
+
+    def us(samples: int) -> str:
+        share = samples / max(main, 1)
+        return f"{share * main_us:7.1f} µs  {share:5.1%}"
+
+    lines = [f"main thread (the event loop): {main_us:.0f} µs of CPU a request (psutil), {main} samples", "by stage:"]
+    lines += [f"  {us(n)}  {label}" for label, n in sorted(stages.items(), key=lambda kv: -kv[1])]
+    lines.append("innermost Python function:")
+    lines += [f"  {us(n)}  {name}" for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
+    return lines
 
 
 # --- main -------------------------------------------------------------------------------------
@@ -268,6 +364,10 @@ def main() -> int:
                         help="run Kaset from this src/ directory (an export of another commit, say) instead of "
                              "the installed one; give it twice or more to measure several trees in the same run")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--profile-seconds", type=float, default=0.0,
+                        help="after the rounds, py-spy each Kaset gateway for this long under wrk (default 0: no)")
+    parser.add_argument("--profile-dir", type=Path, help="keep py-spy's raw stacks here")
+    parser.add_argument("--profile-top", type=int, default=25, help="innermost functions listed (default 25)")
     args = parser.parse_args()
 
     wrk = shutil.which("wrk")
@@ -275,6 +375,10 @@ def main() -> int:
         print("wrk not found; install it with: apt-get install -y wrk", file=sys.stderr)
         return 2
     install_signal_handlers()
+    py_spy = py_spy_command(args.bench_venv) if args.profile_seconds > 0 else None
+    if args.profile_seconds > 0 and py_spy is None:
+        print(f"py-spy not found in {args.bench_venv}/bin or on PATH: pip install py-spy", file=sys.stderr)
+        return 2
     litellm = None if args.skip_litellm else install_litellm(args.bench_venv)
     info = machine()
     # name -> the src/ it runs (None: the installed one, this checkout's src/).
@@ -290,6 +394,7 @@ def main() -> int:
 
     names = ["direct", *kasets] + (["litellm"] if litellm is not None else [])
     results = {name: Results() for name in names}
+    profiles: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="kaset-bench-peers-") as tmp:
         tmpdir = Path(tmp)
         script = wrk_script(tmpdir)
@@ -326,6 +431,13 @@ def main() -> int:
                           f" {args.connections} conn {res.rps[-1]:.0f} req/s, p50 {res.wrk_p50_ms[-1]:.2f} ms"
                           f" p99 {res.wrk_p99_ms[-1]:.2f} ms; CPU {res.cpu_us_per_request[-1]:.0f} µs/req;"
                           f" other load {res.other_load[-1]:.2f} cores", flush=True)
+            if py_spy is not None:
+                keep = args.profile_dir or tmpdir
+                keep.mkdir(parents=True, exist_ok=True)
+                for name in kasets:
+                    profiles[name] = profile_gateway(py_spy, wrk, script, servers[name], args.connections,
+                                                     args.profile_seconds, keep / f"{name}.pyspy.txt",
+                                                     args.profile_top)
         finally:
             for server in servers.values():
                 server.stop()
@@ -364,8 +476,11 @@ def main() -> int:
     loads = [x for res in results.values() for x in res.other_load]
     print(f"other processes' CPU during the measurements: median {median(loads):.2f}, max {max(loads):.2f} cores "
           f"of {info['nproc']}")
+    for lines in profiles.values():
+        print()
+        print("\n".join(lines))
     write_json(args.json, {"machine": info, "args": vars(args),
-                           "rounds": {name: vars(res) for name, res in results.items()}})
+                           "rounds": {name: vars(res) for name, res in results.items()}, "profiles": profiles})
     return 0
 
 
