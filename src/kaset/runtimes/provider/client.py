@@ -6,7 +6,9 @@ for the blocking path (`kaset.runtimes.provider.loop_thread`), the gateway's for
 path (a test's own loop, too). Each keeps its keep-alive connections for all the calls made on
 its loop, and is only ever touched from its loop, so it needs no lock. `aclose()` closes the
 calling loop's session; `unload()` closes every one it can reach (a loop that has already been
-closed took its connections with it).
+closed took its connections with it). Beside each session, for an http:// upstream reached
+without a proxy, the kept-alive connections of the plain-HTTP shortcut that `_post_json` takes
+(`kaset.runtimes.provider.http1`), closed with it.
 
 Secrets: the key comes from the environment (`api_key_env`) or a file (`api_key_file`, a
 Docker or Kubernetes secret mount), never from the catalog itself, whose params may be shown
@@ -35,7 +37,8 @@ from yarl import URL
 from kaset import tracing
 from kaset.errors import ModelUnavailable
 from kaset.runtimes.base import Runtime
-from kaset.runtimes.provider.errors import UpstreamErrorMapping, log
+from kaset.runtimes.provider.errors import MAX_ERROR_BODY, UpstreamErrorMapping, log
+from kaset.runtimes.provider.http1 import KeepAlivePool, Redirected
 from kaset.runtimes.provider.loop_thread import LoopThread
 
 if TYPE_CHECKING:
@@ -67,6 +70,10 @@ class ProviderClient(UpstreamErrorMapping, Runtime):
         self._runner: LoopThread | None = None
         # One session per event loop that has made a request (see the module docstring).
         self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        # Beside each session, the kept-alive connections of the plain-HTTP shortcut (`http1`),
+        # for an http:// upstream reached without a proxy.
+        self._pools: dict[asyncio.AbstractEventLoop, KeepAlivePool] = {}
+        self._direct = self.base_url.startswith("http://") and not self.params.get("trust_env", False)
         self._sessions_lock = threading.Lock()
         connect = min(self.timeout_s, 10.0)
         self._timeout = aiohttp.ClientTimeout(total=self.timeout_s, connect=connect)
@@ -92,8 +99,9 @@ class ProviderClient(UpstreamErrorMapping, Runtime):
         runner, self._runner = self._runner, None
         with self._sessions_lock:
             sessions, self._sessions = self._sessions, {}
+            pools, self._pools = self._pools, {}
         for loop, session in sessions.items():
-            self._close_session(loop, session)
+            self._close_session(loop, session, pools.get(loop))
         if runner is not None:
             runner.stop()
 
@@ -103,10 +111,14 @@ class ProviderClient(UpstreamErrorMapping, Runtime):
         loop = asyncio.get_running_loop()
         with self._sessions_lock:
             session = self._sessions.pop(loop, None)
+            pool = self._pools.pop(loop, None)
+        if pool is not None:
+            pool.close()
         if session is not None:
             await session.close()
 
-    def _close_session(self, loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession) -> None:
+    def _close_session(self, loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession,
+                       pool: KeepAlivePool | None) -> None:
         if session.closed or loop.is_closed():
             return  # a closed loop cannot run the close; its connections went with it
         try:
@@ -115,11 +127,11 @@ class ProviderClient(UpstreamErrorMapping, Runtime):
             running = None
         try:
             if loop is running:
-                task = loop.create_task(session.close())
+                task = loop.create_task(_close(session, pool))
                 _closing.add(task)
                 task.add_done_callback(_closing.discard)
             elif loop.is_running():
-                asyncio.run_coroutine_threadsafe(session.close(), loop).result(timeout=5)
+                asyncio.run_coroutine_threadsafe(_close(session, pool), loop).result(timeout=5)
             else:
                 log.debug("the event loop of an HTTP session of %s is not running; left to the GC", self.spec.id)
         except Exception:  # closing is best effort
@@ -212,11 +224,17 @@ class ProviderClient(UpstreamErrorMapping, Runtime):
             yield response
 
     async def _post_json(self, url: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """POST and parse the JSON object replied. What `_open` does, written out: this is every
-        plain chat call, and its two context-manager layers cost ~10 µs of CPU a call."""
+        """POST and parse the JSON object replied. This is every plain chat call: to an http://
+        upstream it takes the shortcut of `http1` (a quarter of the gateway's CPU per call),
+        else what `_open` does, written out (its two context-manager layers cost ~10 µs)."""
         session = self._require_session()
         headers = self._headers()
         tracing.inject(headers)
+        pool = self._pools.get(asyncio.get_running_loop()) if self._direct else None
+        # A session holding cookies sends them: aiohttp's work, as is a redirect (sent again here).
+        if pool is not None and url.startswith("http://") and not len(session.cookie_jar):
+            with contextlib.suppress(Redirected):
+                return await self._post_json_directly(pool, session, url, headers, payload)
         try:
             async with session.post(url, headers=headers, timeout=self._timeout, json=payload) as response:
                 if response.status >= 400:
@@ -227,6 +245,28 @@ class ProviderClient(UpstreamErrorMapping, Runtime):
                     raise self._bad_reply("a reply that is not JSON") from None
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._transport_error(exc) from None
+        if not isinstance(body, dict):
+            raise self._bad_reply("a JSON reply that is not an object")
+        return body
+
+    async def _post_json_directly(self, pool: KeepAlivePool, session: aiohttp.ClientSession, url: str,
+                                  headers: dict[str, str], payload: dict[str, Any]) -> dict[str, Any]:
+        """`_post_json` through the plain-HTTP shortcut, with the same outcomes."""
+        data = json.dumps(payload).encode("utf-8")  # what aiohttp's json= sends
+        try:
+            reply = await pool.post(url, headers, data, self._timeout.total, self._timeout.connect)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._transport_error(exc) from None
+        cookies = reply.headers.getall("Set-Cookie", ())
+        if cookies:  # into the session's jar, as aiohttp would; later calls send them through aiohttp
+            session.cookie_jar.update_cookies_from_headers(cookies, URL(url))
+        if reply.status >= 400:
+            raise self._reply_error(reply.status, reply.reason, reply.body[:MAX_ERROR_BODY],
+                                    reply.headers.get("Retry-After"))
+        try:
+            body = reply.json()
+        except ValueError:
+            raise self._bad_reply("a reply that is not JSON") from None
         if not isinstance(body, dict):
             raise self._bad_reply("a JSON reply that is not an object")
         return body
@@ -262,8 +302,17 @@ class ProviderClient(UpstreamErrorMapping, Runtime):
             with self._sessions_lock:
                 for old in [other for other in self._sessions if other.is_closed()]:
                     del self._sessions[old]  # loops that went away without aclose()
+                    self._pools.pop(old, None)
                 self._sessions[loop] = session
+                if self._direct:
+                    self._pools[loop] = KeepAlivePool()
         return session
+
+
+async def _close(session: aiohttp.ClientSession, pool: KeepAlivePool | None) -> None:
+    if pool is not None:
+        pool.close()
+    await session.close()
 
 
 async def sse_data(stream: aiohttp.StreamReader) -> AsyncIterator[str]:

@@ -105,19 +105,23 @@ class UpstreamErrorMapping:
 
     async def _http_error(self, response: aiohttp.ClientResponse) -> KasetError:
         raw = await response.content.read(MAX_ERROR_BODY)
+        return self._reply_error(response.status, response.reason, raw, response.headers.get("Retry-After"))
+
+    def _reply_error(self, status: int, reason: str | None, raw: bytes, retry_after: str | None) -> KasetError:
+        """The KasetError of a reply of status >= 400: its status, reason phrase, the start of its
+        body (at most MAX_ERROR_BODY bytes) and its Retry-After header."""
         text = raw.decode("utf-8", errors="replace")
         try:
             body: Any = json.loads(text)
         except ValueError:
             body = None
         info = self._parse_error(body)
-        message = self.scrub(info.message or text or response.reason or "")
-        status = response.status
+        message = self.scrub(info.message or text or reason or "")
         # Auth failures are logged without the provider's words: some echo part of the key.
         said = "(message withheld)" if status in (401, 403) or info.auth else message
         log.warning("%s %s: HTTP %d from %s (%s) %s", self.provider, self.spec.id, status,
                     self.base_url, info.status or "-", said)
-        return self._error_for(status, info, message, retry_after_header(response.headers.get("Retry-After")))
+        return self._error_for(status, info, message, retry_after_header(retry_after))
 
     def _error_for(self, status: int, info: UpstreamErrorInfo, message: str,
                    retry_after: float | None) -> KasetError:
