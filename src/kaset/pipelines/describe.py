@@ -31,8 +31,7 @@ import numpy as np
 from PIL import Image
 
 from kaset.errors import InvalidRequest, KasetError, UpstreamError
-from kaset.language import has_thai
-from kaset.pipelines.advice import Language
+from kaset.language import Language, has_thai
 from kaset.pipelines.diagnose import Scored, top_k
 from kaset.registry.handle import ModelHandle
 from kaset.registry.manager import ModelManager

@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kaset.errors import InvalidRequest
 from kaset.knowledge.schema import Entry, index_by_model_label
-from kaset.pipelines.advice import Language, curated_answer
+from kaset.language import Language
+from kaset.pipelines.advice import curated_answer
 from kaset.pipelines.diagnosis_text import (
     RETAKE_TIPS,
     leaf_cut_off,

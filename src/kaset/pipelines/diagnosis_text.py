@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from kaset.pipelines.advice import Language
+from kaset.language import Language
 
 RETAKE_TIPS: dict[Language, list[str]] = {
     "en": ["Hold the phone steady and tap the leaf to focus.", "Take the photo in daylight, out of harsh shadow.",

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kaset.pipelines.advice import Language
+from kaset.language import Language
 
 if TYPE_CHECKING:
     from kaset.knowledge.schema import Entry

@@ -27,8 +27,9 @@ from typing import Any, Literal, cast
 
 from kaset import usage
 from kaset.errors import InvalidRequest, KasetError, PayloadTooLarge
+from kaset.language import Language
 from kaset.media.image import decode_image
-from kaset.pipelines.advice import SUPPORTED_LANGUAGES, AdviceQuery, AdviceService, Language
+from kaset.pipelines.advice import SUPPORTED_LANGUAGES, AdviceQuery, AdviceService
 from kaset.pipelines.describe import DescribeService
 from kaset.pipelines.diagnose import DiagnosisService
 from kaset.pipelines.speech import SpeechService

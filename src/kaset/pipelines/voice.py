@@ -33,7 +33,8 @@ from typing import Literal
 
 from kaset import usage
 from kaset.errors import InvalidRequest, ModelUnavailable, UpstreamError
-from kaset.pipelines.advice import Advice, AdviceQuery, AdviceService, Language, detect_language
+from kaset.language import Language
+from kaset.pipelines.advice import Advice, AdviceQuery, AdviceService, detect_language
 from kaset.pipelines.speaking import Finished, Written, report_end, speak_while_writing
 from kaset.pipelines.speaking import Spoken as SpokenSentence
 from kaset.pipelines.speech import (
