@@ -15,7 +15,7 @@ Each class says whose fault it is, so routing never guesses from statuses or cod
 Neither: the request is the caller's own problem (bad content, auth, not found, the caller's
 own rate limit) and is returned at once; no other model and no retry would change it, and a
 thousand such requests never open a breaker. A router moves a call to its next model when
-either flag is set (kaset.registry.routing). Exceptions that are not KasetErrors and escape an
+either flag is set (kaset.registry.fallbacks). Exceptions that are not KasetErrors and escape an
 engine (RuntimeError, OSError from a C library) are the server's fault: `faults()` says both.
 So code that decodes a client's content must raise InvalidRequest on bad input where it
 decodes, never let the decoder's own exception out.

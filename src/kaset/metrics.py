@@ -76,8 +76,8 @@ def _float_label(value: float) -> str:
 
 
 # What the collector reads at scrape time. The registry implements these (kaset.registry.manager's
-# ModelManager and LoadedModel, kaset.registry.routing's Router); the registry imports this module
-# to count, so this module names only what it reads, never the registry.
+# ModelManager, kaset.registry.loaded_model's LoadedModel, kaset.registry.routing's Router); the
+# registry imports this module to count, so this module names only what it reads, never the registry.
 
 
 class _SpecView(Protocol):

@@ -15,7 +15,7 @@ other standard variables apply (`OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_TRACES_SAMPL
 `TracingMiddleware` is a pure ASGI middleware (outermost, so its span covers everything):
 it continues an incoming `traceparent`, makes the span current for the request, and ends it
 after the last body byte. The router opens a `model_call` child span around each attempt on
-a model (kaset.registry.routing). Outgoing calls (to a worker, to an external provider) call
+a model (kaset.registry.fallbacks). Outgoing calls (to a worker, to an external provider) call
 `inject` on the headers they send, so the callee's span is a child of the current one. See
 docs/tracing.md.
 """

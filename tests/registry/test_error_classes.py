@@ -33,11 +33,13 @@ from kaset.errors import (
 )
 from kaset.media.image import decode_image
 from kaset.metrics import Metrics, current_metrics
+from kaset.registry.breakers import CircuitOpen
 from kaset.registry.catalog import Catalog, ModelSpec, RouteSpec
+from kaset.registry.fallbacks import fallback_reason
 from kaset.registry.handle import ModelHandle
 from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository
-from kaset.registry.routing import CircuitOpen, Router, fallback_reason
+from kaset.registry.routing import Router
 from kaset.runtimes.base import GenerationParams
 from kaset.workers.remote import WorkerError
 from tests.fixtures.fake_providers import FakeServer, openai_app, serve
@@ -73,9 +75,9 @@ EXPECTED: dict[str, tuple[bool, bool]] = {
     "kaset.registry.lifecycle.ModelOverloaded": (True, False),
     "kaset.errors.StoreUnavailable": (True, False),
     "kaset.errors.LimitsUnavailable": (True, False),
-    "kaset.registry.routing.CircuitOpen": (True, False),
+    "kaset.registry.breakers.CircuitOpen": (True, False),
     # The route's own skip (a route moves on by its class, see fallback_reason).
-    "kaset.registry.routing.TargetNotInstalled": (False, False),
+    "kaset.registry.fallbacks.TargetNotInstalled": (False, False),
     # The caller's own: returned at once, never counted.
     "kaset.errors.InvalidRequest": (False, False),
     "kaset.errors.AuthenticationFailed": (False, False),

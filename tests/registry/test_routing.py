@@ -32,19 +32,14 @@ from kaset.errors import (
     UpstreamTimeout,
 )
 from kaset.metrics import Metrics, current_metrics
+from kaset.registry.breakers import Breaker, CircuitOpen, upstream_of
 from kaset.registry.catalog import Catalog, ModelSpec, RouteSpec
+from kaset.registry.fallbacks import fallback_reason
 from kaset.registry.lifecycle import ModelOverloaded
 from kaset.registry.loaded_model import LoadedModel
 from kaset.registry.manager import ModelManager
 from kaset.registry.repository import ModelRepository
-from kaset.registry.routing import (
-    Breaker,
-    CircuitOpen,
-    Router,
-    caller_key,
-    fallback_reason,
-    upstream_of,
-)
+from kaset.registry.routing import Router, caller_key
 from kaset.weighted import hash_point
 
 

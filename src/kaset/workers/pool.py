@@ -19,8 +19,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from kaset.config import Settings
+from kaset.registry.breakers import Breaker
 from kaset.registry.catalog import Catalog
-from kaset.registry.routing import Breaker
 
 log = logging.getLogger("kaset.workers")
 
