@@ -113,22 +113,23 @@ async def one_round(url: str, sqlite: bool, seconds: float, flush_rows: int) -> 
             "rows": stored, "bytes_per_row": (size_after - size_before) / stored}
 
 
-async def create_pg_database() -> str:
-    name = f"kaset_bench_{os.getpid()}_{secrets.token_hex(4)}"
+async def _as_pg_admin(statement: str) -> None:
+    """One statement run from the maintenance database `postgres` (a database cannot create or drop itself)."""
     conn = await asyncpg.connect(database="postgres", timeout=10, **PG)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(statement)
     finally:
         await conn.close()
+
+
+async def create_pg_database() -> str:
+    name = f"kaset_bench_{os.getpid()}_{secrets.token_hex(4)}"
+    await _as_pg_admin(f'CREATE DATABASE "{name}"')
     return name
 
 
 async def drop_pg_database(name: str) -> None:
-    conn = await asyncpg.connect(database="postgres", timeout=10, **PG)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await _as_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def run(backends: list[str], rounds: int, seconds: float, flush_rows: int) -> dict[str, list[dict[str, float]]]:

@@ -31,24 +31,21 @@ from typing import Any
 import aiohttp
 
 from _common import (
-    BENCH_KEY,
-    DEFAULT_MODELS_DIR,
-    PYTHON,
+    AUTH,
     OtherLoad,
     Server,
+    begin_benchmark,
     free_port,
-    install_signal_handlers,
     kaset_server,
-    machine,
-    percentile,
-    print_machine,
+    kaset_worker,
+    percentile_ms,
     table,
+    workers_gateway,
     write_json,
 )
 
 MIX = ("whisper-tiny.en", "smollm2-135m", "efficientnet-lite0")
 QUESTION = "How often should I water young rice plants in the dry season?"
-AUTH = {"Authorization": f"Bearer {BENCH_KEY}"}
 
 
 def speech_wav() -> bytes:
@@ -124,25 +121,18 @@ async def drive(base: str, kinds: Sequence[str], clients: int, seconds: float, w
         elapsed = time.monotonic() - begun
     every = [x for values in latencies.values() for x in values]
     return {"requests": len(every), "errors": errors, "rps": len(every) / elapsed,
-            "p50_ms": percentile(every, 50) * 1000 if every else 0.0,
-            "p95_ms": percentile(every, 95) * 1000 if every else 0.0,
-            "per_kind_p95_ms": {k: percentile(v, 95) * 1000 if v else 0.0 for k, v in latencies.items()}}
+            "p50_ms": percentile_ms(every, 50) if every else 0.0,
+            "p95_ms": percentile_ms(every, 95) if every else 0.0,
+            "per_kind_p95_ms": {k: percentile_ms(v, 95) if v else 0.0 for k, v in latencies.items()}}
 
 
 def worker(name: str, models: str, tmpdir: Path, max_concurrent: int | None = None) -> Server:
-    port = free_port()
-    env = {"KASET_DATA_DIR": str(tmpdir / name), "KASET_MODELS_DIR": str(DEFAULT_MODELS_DIR),
-           "KASET_WORKER_TOKEN": BENCH_KEY}
-    if max_concurrent is not None:
-        env["MAX_CONCURRENT_INFERENCES"] = str(max_concurrent)
-    return Server(name, [PYTHON, "-m", "kaset", "worker", "--models", models, "--host", "127.0.0.1", "--port",
-                         str(port)], port, "/health/ready", env=env)
+    limit = {} if max_concurrent is None else {"MAX_CONCURRENT_INFERENCES": str(max_concurrent)}
+    return kaset_worker(name, free_port(), tmpdir / name, models, extra_env=limit)
 
 
 def gateway_for(workers: Sequence[Server], tmpdir: Path, name: str = "gateway") -> Server:
-    urls = ",".join(f"http://127.0.0.1:{w.port}" for w in workers)
-    return kaset_server(name, free_port(), tmpdir / name, models="", extra_env={
-        "KASET_WORKER_URLS": urls, "KASET_WORKER_TOKEN": BENCH_KEY, "KASET_MODELS": "[]"})
+    return workers_gateway(name, free_port(), tmpdir / name, workers)
 
 
 def run_topology(servers: Sequence[Server], base_port: int, kinds: Sequence[str], clients: int, seconds: float,
@@ -166,9 +156,7 @@ def main() -> int:
     parser.add_argument("--scale-duration", type=float, default=20.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    install_signal_handlers()
-    info = machine()
-    print_machine(info)
+    info = begin_benchmark()
     wav = speech_wav()
     infer = json.dumps(photo_infer_body()).encode()
     results: dict[str, dict[str, Any]] = {}

@@ -34,15 +34,13 @@ from typing import Any
 import numpy as np
 
 from _common import (
-    BENCH_KEY,
+    AUTH,
     DEFAULT_MODELS_DIR,
     REPO,
     OtherLoad,
+    begin_benchmark,
     free_port,
-    install_signal_handlers,
     kaset_server,
-    machine,
-    print_machine,
     table,
     write_json,
 )
@@ -71,7 +69,7 @@ def gateway_transcribe(port: int, samples: np.ndarray) -> Transcription:
     body, content_type = _multipart({"model": MODEL, "language": "th", "response_format": "verbose_json"},
                                     thai_speech.wav_bytes(samples))
     request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/audio/transcriptions", data=body, method="POST",
-                                     headers={"Authorization": f"Bearer {BENCH_KEY}", "Content-Type": content_type})
+                                     headers={**AUTH, "Content-Type": content_type})
     with urllib.request.urlopen(request, timeout=120) as response:
         reply = json.loads(response.read())
     segments = [Segment(id=s["id"], start=s["start"], end=s["end"], text=s["text"], avg_logprob=s["avg_logprob"],
@@ -129,9 +127,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=40, help="phrases in the clear set")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    install_signal_handlers()
-    info = machine()
-    print_machine(info)
+    info = begin_benchmark()
     clear = thai_speech.thai_speech_set(args.size)
     unclear = {**thai_speech.garbled_set(), "noise": thai_speech.noise(),
                "quiet-room hiss": thai_speech.noise(level=0.02, seed=9), "silence": thai_speech.silence()}
