@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from kaset import __version__
-from kaset.api.deps import Services, authenticate
+from kaset.api.deps import authenticate, provide_state
 from kaset.api.errors import install_error_handlers
 from kaset.api.middleware import GatewayMiddleware
 from kaset.api.policy import PLAIN, apply_policy
@@ -131,29 +131,30 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
         identity.start()
         catalog = Catalog.load(settings.catalog_dirs)
         manager = build_manager(settings, catalog, observer=telemetry.metrics)
-        settings.models = startup_models(settings, catalog, manager.repository)
+        # Settings are frozen: the models to load at start go in the copy every service below reads.
+        serving = settings.model_copy(update={"models": startup_models(settings, catalog, manager.repository)})
         # Models served by worker processes (docs/workers.md), called through the router's handles.
         workers = None
-        if settings.worker_urls or settings.worker_registry == "redis":
-            workers = WorkerPool(settings, catalog, telemetry.metrics.registry)
+        if serving.worker_urls or serving.worker_registry == "redis":
+            workers = WorkerPool(serving, catalog, telemetry.metrics.registry)
             await workers.start()
         # Pipelines, voice and jobs reach the workers' models through the router's handles.
-        model_side = build_model_services(settings, manager, WorkerModels(workers) if workers is not None else None)
+        model_side = build_model_services(serving, manager, WorkerModels(workers) if workers is not None else None)
         routing, diagnoser = model_side.router, model_side.diagnoser
         telemetry.metrics.router = routing
-        quotas = quota_enforcer(settings, telemetry.metrics)
-        app.state.services = Services(settings=settings, db=db, keys=identity.keys, models=manager,
-                                      advisor=model_side.advisor, router=routing, diagnoser=diagnoser,
-                                      describer=model_side.describer, identity=identity, quotas=quotas,
-                                      speech=model_side.speech, spoken_replies=spoken_replies(settings))
-        telemetry.start(db, settings, manager)
+        quotas = quota_enforcer(serving, telemetry.metrics)
+        replies = spoken_replies(serving)
+        provide_state(app, settings=serving, models=manager, router=routing, speech=model_side.speech,
+                      spoken_replies=replies, describer=model_side.describer, advisor=model_side.advisor,
+                      diagnoser=diagnoser, identity=identity, quotas=quotas, db=db)
+        telemetry.start(db, serving, manager)
         # Load in the background: /health/live answers at once, /health/ready once loaded.
-        loader = asyncio.create_task(_load_models(manager, settings.models, on_load))
-        voices = asyncio.create_task(app.state.services.speech.list_voices())
+        loader = asyncio.create_task(_load_models(manager, serving.models or [], on_load))
+        voices = asyncio.create_task(model_side.speech.list_voices())
         # Unloads models idle past their TTL (none when no model has one).
         sweeper = start_idle_sweeper(manager)
         # Durable async jobs: the embedded runner, or Celery's queue when a broker is set.
-        app.state.jobs = jobs = start_jobs(settings, db, JobContext(settings, routing, diagnoser))
+        app.state.jobs = jobs = start_jobs(serving, db, JobContext(serving, routing, diagnoser))
         try:
             yield
         finally:
@@ -168,7 +169,7 @@ def create_app(settings: Settings | None = None, announce_key: KeyAnnouncer = _p
                 await workers.close()
             await manager.close()
             await quotas.close()
-            await app.state.services.spoken_replies.close()
+            await replies.close()
             await identity.close()
             await db.close()
             await shutdown_tracing(app)

@@ -281,7 +281,7 @@ def test_stream_bad_input_closes_4400(client: TestClient, first: str | bytes, co
 
 
 def test_stream_too_long_recording_closes_4400(client: TestClient) -> None:
-    limit = client.app.state.services.settings.max_audio_seconds  # type: ignore[attr-defined]
+    limit = client.app.state.settings.max_audio_seconds  # type: ignore[attr-defined]
     with connect(client, admin_key(client)) as ws:
         ws.send_json({"type": "start", "mode": "transcribe", "language": "en", "sample_rate": 8000})
         assert ws.receive_json()["type"] == "ready"

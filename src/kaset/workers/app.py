@@ -1,10 +1,12 @@
 """The worker role: the same model routes as the gateway, serving only the models it was given.
 
 A worker trusts the gateway: no users, keys, limits or request log here (the gateway does all
-that). When `KASET_WORKER_TOKEN` is set every model route wants it as a Bearer token; probes and
-/metrics stay open. `MAX_CONCURRENT_INFERENCES` overrides each model's catalog `max_concurrent`.
-On SIGTERM the worker drains: readiness answers 503 at once, new calls get 503 with
-Retry-After, calls in flight finish (up to `KASET_WORKER_DRAIN_S`), then it stops.
+that), so it builds no database, identity or quota enforcer; a route that needed one would stop
+the worker at start-up (`kaset.api.deps.require_state`). When `KASET_WORKER_TOKEN` is set every
+model route wants it as a Bearer token; probes and /metrics stay open.
+`MAX_CONCURRENT_INFERENCES` overrides each model's catalog `max_concurrent`. On SIGTERM the
+worker drains: readiness answers 503 at once, new calls get 503 with Retry-After, calls in
+flight finish (up to `KASET_WORKER_DRAIN_S`), then it stops.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kaset import __version__
-from kaset.api.deps import Services
+from kaset.api.deps import ModelsDep, SettingsDep, provide_state
 from kaset.api.errors import install_error_handlers
 from kaset.api.middleware import GatewayMiddleware
 from kaset.api.policy import policy
@@ -41,15 +43,12 @@ from kaset.api.routers import (
     translate,
 )
 from kaset.api.telemetry import Telemetry
-from kaset.auth.identity import Identity
 from kaset.config import Settings
 from kaset.errors import AuthenticationFailed, KasetError
 from kaset.metrics import Metrics
 from kaset.pipelines.graph import build_manager, build_model_services
-from kaset.quotas.enforcer import QuotaEnforcer
 from kaset.registry.catalog import Catalog
 from kaset.registry.manager import ModelManager
-from kaset.store.db import Database
 from kaset.store.spoken_replies import spoken_replies
 from kaset.tracing import WORKER_SERVICE, install_tracing, shutdown_tracing
 from kaset.usage import current_usage
@@ -198,41 +197,36 @@ def create_worker_app(settings: Settings, model_names: list[str]) -> FastAPI:
         if concurrency is not None:
             for name in names:
                 catalog.resolve(name).max_concurrent = concurrency
-        settings.models = names
-        settings.lazy_load = False  # a worker serves its models only
-        manager = build_manager(settings, catalog, lazy_load=False, observer=telemetry.metrics)
-        model_side = build_model_services(settings, manager)
-        # Never opened: the worker keeps no users, keys or logs; the shared routers' Services
-        # bag still has the fields (narrow dependencies per router would drop them).
-        db = Database("sqlite+aiosqlite:///:memory:")
-        identity = Identity.from_settings(settings, db, sign_in=False)
+        # Settings are frozen: a worker serves its models only, read from this copy.
+        serving = settings.model_copy(update={"models": names, "lazy_load": False})
+        manager = build_manager(serving, catalog, observer=telemetry.metrics)
+        model_side = build_model_services(serving, manager)
         telemetry.metrics.router = model_side.router
         telemetry.metrics.models = manager
-        quotas = QuotaEnforcer(storage_url="memory://", metrics=telemetry.metrics)
-        app.state.services = Services(settings=settings, db=db, keys=identity.keys, models=manager,
-                                      advisor=model_side.advisor, router=model_side.router,
-                                      diagnoser=model_side.diagnoser, describer=model_side.describer,
-                                      identity=identity, quotas=quotas, speech=model_side.speech,
-                                      spoken_replies=spoken_replies(settings))
-        loader = asyncio.create_task(_load_all(manager, names))
+        replies = spoken_replies(serving)
+        loader: asyncio.Task[None] | None = None
         announcer = None
-        if settings.worker_registry == "redis":
-            from kaset.workers.registry import RedisAnnouncer
-
-            announcer = RedisAnnouncer(settings, names, lambda: health._readiness(app.state.services)[0]
-                                       and not drain.draining)
-            announcer.start()
-            drain.on_drain = announcer.announce_soon
         try:
+            # What the worker's routes use: the model routes, /warmup and the probes. No
+            # identity, quotas or database (a route asking for one fails here, at start-up).
+            provide_state(app, settings=serving, models=manager, router=model_side.router, speech=model_side.speech,
+                          spoken_replies=replies, describer=model_side.describer)
+            loader = asyncio.create_task(_load_all(manager, names))
+            if serving.worker_registry == "redis":
+                from kaset.workers.registry import RedisAnnouncer
+
+                announcer = RedisAnnouncer(serving, names, lambda: health.readiness(serving, manager)[0]
+                                           and not drain.draining)
+                announcer.start()
+                drain.on_drain = announcer.announce_soon
             yield
         finally:
-            loader.cancel()
+            if loader is not None:
+                loader.cancel()
             if announcer is not None:
                 await announcer.close()
             await manager.close()
-            await quotas.close()
-            await app.state.services.spoken_replies.close()
-            await db.close()
+            await replies.close()
             await shutdown_tracing(app)
 
     app = FastAPI(title="Kaset worker", version=__version__, lifespan=lifespan)
@@ -255,13 +249,12 @@ def create_worker_app(settings: Settings, model_names: list[str]) -> FastAPI:
 
     @app.post("/warmup", dependencies=guard)
     @policy()
-    async def warmup(request: Request) -> JSONResponse:
+    async def warmup(served: SettingsDep, models: ModelsDep) -> JSONResponse:
         """Run each model's warmup now (load it first if needed); 200 with the time each took."""
-        svc: Services = request.app.state.services
         timings: dict[str, float] = {}
         loop = asyncio.get_running_loop()
-        for name in svc.settings.models or []:
-            loaded = await svc.models.load(name, reason="warmup")
+        for name in served.models or []:
+            loaded = await models.load(name, reason="warmup")
             started = loop.time()
             await loaded.run(loaded.runtime.warmup)
             timings[name] = round(loop.time() - started, 4)

@@ -33,7 +33,7 @@ _TASK_OF: dict[str, Task] = {
 
 
 def _manager(request: Request) -> ModelManager:
-    manager: ModelManager = request.app.state.services.models
+    manager: ModelManager = request.app.state.models
     return manager
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from kaset.api.deps import Services, require_json, services
+from kaset.api.deps import AdvisorDep, require_json
 from kaset.api.policy import policy
 from kaset.api.schemas.advice import AdviceRequest, AdviceResponse, Citation, SourceRef
 from kaset.pipelines.advice import Advice, AdviceQuery
@@ -32,7 +32,7 @@ def to_response(result: Advice) -> AdviceResponse:
 
 @policy(budgets=("tokens_per_day",))
 @router.post("/v1/advice", response_model=AdviceResponse)
-async def advice(body: AdviceRequest, svc: Services = Depends(services)) -> AdviceResponse:
+async def advice(body: AdviceRequest, advisor: AdvisorDep) -> AdviceResponse:
     query = AdviceQuery(question=body.question, language=body.language, crop=body.crop, diagnosis=body.diagnosis,
                         region=body.region, month=body.month, top_k=body.top_k, use_llm=body.use_llm)
-    return to_response(await svc.advisor.advise(query))
+    return to_response(await advisor.advise(query))

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from kaset import usage
-from kaset.api.deps import Services, check_model_allowed, require_json, require_multipart, services
+from kaset.api.deps import ModelsDep, RouterDep, SettingsDep, check_model_allowed, require_json, require_multipart
 from kaset.api.policy import policy
 from kaset.api.schemas.audio import (
     SpeechRequest,
@@ -25,13 +25,15 @@ from kaset.api.streaming import encoded, primed
 from kaset.api.uploads import read_upload
 from kaset.auth.allowlist import allows
 from kaset.auth.principal import Principal
+from kaset.config import Settings
 from kaset.errors import InvalidRequest
 from kaset.media.audio import AUDIO_MEDIA_TYPES, encode_audio
 from kaset.media.subtitles import to_srt, to_vtt
 from kaset.pipelines.speech import transcribe_bytes
 from kaset.registry.catalog import ModelSpec
 from kaset.registry.handle import ModelHandle
-from kaset.registry.routing import caller_key
+from kaset.registry.manager import ModelManager
+from kaset.registry.routing import Router, caller_key
 from kaset.runtimes.base import TranscribeOptions, Transcription, Voice
 
 router = APIRouter(tags=["audio"])
@@ -62,20 +64,22 @@ def _render(result: Transcription, fmt: TranscriptionFormat, task: Literal["tran
     return JSONResponse({"text": result.text}, headers=headers)
 
 
-async def _transcribe(svc: Services, request: Request, file: UploadFile, model_name: str,
+async def _transcribe(routing: Router, settings: Settings, request: Request, file: UploadFile, model_name: str,
                       options: TranscribeOptions, fmt: TranscriptionFormat) -> Response:
-    data = await read_upload(file, svc.settings.max_upload_bytes)
-    result, used, spec, seconds = await transcribe_bytes(svc.router, data, model_name, options,
-                                                         svc.settings.max_audio_seconds,
+    data = await read_upload(file, settings.max_upload_bytes)
+    result, used, spec, seconds = await transcribe_bytes(routing, data, model_name, options,
+                                                         settings.max_audio_seconds,
                                                          caller=lambda: caller_key(request))
     usage.record(audio_seconds=seconds)
-    return _render(result, fmt, used.task, svc.router.headers(model_name, spec))
+    return _render(result, fmt, used.task, routing.headers(model_name, spec))
 
 
 @policy(budgets=("audio_seconds_per_day",), model_field=True)
 @router.post("/v1/audio/transcriptions", dependencies=[Depends(require_multipart)])
 async def transcriptions(
     request: Request,
+    routing: RouterDep,
+    settings: SettingsDep,
     file: Annotated[UploadFile, File(description="Audio: wav, mp3, flac, ogg, webm or m4a.")],
     model: Annotated[str, Form()],
     language: Annotated[str | None, Form()] = None,
@@ -83,49 +87,49 @@ async def transcriptions(
     response_format: Annotated[TranscriptionFormat, Form()] = "json",
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
     timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
-    svc: Services = Depends(services),
 ) -> Response:
     options = TranscribeOptions(
         language=language or None, prompt=prompt or None, temperature=temperature, task="transcribe",
         word_timestamps="word" in (timestamp_granularities or []),
     )
-    return await _transcribe(svc, request, file, model, options, response_format)
+    return await _transcribe(routing, settings, request, file, model, options, response_format)
 
 
 @policy(budgets=("audio_seconds_per_day",), model_field=True)
 @router.post("/v1/audio/translations", dependencies=[Depends(require_multipart)])
 async def translations(
     request: Request,
+    routing: RouterDep,
+    settings: SettingsDep,
     file: Annotated[UploadFile, File(description="Audio: wav, mp3, flac, ogg, webm or m4a.")],
     model: Annotated[str, Form()],
     prompt: Annotated[str | None, Form()] = None,
     response_format: Annotated[TranscriptionFormat, Form()] = "json",
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
-    svc: Services = Depends(services),
 ) -> Response:
     """Speech in any language the model knows, transcribed into English."""
     options = TranscribeOptions(prompt=prompt or None, temperature=temperature, task="translate")
-    return await _transcribe(svc, request, file, model, options, response_format)
+    return await _transcribe(routing, settings, request, file, model, options, response_format)
 
 
 @policy(model_field=True)
 @router.get("/v1/audio/voices", response_model=VoiceList)
-async def list_voices(request: Request, model: str | None = None, language: str | None = None,
-                      svc: Services = Depends(services)) -> VoiceList:
+async def list_voices(request: Request, models: ModelsDep, routing: RouterDep, model: str | None = None,
+                      language: str | None = None) -> VoiceList:
     """The voices of the installed speech models (loaded or not), or of `model`; `language`
     ("en", "en-us", "vi"...) keeps those that speak it. A key with an allowlist sees its models only."""
     if model is not None:
         check_model_allowed(request, model)
-        specs = [svc.models.resolve(model)]
+        specs = [models.resolve(model)]
     else:
         principal: Principal | None = getattr(request.state, "key", None)
         allowed = principal.allowed_models if principal is not None else None
-        specs = [s for s in svc.router.models_for("synthesize")
-                 if s.id != "echo" and (allowed is None or allows(allowed, s.id, svc.models.catalog))]
+        specs = [s for s in routing.models_for("synthesize")
+                 if s.id != "echo" and (allowed is None or allows(allowed, s.id, models.catalog))]
     wanted = language.strip().lower().replace("_", "-") if language else None
     data: list[VoiceObject] = []
     for spec in specs:
-        for position, voice in enumerate(await _voices(svc, spec)):
+        for position, voice in enumerate(await _voices(models, routing, spec)):
             tag = voice.language.lower()
             if wanted and not (tag == wanted or tag.split("-")[0] == wanted):
                 continue
@@ -134,24 +138,24 @@ async def list_voices(request: Request, model: str | None = None, language: str 
     return VoiceList(data=data)
 
 
-async def _voices(svc: Services, spec: ModelSpec) -> list[Voice]:
+async def _voices(models: ModelManager, routing: Router, spec: ModelSpec) -> list[Voice]:
     """A speech model's voices: asked of the worker that serves it, else read here (without
     loading the model)."""
-    if svc.router.remote is not None and svc.router.remote.serves(spec.key):
-        return (await (await svc.router.handle(spec.key, "synthesize")).info()).voices
-    return await svc.models.voices(spec)
+    if routing.remote is not None and routing.remote.serves(spec.key):
+        return (await (await routing.handle(spec.key, "synthesize")).info()).voices
+    return await models.voices(spec)
 
 
 @policy(budgets=("audio_seconds_per_day",), model_field=True)
 @router.post("/v1/audio/speech", dependencies=[Depends(require_json)],
              responses={200: {"content": {t: {} for t in AUDIO_MEDIA_TYPES.values()}}})
-async def speech(body: SpeechRequest, request: Request, svc: Services = Depends(services)) -> Response:
+async def speech(body: SpeechRequest, request: Request, routing: RouterDep, settings: SettingsDep) -> Response:
     text = body.input.strip()
     if not text:
         raise InvalidRequest("'input' is empty; send the text to speak.", param="input")
-    if len(text) > svc.settings.max_speech_chars:
+    if len(text) > settings.max_speech_chars:
         raise InvalidRequest(
-            f"'input' has {len(text)} characters; the limit is {svc.settings.max_speech_chars}. "
+            f"'input' has {len(text)} characters; the limit is {settings.max_speech_chars}. "
             "Split the text into shorter requests.", param="input",
         )
     voice, speed, fmt = body.voice, body.speed, body.response_format
@@ -162,7 +166,7 @@ async def speech(body: SpeechRequest, request: Request, svc: Services = Depends(
         # A route falls back only until the first piece: then the response has started.
         pcm = await primed(model.synthesize_stream(text, voice, speed))
         return StreamingResponse(encoded(_count_seconds(pcm, sample_rate), sample_rate, fmt),
-                                 media_type=AUDIO_MEDIA_TYPES[fmt], headers=svc.router.headers(body.model, model.spec))
+                                 media_type=AUDIO_MEDIA_TYPES[fmt], headers=routing.headers(body.model, model.spec))
 
     async def whole(model: ModelHandle) -> Response:
         sample_rate = (await model.info()).sample_rate(voice)
@@ -171,16 +175,16 @@ async def speech(body: SpeechRequest, request: Request, svc: Services = Depends(
         pcm = await model.synthesize(text, voice, speed)
         usage.record(audio_seconds=len(pcm) / (2 * sample_rate))
         audio = pcm if fmt == "pcm" else await asyncio.to_thread(encode_audio, pcm, sample_rate, fmt)
-        return Response(audio, media_type=AUDIO_MEDIA_TYPES[fmt], headers=svc.router.headers(body.model, model.spec))
+        return Response(audio, media_type=AUDIO_MEDIA_TYPES[fmt], headers=routing.headers(body.model, model.spec))
 
     def caller() -> str | None:
         return caller_key(request)
 
     if body.stream:
-        streamed, _ = await svc.router.call(body.model, "synthesize", stream, caller=caller)
+        streamed, _ = await routing.call(body.model, "synthesize", stream, caller=caller)
         return streamed
     # The same text and voice give the same audio: a route's retries apply.
-    audio, _ = await svc.router.call(body.model, "synthesize", whole, caller=caller, retry=True)
+    audio, _ = await routing.call(body.model, "synthesize", whole, caller=caller, retry=True)
     return audio
 
 

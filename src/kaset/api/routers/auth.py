@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ValidationError
 
-from kaset.api.deps import Services, services
+from kaset.api.deps import IdentityDep
 from kaset.api.policy import PLAIN, apply_policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.admin import RefreshRequest, TokenRequest, TokenResponse
@@ -61,11 +61,11 @@ def _respond(pair: TokenPair) -> Response:
 
 
 @router.post("/v1/auth/token", response_model=TokenResponse, openapi_extra=_form_schema(TokenRequest))
-async def token(request: Request, svc: Services = Depends(services)) -> Response:
+async def token(request: Request, identity: IdentityDep) -> Response:
     """Exchange a username and password for an access token (15 min) and a refresh token (7 days)."""
     body = await _read(request, TokenRequest)
     try:
-        pair = await svc.identity.tokens.login(body.username, body.password)
+        pair = await identity.tokens.login(body.username, body.password)
     except AuthenticationFailed:
         client = request.client.host if request.client else "?"
         log.info("failed sign-in for %r from %s", body.username[:100], client)
@@ -74,19 +74,19 @@ async def token(request: Request, svc: Services = Depends(services)) -> Response
 
 
 @router.post("/v1/auth/refresh", response_model=TokenResponse, openapi_extra=_form_schema(RefreshRequest))
-async def refresh(request: Request, svc: Services = Depends(services)) -> Response:
+async def refresh(request: Request, identity: IdentityDep) -> Response:
     """A new token pair for a valid refresh token of an active user. The refresh token sent is
     replaced: keep the new one (the old one works for 30 s more, then using it signs out)."""
     body = await _read(request, RefreshRequest)
-    return _respond(await svc.identity.tokens.refresh(body.refresh_token))
+    return _respond(await identity.tokens.refresh(body.refresh_token))
 
 
 @router.post("/v1/auth/logout", status_code=204, openapi_extra=_form_schema(RefreshRequest))
-async def logout(request: Request, svc: Services = Depends(services)) -> Response:
+async def logout(request: Request, identity: IdentityDep) -> Response:
     """Sign out: the refresh token, and every token refreshed from the same sign-in, stop working.
     Access tokens already issued stay valid until they expire (at most 15 minutes)."""
     body = await _read(request, RefreshRequest)
-    await svc.identity.tokens.revoke(body.refresh_token)
+    await identity.tokens.revoke(body.refresh_token)
     return Response(status_code=204, headers={"Cache-Control": "no-store"})
 
 

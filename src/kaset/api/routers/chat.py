@@ -8,7 +8,15 @@ import time
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
-from kaset.api.deps import Services, require_json, services
+from kaset.api.deps import (
+    RouterDep,
+    SettingsDep,
+    get_describer,
+    get_speech,
+    get_spoken_replies,
+    require_json,
+    uses_state,
+)
 from kaset.api.policy import policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.chat import (
@@ -35,8 +43,9 @@ router = APIRouter(tags=["chat"], dependencies=[Depends(require_json)])
 
 @policy(budgets=("tokens_per_day", "images_per_day"), model_field=True)
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
+@uses_state(get_speech, get_spoken_replies, get_describer)  # awaited only by requests with audio or images
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, svc: Services = Depends(services)
+    body: ChatCompletionRequest, request: Request, routing: RouterDep, settings: SettingsDep
 ) -> Response:
     """The JSON's `model` is the name the client asked for (OpenAI clients expect it back); the
     x-kaset-model header names the model that served (a route's target or fallback)."""
@@ -50,9 +59,9 @@ async def chat_completions(
     def caller() -> str | None:
         return caller_key(request)
 
-    voice = voice_for(body, request, svc, caller)
-    await hear_audio_parts(body, request, svc, caller)
-    await recall_spoken_replies(body, svc)
+    voice = await voice_for(body, request, caller)
+    await hear_audio_parts(body, request, settings, caller)
+    await recall_spoken_replies(body, request)
     if voice is not None:
         # Fail before generating when nothing can speak the language the reply will likely be in.
         voice.language = written_language(last_user_text(body))
@@ -64,40 +73,41 @@ async def chat_completions(
 
         async def with_images(model: ModelHandle) -> Response:
             if (await model.info()).vision:
-                return await chat_with_vision_model(body, model, params, reply, svc)
-            return await chat_about_images(body, images, reply, svc)
+                return await chat_with_vision_model(body, model, params, reply, settings, routing)
+            return await chat_about_images(body, images, reply, settings, await get_describer(request))
 
-        answered, _ = await svc.router.call(body.model, "chat", with_images, caller=caller)
+        answered, _ = await routing.call(body.model, "chat", with_images, caller=caller)
         return answered
     if body.stream:
         async def stream(model: ModelHandle) -> StreamingResponse:
-            messages = to_messages(body, svc.settings.max_text_chars)
+            messages = to_messages(body, settings.max_text_chars)
             return await sse_response(model.chat_stream(messages, params), reply.chunks(), reply.include_usage,
-                                 svc.router.headers(body.model, model.spec), voice)
+                                 routing.headers(body.model, model.spec), voice)
 
-        streamed, _ = await svc.router.call(body.model, "chat", stream, caller=caller)
+        streamed, _ = await routing.call(body.model, "chat", stream, caller=caller)
         return streamed
 
     async def run(model: ModelHandle) -> Generation:
-        return await model.chat(to_messages(body, svc.settings.max_text_chars), params)
+        return await model.chat(to_messages(body, settings.max_text_chars), params)
 
-    result, spec = await svc.router.call(body.model, "chat", run, caller=caller, retry=deterministic(params))
+    result, spec = await routing.call(body.model, "chat", run, caller=caller, retry=deterministic(params))
     return await reply.respond(result.text, result.finish_reason, result.prompt_tokens, result.completion_tokens,
-                               headers=svc.router.headers(body.model, spec))
+                               headers=routing.headers(body.model, spec))
 
 
 @policy(budgets=("tokens_per_day",), model_field=True)
 @router.post("/v1/completions", response_model=Completion)
-async def completions(body: CompletionRequest, request: Request, svc: Services = Depends(services)) -> Response:
+async def completions(body: CompletionRequest, request: Request, routing: RouterDep,
+                      settings: SettingsDep) -> Response:
     if isinstance(body.prompt, list):
         if len(body.prompt) != 1:
             raise InvalidRequest("Send one prompt per request.", param="prompt")
         prompt = body.prompt[0]
     else:
         prompt = body.prompt
-    if len(prompt) > svc.settings.max_text_chars:
+    if len(prompt) > settings.max_text_chars:
         raise PayloadTooLarge(
-            f"The prompt holds {len(prompt)} characters; this server accepts at most {svc.settings.max_text_chars}.",
+            f"The prompt holds {len(prompt)} characters; this server accepts at most {settings.max_text_chars}.",
             param="prompt",
         )
     params = GenerationParams(max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
@@ -114,19 +124,19 @@ async def completions(body: CompletionRequest, request: Request, svc: Services =
 
         async def stream(model: ModelHandle) -> StreamingResponse:
             return await sse_response(model.complete_stream(prompt, params), chunks, include_usage,
-                                 svc.router.headers(body.model, model.spec))
+                                 routing.headers(body.model, model.spec))
 
-        streamed, _ = await svc.router.call(body.model, "chat", stream, caller=caller)
+        streamed, _ = await routing.call(body.model, "chat", stream, caller=caller)
         return streamed
 
     async def run(model: ModelHandle) -> Generation:
         return await model.complete(prompt, params)
 
-    result, spec = await svc.router.call(body.model, "chat", run, caller=caller, retry=deterministic(params))
+    result, spec = await routing.call(body.model, "chat", run, caller=caller, retry=deterministic(params))
     text = prompt + result.text if body.echo else result.text
     response = Completion(
         id=completion_id, created=created, model=body.model,
         choices=[CompletionChoice(text=text, finish_reason=result.finish_reason)],
         usage=usage_of(result.prompt_tokens, result.completion_tokens),
     )
-    return json_response(response, headers=svc.router.headers(body.model, spec))
+    return json_response(response, headers=routing.headers(body.model, spec))

@@ -6,12 +6,12 @@ import asyncio
 import base64
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from kaset.api.deps import Services, services
+from kaset.api.deps import AdvisorDep, DiagnoserDep, SettingsDep, SpeechDep
 from kaset.api.policy import policy
 from kaset.api.responses import json_response
 from kaset.api.routers.advice import to_response as advice_response
@@ -105,16 +105,17 @@ def to_response(verdict: Verdict) -> CropDoctorResponse:
              openapi_extra={"requestBody": {"content": {
                  "multipart/form-data": {"schema": _FORM_SCHEMA},
                  "application/json": {"schema": CropDoctorJSONRequest.model_json_schema()}}}})
-async def crop_doctor(request: Request, svc: Services = Depends(services)) -> Response:
+async def crop_doctor(request: Request, diagnoser: DiagnoserDep, advisor: AdvisorDep, speech: SpeechDep,
+                      settings: SettingsDep) -> Response:
     """One call for a farmer: a photo and/or a question (typed, or spoken as audio), Thai or English."""
-    options, image_bytes, audio = await _read(request, svc.settings.max_upload_bytes)
-    image = (await asyncio.to_thread(decode_image, image_bytes, max_pixels=svc.settings.max_image_pixels)
+    options, image_bytes, audio = await _read(request, settings.max_upload_bytes)
+    image = (await asyncio.to_thread(decode_image, image_bytes, max_pixels=settings.max_image_pixels)
              if image_bytes is not None else None)
 
     def caller() -> str | None:
         return caller_key(request)
 
-    doctor = CropDoctor(svc.diagnoser, svc.advisor, svc.speech)
+    doctor = CropDoctor(diagnoser, advisor, speech)
     verdict = await doctor.consult(Consultation(
         image=image, audio=audio, question=options.question, language=options.language, crop=options.crop,
         speak=options.speak, voice=options.voice, fmt=options.response_format, compare=options.compare,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from kaset import usage
-from kaset.api.deps import Services, services
+from kaset.api.deps import DescriberDep, SettingsDep
 from kaset.api.policy import policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.describe import DescribeJSONRequest, DescribeResponse, FallbackReport
@@ -38,10 +38,10 @@ def to_response(description: Description) -> DescribeResponse:
                      "image": {"type": "string", "format": "binary"},
                      "language": {"type": "string", "enum": ["en", "th"]}, "prompt": {"type": "string"}}}},
                  "application/json": {"schema": DescribeJSONRequest.model_json_schema()}}}})
-async def describe_image(request: Request, svc: Services = Depends(services)) -> Response:
-    data, options = await read_image_request(request, svc.settings.max_upload_bytes, DescribeJSONRequest)
-    image = await asyncio.to_thread(decode_image, data, max_pixels=svc.settings.max_image_pixels)
-    description = await svc.describer.describe(image, language=options.language, prompt=options.prompt)
+async def describe_image(request: Request, describer: DescriberDep, settings: SettingsDep) -> Response:
+    data, options = await read_image_request(request, settings.max_upload_bytes, DescribeJSONRequest)
+    image = await asyncio.to_thread(decode_image, data, max_pixels=settings.max_image_pixels)
+    description = await describer.describe(image, language=options.language, prompt=options.prompt)
     usage.record(images=1, prompt_tokens=description.prompt_tokens, completion_tokens=description.completion_tokens)
     return json_response(to_response(description),
                          headers={"x-kaset-model": ",".join(description.models_used) or "none"})

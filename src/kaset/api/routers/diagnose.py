@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from kaset import usage
-from kaset.api.deps import Services, services
+from kaset.api.deps import DiagnoserDep, SettingsDep
 from kaset.api.policy import policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.advice import SourceRef
@@ -85,12 +85,12 @@ def to_response(diagnosis: Diagnosis) -> DiagnoseResponse:
                      "image": {"type": "string", "format": "binary"}, "crop": {"type": "string"},
                      "language": {"type": "string", "enum": ["th", "en"]}, "compare": {"type": "boolean"}}}},
                  "application/json": {"schema": DiagnoseJSONRequest.model_json_schema()}}}})
-async def diagnose(request: Request, svc: Services = Depends(services)) -> Response:
-    data, options = await read_image_request(request, svc.settings.max_upload_bytes, DiagnoseJSONRequest)
-    image = await asyncio.to_thread(decode_image, data, max_pixels=svc.settings.max_image_pixels)
+async def diagnose(request: Request, diagnoser: DiagnoserDep, settings: SettingsDep) -> Response:
+    data, options = await read_image_request(request, settings.max_upload_bytes, DiagnoseJSONRequest)
+    image = await asyncio.to_thread(decode_image, data, max_pixels=settings.max_image_pixels)
     language: Literal["th", "en"] = options.language
-    diagnosis = await svc.diagnoser.diagnose(image, crop=options.crop, language=language, k=options.top_k,
-                                             compare=options.compare, ab_key=options.ab_key)
+    diagnosis = await diagnoser.diagnose(image, crop=options.crop, language=language, k=options.top_k,
+                                         compare=options.compare, ab_key=options.ab_key)
     usage.record(images=1)
     return json_response(to_response(diagnosis), headers={"x-kaset-model": ",".join(
         f"{r.model}@{r.version}" for r in diagnosis.per_model) or "none"})

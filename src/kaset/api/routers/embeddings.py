@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from kaset import usage
-from kaset.api.deps import Services, require_json, services
+from kaset.api.deps import RouterDep, SettingsDep, require_json
 from kaset.api.policy import policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.embeddings import EmbeddingItem, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
@@ -49,9 +49,9 @@ def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
 
 @policy(budgets=("tokens_per_day",), model_field=True)
 @router.post("/v1/embeddings", response_model=EmbeddingResponse)
-async def create_embeddings(body: EmbeddingRequest, request: Request,
-                            svc: Services = Depends(services)) -> Response:
-    texts = _texts(body, svc.settings.max_embedding_inputs, svc.settings.max_text_chars)
+async def create_embeddings(body: EmbeddingRequest, request: Request, routing: RouterDep,
+                            settings: SettingsDep) -> Response:
+    texts = _texts(body, settings.max_embedding_inputs, settings.max_text_chars)
 
     async def embed(model: ModelHandle) -> list[Embeddings]:
         if body.dimensions is not None:
@@ -63,8 +63,7 @@ async def create_embeddings(body: EmbeddingRequest, request: Request,
         return await model.embed_each(texts)
 
     # Embedding is idempotent: a route's retries apply.
-    per_text, spec = await svc.router.call(body.model, "embed", embed, caller=lambda: caller_key(request),
-                                           retry=True)
+    per_text, spec = await routing.call(body.model, "embed", embed, caller=lambda: caller_key(request), retry=True)
     vectors = np.concatenate([e.vectors for e in per_text])
     prompt_tokens = sum(e.prompt_tokens for e in per_text)
     usage.record(prompt_tokens=prompt_tokens)
@@ -77,4 +76,4 @@ async def create_embeddings(body: EmbeddingRequest, request: Request,
         model=body.model,
         usage=EmbeddingUsage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens),
     )
-    return json_response(response, headers=svc.router.headers(body.model, spec))
+    return json_response(response, headers=routing.headers(body.model, spec))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from kaset import __version__
-from kaset.api.deps import Services, services
+from kaset.api.deps import ModelsDep, SettingsDep
 from kaset.api.policy import PROBE, apply_policy, policy
+from kaset.config import Settings
+from kaset.registry.manager import ModelManager
 
 router = APIRouter(tags=["health"])
 
@@ -18,16 +20,17 @@ router = APIRouter(tags=["health"])
 STANDBY_REASONS = frozenset({"idle", "lru", "admin"})
 
 
-def _readiness(svc: Services) -> tuple[bool, dict[str, str]]:
+def readiness(settings: Settings, models: ModelManager) -> tuple[bool, dict[str, str]]:
+    """Ready when every model chosen to load at start is loaded (or on standby), and each one's state."""
     states: dict[str, str] = {}
     ready = True
-    for name in svc.settings.models or []:
-        spec = svc.models.catalog.get(name)
+    for name in settings.models or []:
+        spec = models.catalog.get(name)
         if spec is None:
             states[name], ready = "unknown", False
             continue
-        state = svc.models.state(spec)
-        reason = svc.models.unload_reason(spec)
+        state = models.state(spec)
+        reason = models.unload_reason(spec)
         if state == "unloading" or (state == "installed" and reason in STANDBY_REASONS):
             states[name] = f"standby ({reason or 'unloading'})"
         else:
@@ -42,9 +45,9 @@ async def live() -> dict[str, str]:
 
 
 @router.get("/health/ready")
-async def ready(svc: Services = Depends(services)) -> JSONResponse:
+async def ready(settings: SettingsDep, models: ModelsDep) -> JSONResponse:
     """Ready when every model chosen to load at start is loaded."""
-    is_ready, states = _readiness(svc)
+    is_ready, states = readiness(settings, models)
     return JSONResponse({"status": "ready" if is_ready else "loading", "models": states},
                         status_code=200 if is_ready else 503)
 
@@ -55,8 +58,8 @@ async def v2_live() -> JSONResponse:
 
 
 @router.get("/v2/health/ready")
-async def v2_ready(svc: Services = Depends(services)) -> JSONResponse:
-    is_ready, _ = _readiness(svc)
+async def v2_ready(settings: SettingsDep, models: ModelsDep) -> JSONResponse:
+    is_ready, _ = readiness(settings, models)
     return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
 

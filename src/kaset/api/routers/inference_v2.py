@@ -21,12 +21,12 @@ import struct
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
 from kaset import usage
-from kaset.api.deps import Services, services
+from kaset.api.deps import ModelsDep, RouterDep, SettingsDep
 from kaset.api.policy import policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.inference_v2 import (
@@ -42,6 +42,7 @@ from kaset.errors import InvalidRequest, ModelNotFound, PayloadTooLarge
 from kaset.media.image import decode_image
 from kaset.registry.catalog import ModelSpec
 from kaset.registry.handle import ModelHandle
+from kaset.registry.manager import ModelManager
 from kaset.runtimes.base import Embeddings, Task
 
 router = APIRouter(tags=["open inference protocol"])
@@ -52,8 +53,8 @@ NUMPY_TYPES = {"UINT8": np.uint8, "INT8": np.int8, "INT32": np.int32, "INT64": n
                "FP64": np.float64, "FP16": np.float16, "UINT16": np.uint16, "INT16": np.int16}
 
 
-def _spec(svc: Services, name: str, version: str | None) -> ModelSpec:
-    spec = svc.models.resolve(name)
+def _spec(models: ModelManager, name: str, version: str | None) -> ModelSpec:
+    spec = models.resolve(name)
     if not any(task in spec.tasks for task in V2_TASKS):
         raise ModelNotFound(f"The model '{name}' is not served over /v2 (only classifiers and embedders are).",
                             param="model")
@@ -78,17 +79,17 @@ def _metadata(spec: ModelSpec) -> ModelMetadata:
 @policy(model_params=("name",))
 @router.get("/v2/models/{name}", response_model=ModelMetadata)
 @router.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadata)
-async def model_metadata(name: str, version: str | None = None, svc: Services = Depends(services)) -> Response:
-    return json_response(_metadata(_spec(svc, name, version)))
+async def model_metadata(name: str, models: ModelsDep, version: str | None = None) -> Response:
+    return json_response(_metadata(_spec(models, name, version)))
 
 
 @policy(model_params=("name",))
 @router.get("/v2/models/{name}/ready")
 @router.get("/v2/models/{name}/versions/{version}/ready")
-async def model_ready(name: str, version: str | None = None, svc: Services = Depends(services)) -> Response:
-    spec = _spec(svc, name, version)
-    remote = svc.router.remote
-    ready = svc.models.state(spec) == "loaded" or (remote is not None and remote.serves(spec.key))
+async def model_ready(name: str, models: ModelsDep, routing: RouterDep, version: str | None = None) -> Response:
+    spec = _spec(models, name, version)
+    remote = routing.remote
+    ready = models.state(spec) == "loaded" or (remote is not None and remote.serves(spec.key))
     return Response(json.dumps({"name": spec.id, "ready": ready}), media_type="application/json",
                     status_code=200 if ready else 503)
 
@@ -96,14 +97,14 @@ async def model_ready(name: str, version: str | None = None, svc: Services = Dep
 @policy(budgets=("images_per_day",), model_params=("name",))
 @router.post("/v2/models/{name}/infer", response_model=InferenceResponse)
 @router.post("/v2/models/{name}/versions/{version}/infer", response_model=InferenceResponse)
-async def infer(name: str, request: Request, version: str | None = None,
-                svc: Services = Depends(services)) -> Response:
-    spec = _spec(svc, name, version)
+async def infer(name: str, request: Request, models: ModelsDep, routing: RouterDep, settings: SettingsDep,
+                version: str | None = None) -> Response:
+    spec = _spec(models, name, version)
     # This route sends no x-kaset-model header: name the model for the log and metrics.
     usage.record(model=spec.id)
     body = await request.body()
-    if len(body) > svc.settings.max_upload_bytes:
-        raise PayloadTooLarge(f"The request is {len(body)} bytes; the limit is {svc.settings.max_upload_bytes}.")
+    if len(body) > settings.max_upload_bytes:
+        raise PayloadTooLarge(f"The request is {len(body)} bytes; the limit is {settings.max_upload_bytes}.")
     infer_request, tensors = _parse(body, request.headers.get(HEADER_LENGTH))
     task: Task = "classify" if "classify" in spec.tasks else "embed"
 
@@ -113,7 +114,7 @@ async def infer(name: str, request: Request, version: str | None = None,
         return await _embed(model, tensors), []
 
     # Wherever the model runs (here or on a worker), under its breaker.
-    (outputs, labels), _ = await svc.router.call(spec.key, task, run)
+    (outputs, labels), _ = await routing.call(spec.key, task, run)
     return _respond(spec, infer_request, outputs, labels)
 
 

@@ -13,18 +13,19 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from kaset.api.deps import Services, check_model_allowed, services
+from kaset.api.deps import SettingsDep, check_model_allowed
 from kaset.api.policy import PLAIN, apply_policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.jobs import JobJSONRequest, JobList, JobObject, JobStatus
 from kaset.api.uploads import image_from_base64
 from kaset.auth.principal import Principal
+from kaset.config import Settings
 from kaset.errors import (
     Conflict,
     InvalidRequest,
@@ -108,10 +109,11 @@ def _form_bool(value: Any) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
-async def _parse(request: Request, svc: Services) -> tuple[str, dict[str, Any], list[tuple[str, bytes]], str | None]:
+async def _parse(request: Request,
+                 settings: Settings) -> tuple[str, dict[str, Any], list[tuple[str, bytes]], str | None]:
     """(kind, params, input files as (name, bytes), webhook_url) from a multipart or JSON submission."""
-    limit = svc.settings.max_upload_bytes
-    max_images = svc.settings.job_max_images
+    limit = settings.max_upload_bytes
+    max_images = settings.job_max_images
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
         form = await request.form(max_part_size=limit, max_files=max_images + 1)
@@ -240,10 +242,10 @@ async def _queue(jobs: Jobs, job_id: str, outcome: str) -> None:
                      "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
                      "model": {"type": "string"}, "webhook_url": {"type": "string"}}}},
                  "application/json": {"schema": JobJSONRequest.model_json_schema()}}}})
-async def submit(request: Request, svc: Services = Depends(services)) -> Response:
+async def submit(request: Request, settings: SettingsDep) -> Response:
     """Submit a long job: 202 with its id at once; the work runs in the background."""
     jobs = _jobs(request)
-    kind, params, files, webhook = await _parse(request, svc)
+    kind, params, files, webhook = await _parse(request, settings)
     principal = _principal(request)
     job_id = new_job_id()
     folder = jobs.store.folder(job_id)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from kaset import usage
-from kaset.api.deps import Services, check_model_allowed, services
+from kaset.api.deps import DescriberDep, RouterDep, SettingsDep, check_model_allowed
 from kaset.api.policy import policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.diagnose import ScoredLabel
@@ -46,11 +46,12 @@ def to_response(result: ListingResult) -> ListingResponse:
                      "max_keywords": {"type": "integer", "minimum": MIN_KEYWORDS,
                                       "maximum": MAX_KEYWORDS_LIMIT}}}},
                  "application/json": {"schema": ListingJSONRequest.model_json_schema()}}}})
-async def write_listing(request: Request, svc: Services = Depends(services)) -> Response:
-    data, options = await read_image_request(request, svc.settings.max_upload_bytes, ListingJSONRequest)
-    image = await asyncio.to_thread(decode_image, data, max_pixels=svc.settings.max_image_pixels)
-    writer = ListingService(svc.describer, svc.router, llm=svc.describer.llm)
-    for name in filter(None, (svc.describer.classifier, writer.llm if writer.llm_available() else None)):
+async def write_listing(request: Request, describer: DescriberDep, routing: RouterDep,
+                        settings: SettingsDep) -> Response:
+    data, options = await read_image_request(request, settings.max_upload_bytes, ListingJSONRequest)
+    image = await asyncio.to_thread(decode_image, data, max_pixels=settings.max_image_pixels)
+    writer = ListingService(describer, routing, llm=describer.llm)
+    for name in filter(None, (describer.classifier, writer.llm if writer.llm_available() else None)):
         check_model_allowed(request, name)
     result = await writer.write(image, notes=options.notes, language=options.language,
                                 max_keywords=options.max_keywords)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from kaset.api.deps import Services, services
+from kaset.api.deps import ModelsDep, RouterDep
 from kaset.api.policy import policy
 from kaset.api.schemas.models import BatchingInfo, ModelObject
 from kaset.auth.allowlist import allows
@@ -15,6 +15,7 @@ from kaset.auth.principal import Principal
 from kaset.errors import ModelNotFound
 from kaset.registry.catalog import ModelSpec, RouteSpec
 from kaset.registry.manager import ModelManager
+from kaset.registry.routing import Router
 
 router = APIRouter(tags=["models"])
 
@@ -72,9 +73,9 @@ def _model_object(manager: ModelManager, spec: ModelSpec, name: str | None = Non
     )
 
 
-def _worker_models(svc: Services) -> list[ModelSpec]:
+def _worker_models(routing: Router) -> list[ModelSpec]:
     """Models that ready worker replicas serve for this gateway (kaset.workers)."""
-    remote = svc.router.remote
+    remote = routing.remote
     return list(remote.specs()) if remote is not None else []
 
 
@@ -98,7 +99,7 @@ def _route_object(manager: ModelManager, route: RouteSpec) -> ModelDetail | None
 
 @policy()
 @router.get("/v1/models", response_model=ModelDetailList)
-async def list_models(request: Request, svc: Services = Depends(services)) -> ModelDetailList:
+async def list_models(request: Request, models: ModelsDep, routing: RouterDep) -> ModelDetailList:
     """Models a client can call now: loaded ones and installed ones that load on first use.
 
     Aliases and catalog routes are listed too, so clients that pick a model by OpenAI's names
@@ -106,17 +107,17 @@ async def list_models(request: Request, svc: Services = Depends(services)) -> Mo
     """
     principal: Principal | None = getattr(request.state, "key", None)
     allowed = principal.allowed_models if principal is not None else None
-    catalog = svc.models.catalog
-    remote = {spec.key: spec for spec in _worker_models(svc)}
-    local = [spec for spec in svc.models.available() if spec.key not in remote]
+    catalog = models.catalog
+    remote = {spec.key: spec for spec in _worker_models(routing)}
+    local = [spec for spec in models.available() if spec.key not in remote]
     data = []
     for spec in [*local, *remote.values()]:
-        data.append(_remote_object(svc.models, spec) if spec.key in remote else _model_object(svc.models, spec))
+        data.append(_remote_object(models, spec) if spec.key in remote else _model_object(models, spec))
         if catalog.is_preferred(spec):
-            data.extend(_model_object(svc.models, spec, alias) for alias in spec.aliases)
+            data.extend(_model_object(models, spec, alias) for alias in spec.aliases)
     listed = {d.id for d in data}
     for route in catalog.routes.values():
-        if route.name not in listed and (detail := _route_object(svc.models, route)) is not None:
+        if route.name not in listed and (detail := _route_object(models, route)) is not None:
             data.append(detail)
     if allowed is not None:
         data = [d for d in data if allows(allowed, d.id, catalog)]
@@ -125,18 +126,18 @@ async def list_models(request: Request, svc: Services = Depends(services)) -> Mo
 
 @policy(model_params=("model_id",))
 @router.get("/v1/models/{model_id:path}", response_model=ModelDetail)
-async def get_model(model_id: str, svc: Services = Depends(services)) -> ModelDetail:
-    route = svc.models.catalog.routes.get(model_id)
-    if route is not None and svc.models.catalog.get(model_id) is None:
-        detail = _route_object(svc.models, route)
+async def get_model(model_id: str, models: ModelsDep, routing: RouterDep) -> ModelDetail:
+    route = models.catalog.routes.get(model_id)
+    if route is not None and models.catalog.get(model_id) is None:
+        detail = _route_object(models, route)
         if detail is not None:
             return detail
-    spec = svc.models.resolve(model_id)
+    spec = models.resolve(model_id)
     # As the router does: a model a worker serves is called there, even if installed here too.
-    if any(served.key == spec.key for served in _worker_models(svc)):
-        detail = _remote_object(svc.models, spec)
+    if any(served.key == spec.key for served in _worker_models(routing)):
+        detail = _remote_object(models, spec)
         detail.id = model_id
         return detail
-    if spec in svc.models.available():
-        return _model_object(svc.models, spec, model_id)
+    if spec in models.available():
+        return _model_object(models, spec, model_id)
     raise ModelNotFound(f"The model '{model_id}' is not installed on this server.", param="model")

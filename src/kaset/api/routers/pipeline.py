@@ -5,7 +5,17 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from kaset.api.deps import Services, check_model_allowed, require_json, services
+from kaset.api.deps import (
+    AdvisorDep,
+    DescriberDep,
+    DiagnoserDep,
+    ModelsDep,
+    RouterDep,
+    SettingsDep,
+    SpeechDep,
+    check_model_allowed,
+    require_json,
+)
 from kaset.api.policy import policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.pipeline import PipelineRequest, PipelineResponse, TaskResponse
@@ -34,11 +44,11 @@ def _inputs(body: PipelineRequest) -> Inputs:
 
 @policy(budgets=("audio_seconds_per_day", "tokens_per_day"))
 @router.post("/v1/pipeline", response_model=PipelineResponse, dependencies=[Depends(require_json)])
-async def run_pipeline(body: PipelineRequest, request: Request, svc: Services = Depends(services)) -> Response:
-    settings = svc.settings
+async def run_pipeline(body: PipelineRequest, request: Request, settings: SettingsDep, speech: SpeechDep,
+                       routing: RouterDep, models: ModelsDep, advisor: AdvisorDep, diagnoser: DiagnoserDep,
+                       describer: DescriberDep) -> Response:
     pipeline = Pipeline(
-        speech=svc.speech, router=svc.router, manager=svc.models, advisor=svc.advisor, diagnoser=svc.diagnoser,
-        describer=svc.describer,
+        speech=speech, router=routing, manager=models, advisor=advisor, diagnoser=diagnoser, describer=describer,
         limits=Limits(max_text_chars=settings.max_text_chars, max_speech_chars=settings.max_speech_chars,
                       max_upload_bytes=settings.max_upload_bytes, max_image_pixels=settings.max_image_pixels),
         check_model=lambda name: check_model_allowed(request, name))
@@ -48,5 +58,5 @@ async def run_pipeline(body: PipelineRequest, request: Request, svc: Services = 
         pipelineResponse=[TaskResponse(taskType=r.task_type, config=r.config, output=r.output,
                                        audio=r.audio, timingMs=r.ms) for r in results],
         timingMs=total_ms)
-    models = [str(r.config["serviceId"]) for r in results if r.config.get("serviceId")]
-    return json_response(response, headers={"x-kaset-model": ",".join(dict.fromkeys(models)) or "none"})
+    used = [str(r.config["serviceId"]) for r in results if r.config.get("serviceId")]
+    return json_response(response, headers={"x-kaset-model": ",".join(dict.fromkeys(used)) or "none"})

@@ -21,13 +21,14 @@ from typing import Any, Literal
 from fastapi import APIRouter, Body, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from kaset.api.deps import Services, request_id, require_admin, services
+from kaset.api.deps import AdminDep, DatabaseDep, ModelsDep, request_id, require_admin
 from kaset.api.policy import policy
 from kaset.auth import audit
 from kaset.auth.principal import Principal
 from kaset.errors import InvalidRequest, ModelNotFound
 from kaset.registry.catalog import ModelSpec
 from kaset.registry.manager import ModelManager
+from kaset.store.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -72,27 +73,25 @@ def _entry(manager: ModelManager, spec: ModelSpec) -> IndexEntry:
 
 @policy()
 @router.post("/index", response_model=list[IndexEntry])
-async def repository_index(body: IndexRequest | None = Body(default=None),
-                           svc: Services = Depends(services)) -> list[IndexEntry]:
-    entries = [_entry(svc.models, spec) for spec in svc.models.catalog
-               if svc.models.state(spec) != "not_installed"]
+async def repository_index(models: ModelsDep, body: IndexRequest | None = Body(default=None)) -> list[IndexEntry]:
+    entries = [_entry(models, spec) for spec in models.catalog if models.state(spec) != "not_installed"]
     if body is not None and body.ready:
         entries = [e for e in entries if e.state == "READY"]
     return entries
 
 
-def _installed(svc: Services, name: str) -> ModelSpec:
-    spec = svc.models.resolve(name)
-    if not svc.models.repository.is_installed(spec):
+def _installed(models: ModelManager, name: str) -> ModelSpec:
+    spec = models.resolve(name)
+    if not models.repository.is_installed(spec):
         raise ModelNotFound(f"The model '{name}' is in the catalog but not installed on this server. Install it "
-                            f"with: kaset models install {svc.models.catalog.name_of(spec)}", param="name")
+                            f"with: kaset models install {models.catalog.name_of(spec)}", param="name")
     return spec
 
 
-async def _audit(svc: Services, request: Request, principal: Principal, action: str, spec: ModelSpec) -> None:
+async def _audit(db: Database, request: Request, principal: Principal, action: str, spec: ModelSpec) -> None:
     # After the action, and never failing it: the model is loaded or unloaded either way.
     try:
-        async with svc.db.sessions() as session, session.begin():
+        async with db.sessions() as session, session.begin():
             audit.record(session, principal.actor(request_id(request)), action, "model", spec.key)
     except Exception:
         log.exception("could not write the audit row for %s of %s", action, spec.key)
@@ -100,23 +99,23 @@ async def _audit(svc: Services, request: Request, principal: Principal, action: 
 
 @policy(model_params=("name",))
 @router.post("/models/{name}/load")
-async def load_model(name: str, request: Request, body: ModelControlRequest | None = Body(default=None),
-                     principal: Principal = Depends(require_admin), svc: Services = Depends(services)) -> Response:
+async def load_model(name: str, request: Request, principal: AdminDep, models: ModelsDep, db: DatabaseDep,
+                     body: ModelControlRequest | None = Body(default=None)) -> Response:
     if body is not None and body.parameters:
         raise InvalidRequest("Kaset loads a model as its catalog entry describes it; load parameters (config, "
                              f"files) are not supported: {', '.join(sorted(body.parameters))}.", param="parameters")
-    spec = _installed(svc, name)
-    await svc.models.load(spec.key, reason="admin")
-    await _audit(svc, request, principal, "model.load", spec)
+    spec = _installed(models, name)
+    await models.load(spec.key, reason="admin")
+    await _audit(db, request, principal, "model.load", spec)
     return Response(status_code=200)
 
 
 @policy(model_params=("name",))
 @router.post("/models/{name}/unload")
-async def unload_model(name: str, request: Request, body: ModelControlRequest | None = Body(default=None),
-                       principal: Principal = Depends(require_admin), svc: Services = Depends(services)) -> Response:
+async def unload_model(name: str, request: Request, principal: AdminDep, models: ModelsDep, db: DatabaseDep,
+                       body: ModelControlRequest | None = Body(default=None)) -> Response:
     # Triton's `unload_dependents` means nothing here (no ensembles); other parameters neither.
-    spec = svc.models.resolve(name)
-    if await svc.models.unload(spec.key, reason="admin"):
-        await _audit(svc, request, principal, "model.unload", spec)
+    spec = models.resolve(name)
+    if await models.unload(spec.key, reason="admin"):
+        await _audit(db, request, principal, "model.unload", spec)
     return Response(status_code=200)

@@ -9,11 +9,11 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from sqlalchemy.exc import DBAPIError
 
-from kaset.api.deps import Services, services
+from kaset.api.deps import DatabaseDep, QuotasDep
 from kaset.api.policy import PLAIN, apply_policy
 from kaset.api.responses import json_response
 from kaset.api.schemas.usage import UsageDay, UsageReport, UsageUnits
@@ -74,12 +74,12 @@ def _units(row: dict[str, Any]) -> dict[str, Any]:
 @router.get("/v1/usage", response_model=UsageReport)
 async def usage(
     request: Request,
+    db: DatabaseDep,
     start: Annotated[date | None, Query(description="First day (UTC), default 29 days before `end`.")] = None,
     end: Annotated[date | None, Query(description="Last day (UTC), inclusive; default today.")] = None,
     key_id: Annotated[int | None, Query(description="Another key's usage (admins), or one of your keys.")] = None,
     all_keys: Annotated[bool, Query(alias="all", description="Everyone's usage (admins only).")] = False,
     model: Annotated[str | None, Query(description="Only this model id.", max_length=200)] = None,
-    svc: Services = Depends(services),
 ) -> Response:
     scope = usage_scope(request, key_id, all_keys)
     end = end or datetime.now(UTC).date()
@@ -89,7 +89,7 @@ async def usage(
     if (end - start).days >= MAX_DAYS:
         raise InvalidRequest(f"Ask for at most {MAX_DAYS} days at a time.", param="start")
     try:
-        rows = await daily_usage(svc.db, scope, start, end, model=model, limit=MAX_ROWS + 1)
+        rows = await daily_usage(db, scope, start, end, model=model, limit=MAX_ROWS + 1)
     except (OSError, TimeoutError, DBAPIError) as exc:
         raise UsageUnavailable("Usage figures are unavailable: the database cannot be reached. Requests are "
                                "still served and logged; try again shortly.") from exc
@@ -105,17 +105,17 @@ async def usage(
 
 
 @router.get("/v1/limits")
-async def my_limits(request: Request, svc: Services = Depends(services)) -> dict[str, Any]:
+async def my_limits(request: Request, quotas: QuotasDep) -> dict[str, Any]:
     """The caller's limits (key and account), what remains of each and when it resets.
 
     This request itself counts against the per-minute rate like any other."""
     caller = getattr(request.state, "key", None)
     if caller is None:
-        return {"object": "limits", "limited": False, "shared": svc.quotas.shared, "degraded": svc.quotas.degraded,
+        return {"object": "limits", "limited": False, "shared": quotas.shared, "degraded": quotas.degraded,
                 "scopes": {}}
-    scopes = await svc.quotas.status(caller)
-    return {"object": "limits", "limited": bool(scopes), "shared": svc.quotas.shared,
-            "degraded": svc.quotas.degraded, "scopes": scopes}
+    scopes = await quotas.status(caller)
+    return {"object": "limits", "limited": bool(scopes), "shared": quotas.shared,
+            "degraded": quotas.degraded, "scopes": scopes}
 
 
 apply_policy(router, PLAIN)

@@ -21,7 +21,17 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile, WebSock
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from kaset import usage
-from kaset.api.deps import Services, check_model_allowed, require_multipart, services
+from kaset.api.deps import (
+    AdvisorDep,
+    IdentityDep,
+    ModelsDep,
+    QuotasDep,
+    RouterDep,
+    SettingsDep,
+    SpeechDep,
+    check_model_allowed,
+    require_multipart,
+)
 from kaset.api.policy import Budget, policy
 from kaset.api.routers.advice import citations
 from kaset.api.schemas.voice import (
@@ -35,10 +45,14 @@ from kaset.api.schemas.voice import (
 from kaset.api.telemetry import Telemetry
 from kaset.api.uploads import read_upload
 from kaset.auth.allowlist import ensure_allowed
+from kaset.auth.identity import Identity
 from kaset.auth.principal import Principal
+from kaset.config import Settings
 from kaset.errors import AuthenticationFailed, InvalidRequest, KasetError
 from kaset.ids import new_id
 from kaset.metrics import VoiceSessions
+from kaset.pipelines.advice import AdviceService
+from kaset.pipelines.speech import SpeechService
 from kaset.pipelines.voice import MODES, VoiceAssistant, collect
 from kaset.pipelines.voice_session import (
     ClientGone,
@@ -49,7 +63,8 @@ from kaset.pipelines.voice_session import (
     error_event,
 )
 from kaset.quotas.enforcer import Admission
-from kaset.registry.routing import caller_key
+from kaset.registry.catalog import Catalog
+from kaset.registry.routing import Router, caller_key
 from kaset.usage import RequestUsage, current_usage
 
 log = logging.getLogger(__name__)
@@ -71,8 +86,8 @@ def _language(value: str) -> str | None:
     return None if value == "auto" else value
 
 
-def assistant_for(svc: Services) -> VoiceAssistant:
-    return VoiceAssistant(svc.speech, svc.advisor, svc.router)
+def assistant_for(speech: SpeechService, advisor: AdviceService, routing: Router) -> VoiceAssistant:
+    return VoiceAssistant(speech, advisor, routing)
 
 
 # --- one call ---------------------------------------------------------------------------------
@@ -82,6 +97,10 @@ def assistant_for(svc: Services) -> VoiceAssistant:
 @router.post("/v1/voice/ask", response_model=VoiceAskResponse, dependencies=[Depends(require_multipart)])
 async def ask(
     request: Request,
+    speech: SpeechDep,
+    advisor: AdvisorDep,
+    routing: RouterDep,
+    settings: SettingsDep,
     file: Annotated[UploadFile, File(description="The spoken question: wav, mp3, webm, ogg, m4a or flac.")],
     mode: Annotated[str, Form(description="'advice' (Crop Guardian) or 'assistant' (the local LLM).")] = "advice",
     language: Annotated[str, Form(description="en, th or auto (detect).")] = "auto",
@@ -89,7 +108,6 @@ async def ask(
     response_format: Annotated[str, Form(description="wav, mp3 or opus.")] = "wav",
     crop: Annotated[str | None, Form()] = None,
     speak: Annotated[bool, Form(description="Also speak the answer.")] = True,
-    svc: Services = Depends(services),
 ) -> VoiceAskResponse:
     started = time.perf_counter()
     if mode not in MODES:
@@ -98,17 +116,17 @@ async def ask(
         raise InvalidRequest(f"Unsupported response_format '{response_format}'. Use wav, mp3 or opus.",
                              param="response_format")
     asked = _language(language)
-    assistant = assistant_for(svc)
+    assistant = assistant_for(speech, advisor, routing)
     for name in assistant.models_for(mode, asked or "auto"):
         check_model_allowed(request, name)
-    data = await read_upload(file, svc.settings.max_upload_bytes, noun="recording",
+    data = await read_upload(file, settings.max_upload_bytes, noun="recording",
                              empty_message="The uploaded recording is empty (0 bytes). Record the question again.",
                              empty_code="no_speech")
 
     def caller() -> str | None:
         return caller_key(request)
 
-    heard = await svc.speech.hear(data, language=asked, caller=caller)
+    heard = await speech.hear(data, language=asked, caller=caller)
     usage.record(audio_seconds=heard.seconds)
     heard_at = time.perf_counter()
     events = assistant.answer(heard.text, mode=mode, language=answer_language(asked, heard), crop=crop,
@@ -157,18 +175,19 @@ def _credential(ws: WebSocket) -> str | None:
     return None
 
 
-async def _authenticate(ws: WebSocket, svc: Services) -> Principal | None:
-    if not svc.settings.auth_enabled:
+async def _authenticate(ws: WebSocket, settings: Settings, identity: Identity) -> Principal | None:
+    if not settings.auth_enabled:
         return None
     credential = _credential(ws)
     if credential is None:
         raise AuthenticationFailed(
             "No API key provided. Offer the subprotocols ['kaset.v1', 'kaset-key.<key>'] (browsers) or send "
             "'Authorization: Bearer <key>'.", code="missing_api_key")
-    return await svc.identity.authenticate(credential)
+    return await identity.authenticate(credential)
 
 
-def _session(ws: WebSocket, svc: Services, principal: Principal | None) -> VoiceSession:
+def _session(ws: WebSocket, assistant: VoiceAssistant, settings: Settings, catalog: Catalog,
+             principal: Principal | None) -> VoiceSession:
     async def send(text: str) -> None:
         try:
             await ws.send_text(text)
@@ -181,9 +200,9 @@ def _session(ws: WebSocket, svc: Services, principal: Principal | None) -> Voice
     allow = None
     if principal is not None and principal.allowed_models is not None:
         def allow(name: str) -> None:
-            ensure_allowed(principal, name, svc.models.catalog)
+            ensure_allowed(principal, name, catalog)
 
-    return VoiceSession(assistant_for(svc), max_seconds=float(svc.settings.max_audio_seconds), send=send,
+    return VoiceSession(assistant, max_seconds=float(settings.max_audio_seconds), send=send,
                         close=close, parse_start=StreamStart.model_validate, allow=allow)
 
 
@@ -204,8 +223,8 @@ STREAM_BUDGETS: tuple[Budget, ...] = ("audio_seconds_per_day", "tokens_per_day")
 
 @policy(budgets=STREAM_BUDGETS)
 @sockets.websocket(STREAM_PATH)
-async def stream(ws: WebSocket) -> None:
-    svc: Services = ws.app.state.services
+async def stream(ws: WebSocket, settings: SettingsDep, identity: IdentityDep, quotas: QuotasDep, models: ModelsDep,
+                 speech: SpeechDep, advisor: AdvisorDep, routing: RouterDep) -> None:
     started, started_at = time.perf_counter(), time.time()
     offered = ws.scope.get("subprotocols") or []
     # Accept first, then refuse with an event: a browser sees a close code, not a failed handshake.
@@ -215,10 +234,10 @@ async def stream(ws: WebSocket) -> None:
     session_usage = RequestUsage()
     admission: Admission | None = None
     try:
-        principal = await _authenticate(ws, svc)
+        principal = await _authenticate(ws, settings, identity)
         ws.state.key = principal  # who the request log and metrics charge, as for HTTP requests
         if principal is not None:
-            admission = await svc.quotas.admit(principal, STREAM_BUDGETS)
+            admission = await quotas.admit(principal, STREAM_BUDGETS)
     except KasetError as exc:
         await _send_and_close(ws, close_code(exc), exc)
         _log_session(ws, new_id(), started, started_at, exc.status_code, session_usage)
@@ -226,7 +245,7 @@ async def stream(ws: WebSocket) -> None:
     token = current_usage.set(session_usage)
     sessions = voice_sessions(ws.app)
     sessions.open += 1
-    session = _session(ws, svc, principal)
+    session = _session(ws, assistant_for(speech, advisor, routing), settings, models.catalog, principal)
     # The session's outcome in HTTP terms for the request log: 200 when it ended normally or the
     # client left, the error's status when the server ended it.
     status = 200

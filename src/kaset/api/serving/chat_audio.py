@@ -13,14 +13,17 @@ import av.audio.resampler
 import numpy as np
 from fastapi import Request
 
-from kaset.api.deps import Services, check_model_allowed
+from kaset.api.deps import check_model_allowed, get_speech, get_spoken_replies
 from kaset.api.schemas.chat import ChatCompletionAudio, ChatCompletionRequest, ContentPart
 from kaset.api.uploads import image_from_base64
+from kaset.config import Settings
 from kaset.errors import InvalidRequest, ModelUnavailable, NotFound, PayloadTooLarge, UnsupportedMediaType
 from kaset.ids import new_id
 from kaset.language import has_thai, written_language
 from kaset.media.audio import SUPPORTED_INPUT_FORMATS, decode_audio
 from kaset.pipelines.advice import Language
+from kaset.pipelines.speech import SpeechService
+from kaset.store.spoken_replies import SpokenReplies
 from kaset.usage import record as record_usage
 
 # --- audio parts and spoken replies ---------------------------------------------------------------
@@ -30,6 +33,9 @@ from kaset.usage import record as record_usage
 # with `modalities: ["text", "audio"]` the reply is also spoken. A spoken reply's id is kept
 # with its transcript for an hour, so a client may send the assistant turn back as
 # `{"role": "assistant", "audio": {"id": ...}}` the way OpenAI's clients do.
+#
+# The speech service and the spoken replies are looked up only for a request that has audio
+# (`await get_speech(request)`): a text chat does not pay for their dependencies.
 
 AUDIO_TTL_S = 3600
 # OpenAI's pcm16 is 24 kHz mono s16le whatever the voice's own rate.
@@ -44,21 +50,21 @@ def _audio_parts(body: ChatCompletionRequest) -> list[tuple[int, int, ContentPar
             for j, part in enumerate(message.content) if part.type == "input_audio"]
 
 
-def _default_transcriber(body: ChatCompletionRequest, svc: Services) -> str:
+def _default_transcriber(body: ChatCompletionRequest, speech: SpeechService) -> str:
     """A model that understands the conversation's language: Thai text around → a Thai-capable
     one; otherwise a multilingual one (it detects the language), else English-only."""
     texts = " ".join(p.text or "" for m in body.messages if isinstance(m.content, list) for p in m.content) + \
         " ".join(m.content for m in body.messages if isinstance(m.content, str))
     if has_thai(texts):
-        return svc.speech.transcriber_for("th")
+        return speech.transcriber_for("th")
     try:
-        return svc.speech.transcriber_for(None)
+        return speech.transcriber_for(None)
     except ModelUnavailable:
-        return svc.speech.transcriber_for("en")
+        return speech.transcriber_for("en")
 
 
-async def hear_audio_parts(body: ChatCompletionRequest, request: Request, svc: Services,
-                            caller: Callable[[], str | None]) -> None:
+async def hear_audio_parts(body: ChatCompletionRequest, request: Request, settings: Settings,
+                           caller: Callable[[], str | None]) -> None:
     """Replace every input_audio part with a text part holding its transcript; all parts are
     heard at once."""
     parts = _audio_parts(body)
@@ -68,9 +74,10 @@ async def hear_audio_parts(body: ChatCompletionRequest, request: Request, svc: S
         if body.messages[i].role != "user":
             raise InvalidRequest(f"messages[{i}].content[{j}]: input_audio parts belong in user messages.",
                                  param=f"messages[{i}].content[{j}]")
-    model = body.transcription_model or _default_transcriber(body, svc)
+    speech = await get_speech(request)
+    model = body.transcription_model or _default_transcriber(body, speech)
     check_model_allowed(request, model)
-    texts = await asyncio.gather(*(_hear_part(i, j, part, model, svc, caller) for i, j, part in parts))
+    texts = await asyncio.gather(*(_hear_part(i, j, part, model, settings, speech, caller) for i, j, part in parts))
     for (i, j, _), text in zip(parts, texts, strict=True):
         content = body.messages[i].content
         assert isinstance(content, list)
@@ -90,18 +97,18 @@ def _audio_of(part: ContentPart, where: str) -> tuple[str, str]:
     return value["data"], fmt
 
 
-async def _hear_part(i: int, j: int, part: ContentPart, model: str, svc: Services,
+async def _hear_part(i: int, j: int, part: ContentPart, model: str, settings: Settings, speech: SpeechService,
                      caller: Callable[[], str | None]) -> str:
     where = f"messages[{i}].content[{j}]"
     data, _fmt = _audio_of(part, where)
     audio = image_from_base64(data, param=f"{where}.input_audio.data")
-    if len(audio) > svc.settings.max_upload_bytes:
+    if len(audio) > settings.max_upload_bytes:
         raise PayloadTooLarge(f"The audio in {where} is larger than this server's limit of "
-                              f"{svc.settings.max_upload_bytes} bytes.", param=where)
+                              f"{settings.max_upload_bytes} bytes.", param=where)
     try:
         # The container is sniffed from the bytes, so a part labelled wav that holds mp3 still works.
-        samples, seconds = await asyncio.to_thread(decode_audio, audio, svc.speech.max_audio_seconds)
-        heard = await svc.speech.hear_samples(samples, model=model, caller=caller)
+        samples, seconds = await asyncio.to_thread(decode_audio, audio, speech.max_audio_seconds)
+        heard = await speech.hear_samples(samples, model=model, caller=caller)
     except (InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMediaType, ModelUnavailable) as exc:
         if exc.param == "model":  # the transcription model cannot serve: say which field named it
             raise type(exc)(f"transcription_model: {exc.message}", param="transcription_model",
@@ -113,13 +120,15 @@ async def _hear_part(i: int, j: int, part: ContentPart, model: str, svc: Service
     return heard.text
 
 
-async def recall_spoken_replies(body: ChatCompletionRequest, svc: Services) -> None:
+async def recall_spoken_replies(body: ChatCompletionRequest, request: Request) -> None:
     """Assistant turns sent back as `{"audio": {"id": ...}}` get their transcript as content."""
+    spoken: SpokenReplies | None = None
     for index, message in enumerate(body.messages):
         audio = (message.model_extra or {}).get("audio")
         if message.role != "assistant" or not isinstance(audio, dict) or message.content:
             continue
-        transcript = await svc.spoken_replies.recall(str(audio.get("id", "")))
+        spoken = spoken or await get_spoken_replies(request)
+        transcript = await spoken.recall(str(audio.get("id", "")))
         if transcript is None:
             raise InvalidRequest(
                 f"messages[{index}].audio.id '{audio.get('id')}' is unknown or expired (a spoken reply is "
@@ -133,7 +142,8 @@ async def recall_spoken_replies(body: ChatCompletionRequest, svc: Services) -> N
 class ReplyVoice:
     """How to speak one reply: model, voice, format, and its OpenAI ids."""
 
-    svc: Services
+    speech: SpeechService
+    spoken_replies: SpokenReplies
     model: str | None
     voice: str | None
     fmt: str
@@ -144,13 +154,13 @@ class ReplyVoice:
 
     def check(self) -> None:
         """NoVoice (503, code no_voice) when nothing speaks `language`."""
-        self.svc.speech.require_voice(self.language, self.model)
+        self.speech.require_voice(self.language, self.model)
 
     async def speak(self, text: str) -> bytes:
         """`text` spoken in the reply's format; its seconds are counted."""
         fmt = "pcm" if self.fmt == "pcm16" else self.fmt
-        spoken = await self.svc.speech.speak(text, language=self.language, model=self.model, voice=self.voice,
-                                             fmt=fmt, caller=self.caller)
+        spoken = await self.speech.speak(text, language=self.language, model=self.model, voice=self.voice, fmt=fmt,
+                                         caller=self.caller)
         record_usage(audio_seconds=spoken.seconds)
         if self.fmt == "pcm16":
             return await asyncio.to_thread(_resample_s16, spoken.audio, spoken.sample_rate, PCM16_RATE)
@@ -160,13 +170,13 @@ class ReplyVoice:
         self.language = written_language(text) if text.strip() else self.language
         self.check()
         data = await self.speak(text) if text.strip() else b""
-        await self.svc.spoken_replies.remember(self.audio_id, text, self.expires_at)
+        await self.spoken_replies.remember(self.audio_id, text, self.expires_at)
         return ChatCompletionAudio(id=self.audio_id, data=base64.b64encode(data).decode("ascii"),
                                    expires_at=self.expires_at, transcript=text)
 
 
-def voice_for(body: ChatCompletionRequest, request: Request, svc: Services,
-               caller: Callable[[], str | None]) -> ReplyVoice | None:
+async def voice_for(body: ChatCompletionRequest, request: Request,
+                    caller: Callable[[], str | None]) -> ReplyVoice | None:
     if not body.modalities or "audio" not in body.modalities:
         return None
     if body.audio is None:
@@ -180,8 +190,9 @@ def voice_for(body: ChatCompletionRequest, request: Request, svc: Services,
     voice: str | None = body.audio.voice
     if body.speech_model is None and body.audio.voice.lower() in OPENAI_VOICES:
         voice = None  # the language's default voice of whichever model speaks it
-    return ReplyVoice(svc=svc, model=body.speech_model, voice=voice, fmt=body.audio.format, caller=caller,
-                  audio_id=f"audio_{new_id()}", expires_at=int(time.time()) + AUDIO_TTL_S)
+    return ReplyVoice(speech=await get_speech(request), spoken_replies=await get_spoken_replies(request),
+                      model=body.speech_model, voice=voice, fmt=body.audio.format, caller=caller,
+                      audio_id=f"audio_{new_id()}", expires_at=int(time.time()) + AUDIO_TTL_S)
 
 
 def _resample_s16(pcm: bytes, rate: int, target: int) -> bytes:

@@ -9,17 +9,17 @@ from typing import Any
 import numpy as np
 from fastapi.responses import Response, StreamingResponse
 
-from kaset.api.deps import Services
 from kaset.api.schemas.chat import ChatCompletionRequest, ContentPart
 from kaset.api.serving.chat_stream import ChatReply, sse_response, stream_sse
 from kaset.api.uploads import image_from_base64
+from kaset.config import Settings
 from kaset.errors import InvalidRequest, PayloadTooLarge
 from kaset.language import has_thai
 from kaset.media.image import decode_image
 from kaset.pipelines.advice import Language
-from kaset.pipelines.describe import Description, encode_jpeg
+from kaset.pipelines.describe import DescribeService, Description, encode_jpeg
 from kaset.registry.handle import ModelHandle
-from kaset.registry.routing import MODEL_HEADER
+from kaset.registry.routing import MODEL_HEADER, Router
 from kaset.runtimes.base import GenerationChunk, GenerationParams
 from kaset.runtimes.provider import jpeg_data_url
 
@@ -60,16 +60,16 @@ def _refuse_remote(url: str, index: int) -> None:
             code="remote_image_unsupported")
 
 
-async def _decode_data_url(url: str, index: int, svc: Services) -> np.ndarray:
+async def _decode_data_url(url: str, index: int, settings: Settings) -> np.ndarray:
     _refuse_remote(url, index)
     data = image_from_base64(url, param=f"messages[{index}].content")
-    if len(data) > svc.settings.max_upload_bytes:
+    if len(data) > settings.max_upload_bytes:
         raise PayloadTooLarge(f"An image in messages[{index}] is larger than this server's limit of "
-                              f"{svc.settings.max_upload_bytes} bytes.", param=f"messages[{index}].content")
-    return await asyncio.to_thread(decode_image, data, max_pixels=svc.settings.max_image_pixels)
+                              f"{settings.max_upload_bytes} bytes.", param=f"messages[{index}].content")
+    return await asyncio.to_thread(decode_image, data, max_pixels=settings.max_image_pixels)
 
 
-async def _vision_part(part: ContentPart, index: int, svc: Services) -> dict[str, Any]:
+async def _vision_part(part: ContentPart, index: int, settings: Settings) -> dict[str, Any]:
     if part.type == "text":
         return {"type": "text", "text": part.text or ""}
     if part.type != "image_url":
@@ -78,11 +78,11 @@ async def _vision_part(part: ContentPart, index: int, svc: Services) -> dict[str
     url = _part_url(part, index)
     if url.startswith(("http://", "https://")):
         return {"type": "image_url", "image_url": {"url": url}}  # the provider fetches it
-    image = await _decode_data_url(url, index, svc)
+    image = await _decode_data_url(url, index, settings)
     return {"type": "image_url", "image_url": {"url": jpeg_data_url(await asyncio.to_thread(encode_jpeg, image))}}
 
 
-async def _vision_messages(body: ChatCompletionRequest, svc: Services) -> list[dict[str, Any]]:
+async def _vision_messages(body: ChatCompletionRequest, settings: Settings) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     chars = 0
     for index, message in enumerate(body.messages):
@@ -91,19 +91,19 @@ async def _vision_messages(body: ChatCompletionRequest, svc: Services) -> list[d
             chars += len(message.content or "")
             messages.append({"role": role, "content": message.content or ""})
             continue
-        parts = [await _vision_part(part, index, svc) for part in message.content]
+        parts = [await _vision_part(part, index, settings) for part in message.content]
         chars += sum(len(p.get("text", "")) for p in parts)
         messages.append({"role": role, "content": parts})
-    if chars > svc.settings.max_text_chars:
+    if chars > settings.max_text_chars:
         raise PayloadTooLarge(f"The messages hold {chars} characters; this server accepts at most "
-                              f"{svc.settings.max_text_chars}.", param="messages")
+                              f"{settings.max_text_chars}.", param="messages")
     return messages
 
 
 async def chat_with_vision_model(body: ChatCompletionRequest, model: ModelHandle, params: GenerationParams,
-                                  reply: ChatReply, svc: Services) -> Response:
-    messages = await _vision_messages(body, svc)
-    headers = svc.router.headers(body.model, model.spec)
+                                  reply: ChatReply, settings: Settings, router: Router) -> Response:
+    messages = await _vision_messages(body, settings)
+    headers = router.headers(body.model, model.spec)
     if body.stream:
         return await sse_response(model.chat_parts_stream(messages, params), reply.chunks(), reply.include_usage,
                                   headers, reply.voice)
@@ -133,7 +133,7 @@ def _question(body: ChatCompletionRequest, images: list[tuple[int, str]]) -> tup
 
 
 async def chat_about_images(body: ChatCompletionRequest, images: list[tuple[int, str]], reply: ChatReply,
-                             svc: Services) -> Response:
+                             settings: Settings, describer: DescribeService) -> Response:
     for index, url in images:
         _refuse_remote(url, index)
     target, prompt = _question(body, images)
@@ -141,8 +141,8 @@ async def chat_about_images(body: ChatCompletionRequest, images: list[tuple[int,
     urls = [url for i, url in images if i == target][:MAX_DESCRIBED_IMAGES]
     descriptions = []
     for url in urls:
-        image = await _decode_data_url(url, target, svc)
-        descriptions.append(await svc.describer.describe(image, language=language, prompt=prompt or None))
+        image = await _decode_data_url(url, target, settings)
+        descriptions.append(await describer.describe(image, language=language, prompt=prompt or None))
     text = _described_text(descriptions)
     prompt_tokens = sum(d.prompt_tokens for d in descriptions)
     completion_tokens = sum(d.completion_tokens for d in descriptions)

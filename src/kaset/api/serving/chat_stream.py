@@ -131,7 +131,7 @@ async def _spoken_stream(chunks: AsyncIterator[GenerationChunk], payloads: ChatC
                 final.append(chunk)
         elif isinstance(event, Spoken):
             yield payloads.audio(event.audio, voice.expires_at)
-    await voice.svc.spoken_replies.remember(voice.audio_id, "".join(said), voice.expires_at)
+    await voice.spoken_replies.remember(voice.audio_id, "".join(said), voice.expires_at)
     last = final[-1] if final else GenerationChunk(text="", finish_reason="stop")
     yield payloads.finish(last.finish_reason or "stop")
     usage = usage_of(last.prompt_tokens, last.completion_tokens)
