@@ -19,7 +19,11 @@ def default_data_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KASET_", extra="ignore")
+    """Read once at start and never changed after (frozen: assigning a field raises). A process
+    that serves with other values serves a copy, `settings.model_copy(update={...})`, made
+    before its services are built, so every part of it reads the same settings."""
+
+    model_config = SettingsConfigDict(env_prefix="KASET_", extra="ignore", frozen=True)
 
     host: str = "127.0.0.1"
     port: int = 8000

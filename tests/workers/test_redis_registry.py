@@ -34,8 +34,8 @@ async def _until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
 
 
 def _settings(url: str, prefix: str, **extra: Any) -> Settings:
-    return Settings(redis_url=url, redis_prefix=prefix, worker_registry="redis", worker_heartbeat_s=0.2,
-                    worker_ttl_s=0.6, **extra)
+    return Settings(**{"redis_url": url, "redis_prefix": prefix, "worker_registry": "redis", "worker_heartbeat_s": 0.2,
+                       "worker_ttl_s": 0.6, **extra})
 
 
 async def test_worker_appears_goes_unready_and_disappears(redis_url: str, redis_prefix: str) -> None:
@@ -123,8 +123,8 @@ def test_gateway_finds_worker_processes_in_redis(tmp_path: Path, models_dir: Pat
 
 async def test_drain_is_announced_at_once(redis_url: str, redis_prefix: str) -> None:
     ready = [True]
-    settings = _settings(redis_url, redis_prefix, worker_advertise_url="http://w4:9000")
-    settings.worker_heartbeat_s = 30.0  # no heartbeat during the test: only announce_soon can tell
+    # No heartbeat during the test: only announce_soon can tell.
+    settings = _settings(redis_url, redis_prefix, worker_advertise_url="http://w4:9000", worker_heartbeat_s=30.0)
     worker = RedisAnnouncer(settings, ["echo"], lambda: ready[0])
     pool = WorkerPool(_settings(redis_url, redis_prefix), Catalog.load())
     await pool.start()
