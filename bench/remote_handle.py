@@ -43,14 +43,11 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import psutil
 
 from _common import (
     DEFAULT_MODELS_DIR,
@@ -69,6 +66,7 @@ from _common import (
     write_json,
     wrk_post,
 )
+from _profile import SAMPLE_HZ, report_profile, sample_under_wrk
 from _rounds import ECHO_MESSAGE, Plan, Post, Series, echo_chat, measure_round, require_wrk
 from kaset.runtimes.base import GenerationParams
 from peer_gateways import git_state
@@ -186,7 +184,6 @@ def profile_gateway(py_spy: Path, wrk: str, tmpdir: Path, tree: Tree, tasks: lis
     found: dict[str, list[str]] = {}
     gateway = gateway_server(free_port(), tmpdir / f"profile-{tree.label}".replace(" ", "-"), tree.worker,
                              tree.src)
-    rate = 250
     try:
         gateway.start()
         for task in tasks:
@@ -196,84 +193,20 @@ def profile_gateway(py_spy: Path, wrk: str, tmpdir: Path, tree: Tree, tasks: lis
             script = post.wrk_script(tmpdir / f"profile-{slug}.lua")
             wait_serving(tree, gateway, [task])
             wrk_post(wrk, script, gateway.port, post.path, connections, 1.0)
-            # Raw stacks of running (not idle) threads, function-level: where the CPU goes.
-            # --nonblocking: the gateway is not paused for each sample, so it runs as it would.
-            spy = subprocess.Popen([str(py_spy), "record", "--nonblocking", "-p", str(gateway.pid), "-r", str(rate),
-                                    "-d",
-                                    str(round(seconds) + 2), "-f", "raw", "--threads", "--nolineno", "-o", str(out)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            time.sleep(1.0)  # py-spy attached
-            before = main_thread_cpu(gateway.pid)
-            stats = wrk_post(wrk, script, gateway.port, post.path, connections, seconds)
-            main_us = (main_thread_cpu(gateway.pid) - before) / max(stats["requests"], 1) * 1e6
-            _, err = spy.communicate(timeout=60)
-            if not out.exists():
-                print(f"{tree.label} {task}: py-spy wrote nothing: {err.decode(errors='replace')[-400:]}",
-                      file=sys.stderr)
+            sampled = sample_under_wrk(py_spy, wrk, script, gateway.port, gateway.pid, post.path, connections,
+                                       seconds, out)
+            if sampled.error:
+                print(f"{tree.label} {task}: py-spy wrote nothing: {sampled.error}", file=sys.stderr)
                 continue
-            lines = report_profile(out, main_us, top)
+            lines = report_profile(out, sampled.main_us, top, STAGES, BACKGROUND)
             found[task] = lines
-            print(f"\n{tree.label}, {task}: py-spy of the gateway at {rate} Hz, {stats['requests']:.0f} requests "
-                  f"under wrk -c{connections} ({stats['rps']:.0f} req/s while sampled)")
+            stats = sampled.stats
+            print(f"\n{tree.label}, {task}: py-spy of the gateway at {SAMPLE_HZ} Hz, {stats['requests']:.0f} "
+                  f"requests under wrk -c{connections} ({stats['rps']:.0f} req/s while sampled)")
             print("\n".join(lines))
     finally:
         gateway.stop()
     return found
-
-
-def _frames(stack: str) -> list[tuple[str, str]]:
-    """(function, file) of each frame, outermost first, of one py-spy raw stack."""
-    frames = []
-    for frame in stack.split(";"):
-        name, _, where = frame.partition(" (")
-        frames.append((name, where.rstrip(")")))
-    return frames
-
-
-def main_thread_cpu(pid: int) -> float:
-    """CPU seconds of a process's main thread (its thread id is the pid): the gateway's event loop."""
-    for thread in psutil.Process(pid).threads():
-        if thread.id == pid:
-            return float(thread.user_time + thread.system_time)
-    return 0.0
-
-
-def report_profile(path: Path, main_us: float, top: int) -> list[str]:
-    """The main thread's samples by stage and by innermost function, as shares of its CPU per
-    request measured meanwhile (`main_us`). Shares, because py-spy also counts a thread that is
-    runnable but waiting for a core, which on two busy cores is often."""
-    stages: dict[str, int] = {}
-    own: dict[str, int] = {}
-    main = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        thread, _, rest = stack.partition(";")
-        # Other threads (aiosqlite's, the executor's) are left out: py-spy counts their blocking
-        # queue waits as running.
-        if not thread.endswith("MainThread"):
-            continue
-        main += count
-        frames = _frames(rest)
-        files = [f for _, f in frames]
-        stage = next((label for marker, label in BACKGROUND if any(marker in f for f in files)), None)
-        if stage is None:
-            stage = next((label for _, f in reversed(frames) for marker, label in STAGES if marker in f), "other")
-        stages[stage] = stages.get(stage, 0) + count
-        leaf = f"{frames[-1][0]} ({frames[-1][1]})" if frames else "?"
-        own[leaf] = own.get(leaf, 0) + count
-
-    def us(samples: int) -> str:
-        share = samples / max(main, 1)
-        return f"{share * main_us:7.1f} µs  {share:5.1%}"
-
-    lines = [f"main thread (the event loop): {main_us:.0f} µs of CPU a request (psutil), {main} samples", "by stage:"]
-    lines += [f"  {us(n)}  {label}" for label, n in sorted(stages.items(), key=lambda kv: -kv[1])]
-    lines.append("innermost Python function:")
-    lines += [f"  {us(n)}  {name}" for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
-    return lines
 
 
 # --- main -------------------------------------------------------------------------------------
