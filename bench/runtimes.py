@@ -119,7 +119,7 @@ class Direct:
 
     def chat(self, max_tokens: int) -> tuple[str, int]:
         out: Any = self.llm.create_chat_completion(
-            messages=CHAT_MESSAGES, temperature=0.0, top_p=1.0, max_tokens=max_tokens,  # type: ignore[arg-type]
+            messages=CHAT_MESSAGES, temperature=0.0, top_p=1.0, max_tokens=max_tokens,
             **self.sampling)
         return str(out["choices"][0]["message"]["content"]), int(out["usage"]["completion_tokens"])
 

@@ -129,7 +129,7 @@ class Direct:
         """Yield the LLM's answer sentence by sentence as it streams."""
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
         cutter = SentenceCutter()
-        stream: Any = self.llm.create_chat_completion(messages=messages, max_tokens=MAX_TOKENS,  # type: ignore[arg-type]
+        stream: Any = self.llm.create_chat_completion(messages=messages, max_tokens=MAX_TOKENS,
                                                       temperature=0.3, stream=True, **self.sampling)
         for chunk in stream:
             yield from cutter.feed(chunk["choices"][0]["delta"].get("content") or "")
