@@ -28,13 +28,15 @@ import numpy as np
 
 from kaset import usage
 from kaset.errors import InvalidRequest
-from kaset.pipelines.advice import Advice, AdviceQuery, AdviceService, Language, detect_language
+from kaset.language import Language
+from kaset.pipelines.advice import Advice, AdviceQuery, AdviceService, detect_language
 from kaset.pipelines.diagnose import Diagnosis, DiagnosisService
 from kaset.pipelines.diagnosis_text import THAI_CROPS
 from kaset.pipelines.speech import Caller, Heard, NoVoice, SpeechService, Spoken, doubt, not_caught
 from kaset.pipelines.spoken_answer import speakable as speakable
 from kaset.pipelines.spoken_answer import spoken_answer
 from kaset.pipelines.spoken_answer import spoken_part as spoken_part
+from kaset.pipelines.vocabulary import crop_hearing_prompt
 
 T = TypeVar("T")
 
@@ -208,7 +210,10 @@ class CropDoctor:
     async def _hear(self, request: Consultation) -> tuple[Heard, float]:
         assert request.audio is not None
         language = None if request.language == "auto" else request.language
-        return await _timed(self.speech.hear(request.audio, language=language, caller=request.caller, param="audio"))
+        # The crops and problems the advisor knows, as the words the question is likely to hold.
+        prompt = crop_hearing_prompt(self.advisor.entries, language)
+        return await _timed(self.speech.hear(request.audio, language=language, caller=request.caller, param="audio",
+                                             prompt=prompt))
 
     async def _diagnose(self, request: Consultation, language: Language) -> tuple[Diagnosis, float]:
         return await _timed(self._diagnose_now(request, language))

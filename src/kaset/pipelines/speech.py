@@ -261,12 +261,12 @@ class SpeechService:
     # --- hearing ------------------------------------------------------------------------------
 
     async def hear(self, data: bytes, *, language: str | None = None, model: str | None = None,
-                   caller: Caller | None = None, param: str = "file") -> Heard:
+                   caller: Caller | None = None, param: str = "file", prompt: str | None = None) -> Heard:
         """Transcribe an audio file (any accepted container). Empty speech is a 400. `param` is
         the request field that held the file: errors about the file (corrupt, empty, too long,
-        no speech) name it."""
+        no speech) name it. `prompt`: words the speech is likely to hold (Whisper's prompt)."""
         name = model or self.transcriber_for(language)
-        options = TranscribeOptions(language=language if language and language != "auto" else None)
+        options = TranscribeOptions(language=language if language and language != "auto" else None, prompt=prompt)
         try:
             result, _used, spec, seconds = await transcribe_bytes(self.router, data, name, options,
                                                                   self.max_audio_seconds, caller)
@@ -277,10 +277,11 @@ class SpeechService:
         return self._heard(result, seconds, spec, param=param)
 
     async def hear_samples(self, samples: np.ndarray, *, language: str | None = None, model: str | None = None,
-                           caller: Caller | None = None, require_speech: bool = True) -> Heard:
+                           caller: Caller | None = None, require_speech: bool = True,
+                           prompt: str | None = None) -> Heard:
         """Transcribe 16 kHz mono float32 samples (a live recording's buffer)."""
         name = model or self.transcriber_for(language)
-        options = TranscribeOptions(language=language if language and language != "auto" else None)
+        options = TranscribeOptions(language=language if language and language != "auto" else None, prompt=prompt)
 
         async def run(model: ModelHandle) -> Transcription:
             return await model.transcribe(samples, options)

@@ -48,6 +48,7 @@ from kaset.pipelines.speech import (
     not_caught,
     split_sentences,
 )
+from kaset.pipelines.vocabulary import crop_hearing_prompt
 from kaset.registry.handle import ModelHandle
 from kaset.registry.routing import Router
 from kaset.runtimes.base import GenerationChunk, GenerationParams
@@ -183,6 +184,14 @@ class VoiceAssistant:
         """Whether the chat model writes `language` (a route counts as multilingual: unknown)."""
         spec = self.router.catalog.get(self.chat_model)
         return spec is None or language in spec.languages or "multilingual" in spec.languages
+
+    def hearing_prompt(self, mode: str, language: str | None, *, crop: str | None = None,
+                       topic: str | None = None) -> str | None:
+        """Whisper's prompt for a question: the crop vocabulary when it is a farmer's (advice
+        mode, a chosen crop, or topic "crops"), else none."""
+        if mode == "advice" or crop or topic == "crops":
+            return crop_hearing_prompt(self.advisor.entries, language)
+        return None
 
     def models_for(self, mode: str, language: str) -> list[str]:
         """The model names an answer in `mode` may use, for a key's allowlist check."""

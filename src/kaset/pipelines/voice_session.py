@@ -57,6 +57,8 @@ class StartMessage(Protocol):
     def sample_rate(self) -> int: ...
     @property
     def crop(self) -> str | None: ...
+    @property
+    def topic(self) -> str | None: ...
 
 
 class SessionClosed(Exception):
@@ -221,7 +223,9 @@ class VoiceSession:
     async def _hear(self, start: StartMessage, pcm: bytes, require_speech: bool) -> Heard:
         samples = await asyncio.to_thread(to_16k, pcm, start.sample_rate)
         language = None if start.language == "auto" else start.language
-        return await self.assistant.speech.hear_samples(samples, language=language, require_speech=require_speech)
+        prompt = self.assistant.hearing_prompt(start.mode, language, crop=start.crop, topic=start.topic)
+        return await self.assistant.speech.hear_samples(samples, language=language, require_speech=require_speech,
+                                                        prompt=prompt)
 
     async def _partial(self, start: StartMessage, pcm: bytes) -> None:
         try:

@@ -126,7 +126,8 @@ async def ask(
     def caller() -> str | None:
         return caller_key(request)
 
-    heard = await speech.hear(data, language=asked, caller=caller)
+    prompt = assistant.hearing_prompt(mode, asked, crop=crop)
+    heard = await speech.hear(data, language=asked, caller=caller, prompt=prompt)
     usage.record(audio_seconds=heard.seconds)
     heard_at = time.perf_counter()
     events = assistant.answer(heard.text, mode=mode, language=answer_language(asked, heard), crop=crop,

@@ -62,3 +62,6 @@ class StreamStart(BaseModel):
     response_format: Literal["wav", "mp3", "opus"] = "wav"
     sample_rate: int = Field(default=16000, ge=8000, le=48000)
     crop: str | None = None
+    # What the speech is about: "crops" hears the names of crops and their problems better
+    # (kaset.pipelines.vocabulary). Advice mode and a chosen crop imply it.
+    topic: Literal["crops"] | None = None

@@ -650,7 +650,8 @@ class VoiceQuestion {
     this.socket.onopen = () => {
       this.opened = true;
       this.socket.send(JSON.stringify({ type: "start", mode: "transcribe", language: language(), voice: null,
-                                        response_format: "wav", sample_rate: 16000, crop: selectedCrop() }));
+                                        response_format: "wav", sample_rate: 16000, crop: selectedCrop(),
+                                        topic: "crops" }));
       for (const chunk of this.pending.splice(0)) this.socket.send(chunk);
       if (this.stopMessage) this.socket.send(this.stopMessage);
     };
