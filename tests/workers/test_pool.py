@@ -7,6 +7,7 @@ from typing import Any
 from kaset.config import Settings
 from kaset.registry.catalog import Catalog
 from kaset.workers.pool import WorkerPool
+from kaset.workers.remote import WorkerModels
 
 
 def _pool(**extra: Any) -> WorkerPool:
@@ -48,3 +49,19 @@ def test_removed_replica_leaves_the_table() -> None:
     assert pool.models["echo"] == [a]
     pool.remove("http://a:1")
     assert "echo" not in pool.models
+
+
+def test_a_model_on_unready_replicas_is_served_there_but_not_ready() -> None:
+    # Its calls still go to the workers (a clear 503 while none is ready, never a surprise load in
+    # the gateway), while /v2/models/{m}/ready and the model listing say it is not ready.
+    pool = _pool()
+    a, b = pool.add("http://a:1"), pool.add("http://b:1")
+    for replica in (a, b):
+        pool.update(replica, up=True, ready=True, models=["echo"])
+    models = WorkerModels(pool)
+    assert models.serves("echo") and models.ready("echo") and [s.id for s in models.specs()] == ["echo"]
+    a.ready = False
+    assert models.ready("echo")
+    b.ready = False
+    assert models.serves("echo") and not models.ready("echo") and list(models.specs()) == []
+    assert not models.serves("e5-small") and not models.ready("e5-small")

@@ -5,7 +5,7 @@ model, wherever the model runs.
 `ModelHandle` and runs `fn(handle)`. A handle has one typed async method per task, so a caller
 never touches an engine or a thread. Two implementations:
 
-- in this process: `kaset.registry.manager.LoadedModel` (the model's executor threads, its
+- in this process: `kaset.registry.loaded_model.LoadedModel` (the model's executor threads, its
   admission limits and dynamic batcher);
 - on a kaset worker: `kaset.workers.remote.RemoteHandle` (the worker's internal task API, over
   the gateway's one aiohttp session, on the event loop).
@@ -139,9 +139,14 @@ class RemoteModels(Protocol):
     """Models served by other processes, as the router sees them (kaset.workers.remote)."""
 
     def serves(self, name: str) -> bool:
-        """Whether a ready replica serves `name` (an id, alias or id@version)."""
+        """Whether some replica, ready or not, serves `name` (an id, alias or id@version): its
+        calls go to the workers, and while none is ready they fail with a clear 503 rather than
+        loading the model in the gateway."""
+
+    def ready(self, name: str) -> bool:
+        """Whether a ready replica serves `name` now (readiness probes say so)."""
 
     def handle(self, name: str, spec: ModelSpec, task: Task) -> ModelHandle: ...
 
     def specs(self) -> Iterable[ModelSpec]:
-        """Every model some replica serves."""
+        """Every model some ready replica serves."""

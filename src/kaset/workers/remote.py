@@ -112,6 +112,9 @@ class WorkerModels:
     def serves(self, name: str) -> bool:
         return name in self.pool.models
 
+    def ready(self, name: str) -> bool:
+        return any(replica.ready for replica in self.pool.models.get(name, ()))
+
     def handle(self, name: str, spec: ModelSpec, task: Task) -> ModelHandle:
         return RemoteHandle(self, name, spec)
 

@@ -89,7 +89,7 @@ async def model_metadata(name: str, models: ModelsDep, version: str | None = Non
 async def model_ready(name: str, models: ModelsDep, routing: RouterDep, version: str | None = None) -> Response:
     spec = _spec(models, name, version)
     remote = routing.remote
-    ready = models.state(spec) == "loaded" or (remote is not None and remote.serves(spec.key))
+    ready = models.state(spec) == "loaded" or (remote is not None and remote.ready(spec.key))
     return Response(json.dumps({"name": spec.id, "ready": ready}), media_type="application/json",
                     status_code=200 if ready else 503)
 
