@@ -201,6 +201,7 @@ def _resample_s16(pcm: bytes, rate: int, target: int) -> bytes:
     samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2").reshape(1, -1)
     frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
     frame.sample_rate = rate
-    resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=target)
+    # One filter-graph thread (kaset.media.audio says why).
+    resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=target, threads=1)
     out = [*resampler.resample(frame), *resampler.resample(None)]
     return b"".join(f.to_ndarray().astype("<i2").tobytes() for f in out)
