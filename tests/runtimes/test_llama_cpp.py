@@ -13,7 +13,7 @@ import pytest
 from kaset.errors import InvalidRequest
 from kaset.registry.catalog import ModelSpec
 from kaset.runtimes.base import Generation, GenerationChunk, GenerationParams
-from kaset.runtimes.llama_cpp import LlamaCppRuntime
+from kaset.runtimes.llama_cpp import LlamaCppRuntime, wants_cjk
 
 Installed = Callable[[str], tuple[ModelSpec, Path]]
 
@@ -147,3 +147,32 @@ def test_concurrent_calls_are_serialised(llm: LlamaCppRuntime, greedy_reply: Gen
     for thread in threads:
         thread.join()
     assert results == [greedy_reply, greedy_reply]
+
+
+@pytest.mark.parametrize(("text", "cjk"), [
+    ("Name the capital of France.", False),
+    ("เมืองหลวงของประเทศไทยคืออะไร", False),
+    ("Prices rose 5% — about €3… → ‘fine’", False),  # general punctuation and symbols are not CJK
+    ("早上好", True),
+    ("こんにちは", True),
+    ("안녕하세요", True),
+    ("Bangkok。", True),
+    ("ｆｕｌｌｗｉｄｔｈ", True),
+    ("Translate 'good morning' into Japanese.", True),
+    ("How do you say rice in Korean?", True),
+    ("แปลเป็นภาษาจีนให้หน่อย", True),
+])
+def test_a_conversation_wants_cjk_when_it_has_or_names_it(text: str, cjk: bool) -> None:
+    assert wants_cjk(text) is cjk
+
+
+def test_the_script_guard_leaves_an_english_reply_alone(installed: Installed, llm: LlamaCppRuntime,
+                                                        greedy_reply: Generation) -> None:
+    # SmolLM2's vocabulary has a few hundred CJK tokens; forbidding them changes no English reply.
+    assert 0 < len(llm.cjk_tokens) < 1000
+    unguarded = make(installed, script_guard=False)
+    try:
+        assert len(unguarded.cjk_tokens) == 0
+        assert unguarded.chat(QUESTION, GREEDY) == greedy_reply
+    finally:
+        unguarded.unload()

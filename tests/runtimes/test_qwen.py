@@ -15,7 +15,7 @@ import pytest
 from kaset.registry.catalog import Catalog, ModelSpec, PackageSource
 from kaset.registry.repository import ModelRepository
 from kaset.runtimes.base import GenerationParams
-from kaset.runtimes.llama_cpp import LlamaCppRuntime
+from kaset.runtimes.llama_cpp import CJK_TEXT, LlamaCppRuntime, cjk_token_ids
 
 MODEL_ID = "qwen2.5-coder-1.5b"
 GREEDY = GenerationParams(max_tokens=60, temperature=0.0, seed=7)
@@ -51,6 +51,15 @@ def qwen(spec: ModelSpec, repository: ModelRepository) -> Iterator[LlamaCppRunti
     runtime = LlamaCppRuntime(spec, repository.path_for(spec))
     runtime.load()
     runtime.warmup()
+    yield runtime
+    runtime.unload()
+
+
+@pytest.fixture(scope="module")
+def unguarded(spec: ModelSpec, repository: ModelRepository) -> Iterator[LlamaCppRuntime]:
+    runtime = LlamaCppRuntime(spec.model_copy(update={"params": {**spec.params, "script_guard": False}}),
+                              repository.path_for(spec))
+    runtime.load()
     yield runtime
     runtime.unload()
 
@@ -101,3 +110,47 @@ def test_streaming_is_the_reply_in_pieces(qwen: LlamaCppRuntime) -> None:
     assert (last.finish_reason, last.completion_tokens, last.prompt_tokens) == (
         whole.finish_reason, whole.completion_tokens, whole.prompt_tokens)
     assert all(c.finish_reason is None for c in chunks[:-1])
+
+
+def test_the_script_guard_forbids_the_tokens_that_write_cjk(qwen: LlamaCppRuntime, spec: ModelSpec,
+                                                            repository: ModelRepository) -> None:
+    import llama_cpp
+
+    vocab = llama_cpp.Llama(model_path=str(repository.path_for(spec) / spec.files[0].name), vocab_only=True,
+                            verbose=False)
+    forbidden = set(qwen.cjk_tokens.tolist())
+    assert set(cjk_token_ids(vocab).tolist()) == forbidden
+    assert 30_000 < len(forbidden) < 40_000  # of 151,936
+
+    def tokens(text: str) -> list[int]:
+        return list(vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    for text in ["。", "，", "中国", "请提供更多細節", "こんにちは", "안녕하세요", "ｆｕｌｌ"]:
+        # A piece of continuation bytes alone could finish any script's character, so it stays allowed.
+        assert all(t in forbidden or all(0x80 <= b < 0xC0 for b in vocab.detokenize([t])) for t in tokens(text)), text
+    for text in ["ใบมะม่วงมีจุดสีดำ ควรทำอย่างไร", "Name the capital of France. Prices — 5% … €3 → ok"]:
+        assert not forbidden & set(tokens(text)), text
+
+
+@pytest.mark.parametrize(("question", "max_tokens", "drift"), [
+    # Greedy replies that, unguarded, drift: CJK punctuation, then a Han word mid-sentence.
+    ("กรุงเทพมหานครมีประชากรประมาณเท่าไร", 40, "。"),
+    ("ใบมะม่วงมีจุดสีดำ ควรทำอย่างไร", 96, "剂量"),
+])
+def test_a_thai_reply_does_not_drift_into_chinese(qwen: LlamaCppRuntime, unguarded: LlamaCppRuntime, question: str,
+                                                  max_tokens: int, drift: str) -> None:
+    params = GenerationParams(max_tokens=max_tokens, temperature=0.0)
+    assert drift in unguarded.chat(ask(question), params).text
+    reply = qwen.chat(ask(question), params)
+    assert not CJK_TEXT.search(reply.text), reply.text
+    assert len(THAI.findall(reply.text)) > 20, reply.text
+    # Not compared with `reply`: a repeated prompt is served from llama.cpp's prompt cache, whose
+    # one-token re-evaluation can tip a near tie the other way.
+    streamed = "".join(c.text for c in qwen.chat_stream(ask(question), params))
+    assert not CJK_TEXT.search(streamed), streamed
+
+
+def test_a_conversation_in_or_about_cjk_keeps_cjk(qwen: LlamaCppRuntime) -> None:
+    params = GenerationParams(max_tokens=30, temperature=0.0)
+    assert CJK_TEXT.search(qwen.chat(ask("Translate 'good morning' into Chinese."), params).text)
+    assert CJK_TEXT.search(qwen.chat(ask("你好，今天天气怎么样？"), params).text)

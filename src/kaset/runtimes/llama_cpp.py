@@ -17,6 +17,13 @@ Requests are checked before any work starts, so a stream's errors surface when t
 method is called, not at the first chunk: a prompt that leaves no room in the context
 raises InvalidRequest. `max_tokens` larger than the room left is cut to fit (the reply
 then ends with finish_reason "length"); `max_tokens=None` means "until the context is full".
+
+Script drift: Qwen-family models, asked in Thai or English, let Chinese characters (and
+CJK punctuation such as "。") creep into the reply. When a conversation has no CJK text and
+does not name a CJK language, the sampler is forbidden every token that would write CJK
+(a -inf logit; the token ids are found once per load by scanning the vocabulary's bytes), so
+the model writes the reply in another script instead of the reply being regenerated or cut
+afterwards. The catalog param `script_guard: false` turns this off.
 """
 
 from __future__ import annotations
@@ -24,10 +31,14 @@ from __future__ import annotations
 import codecs
 import json
 import random
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
 
 from kaset.errors import InvalidRequest, ModelUnavailable
 from kaset.runtimes.base import ChatModel, Generation, GenerationChunk, GenerationParams
@@ -38,6 +49,27 @@ DEFAULT_TOP_K = 40
 DEFAULT_MIN_P = 0.05
 DEFAULT_REPEAT_PENALTY = 1.0
 
+# CJK in a conversation's text: U+3000-U+D7FF (CJK punctuation, kana, Bopomofo, Hangul
+# compatibility jamo, Han with extension A, Yi, Hangul syllables), Hangul jamo, CJK radicals,
+# compatibility ideographs and forms, full- and halfwidth forms, and Han extensions B and up.
+CJK_TEXT = re.compile(
+    "[\u1100-\u11ff\u2e80-\u2fff\u3000-\ud7ff\uf900-\ufaff\ufe30-\ufe4f\uff00-\uffef"
+    "\U00020000-\U0003ffff]"
+)
+# The same ranges as UTF-8 bytes. Byte-level BPE vocabularies split rare characters into
+# pieces, and a piece holding a CJK lead byte (0xE3-0xED start U+3000-U+DFFF) can only begin a
+# CJK character; pieces of continuation bytes alone belong to no script and stay allowed.
+_CJK_BYTES = re.compile(
+    b"[\xe3-\xed]|\xe1[\x84-\x87]|\xe2[\xba-\xbf]|\xef[\xa4-\xab]|\xef\xb8[\xb0-\xbf]"
+    b"|\xef\xb9[\x80-\x8f]|\xef[\xbc-\xbe]|\xef\xbf[\x80-\xaf]|\xf0[\xa0-\xb3]"
+)
+# A conversation that asks for a CJK language ("translate to Japanese") keeps every token.
+_CJK_LANGUAGE_NAMES = re.compile(
+    r"\b(?:chinese|mandarin|cantonese|japanese|korean|kanji|hanzi|hiragana|katakana|hangul)\b"
+    r"|ภาษาจีน|ภาษาญี่ปุ่น|ภาษาเกาหลี|อักษรจีน|คันจิ",
+    re.IGNORECASE,
+)
+
 
 @dataclass
 class _Request:
@@ -45,17 +77,21 @@ class _Request:
     max_tokens: int
     params: GenerationParams
     stops: list[str] = field(default_factory=list)
+    # Forbid CJK tokens (see the module docstring).
+    guard_script: bool = False
 
 
 class LlamaCppRuntime(ChatModel):
     """params: model_file (required), n_ctx (default 2048), n_threads (default: llama.cpp's
     choice), seed (default for requests without one), top_k, min_p, repeat_penalty,
-    chat_template (overrides the one in the GGUF file)."""
+    chat_template (overrides the one in the GGUF file), script_guard (default true)."""
 
     _llm: Any = None
     supports_json_schema = True  # through a llama.cpp grammar built from the schema
     # Typed loosely: its signature wants llama-cpp-python's TypedDict messages.
     _formatter: Any = None
+    # Token ids whose bytes write CJK, forbidden in conversations without CJK; empty: no guard.
+    _cjk_tokens: npt.NDArray[np.intp] = np.empty(0, dtype=np.intp)
 
     def load(self) -> None:
         if self.model_dir is None:
@@ -99,6 +135,8 @@ class LlamaCppRuntime(ChatModel):
             "min_p": float(self.params.get("min_p", DEFAULT_MIN_P)),
             "repeat_penalty": float(self.params.get("repeat_penalty", DEFAULT_REPEAT_PENALTY)),
         }
+        guarded = bool(self.params.get("script_guard", True))
+        self._cjk_tokens = cjk_token_ids(llm) if guarded else np.empty(0, dtype=np.intp)
         self._lock = threading.Lock()
         self._llm = llm
 
@@ -114,6 +152,11 @@ class LlamaCppRuntime(ChatModel):
     @property
     def context_length(self) -> int:
         return int(self._loaded().n_ctx())
+
+    @property
+    def cjk_tokens(self) -> npt.NDArray[np.intp]:
+        """The token ids the script guard forbids in conversations without CJK (empty when it is off)."""
+        return self._cjk_tokens
 
     # --- the four entry points ------------------------------------------------------------
 
@@ -148,7 +191,9 @@ class LlamaCppRuntime(ChatModel):
         # <|im_start|>-style markers as the special tokens they are.
         tokens = llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
         template_stops = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop or ""]
-        return self._request(tokens, params, [*params.stop, *template_stops], "messages")
+        request = self._request(tokens, params, [*params.stop, *template_stops], "messages")
+        request.guard_script = self._should_guard(str(m.get("content") or "") for m in messages)
+        return request
 
     def _completion_request(self, prompt: str, params: GenerationParams) -> _Request:
         llm = self._loaded()
@@ -156,7 +201,12 @@ class LlamaCppRuntime(ChatModel):
         if not tokens:
             # Sampling needs at least one evaluated token; BOS is the natural "nothing yet".
             tokens = [llm.token_bos()]
-        return self._request(tokens, params, list(params.stop), "prompt")
+        request = self._request(tokens, params, list(params.stop), "prompt")
+        request.guard_script = self._should_guard([prompt])
+        return request
+
+    def _should_guard(self, texts: Iterable[str]) -> bool:
+        return len(self._cjk_tokens) > 0 and not any(wants_cjk(text) for text in texts)
 
     def _request(self, tokens: list[int], params: GenerationParams, stops: list[str], what: str) -> _Request:
         n_ctx = self.context_length
@@ -187,6 +237,7 @@ class LlamaCppRuntime(ChatModel):
         finish: Literal["stop", "length"] = "length"
         stopped_by_string = False
         grammar = _grammar(params.json_schema)
+        processors = [_forbid(self._cjk_tokens)] if request.guard_script else None
         with self._lock:
             seed = params.seed if params.seed is not None else random.randrange(2**31)
             llm.set_seed(seed)
@@ -196,6 +247,7 @@ class LlamaCppRuntime(ChatModel):
                     temp=max(params.temperature, 0.0),
                     top_p=params.top_p,
                     grammar=grammar,
+                    logits_processor=processors,
                     **self._sampling,
                 )
                 if request.max_tokens > 0
@@ -239,6 +291,31 @@ class LlamaCppRuntime(ChatModel):
             prompt_tokens=len(request.tokens),
             completion_tokens=n_generated,
         )
+
+
+def wants_cjk(text: str) -> bool:
+    """Whether a conversation's text is (or asks for) Chinese, Japanese or Korean."""
+    return bool(CJK_TEXT.search(text) or _CJK_LANGUAGE_NAMES.search(text))
+
+
+def cjk_token_ids(llm: Any) -> npt.NDArray[np.intp]:
+    """The ids of the vocabulary's tokens whose bytes write CJK (about 0.3 s for Qwen's 152k)."""
+    return np.array(
+        [token for token in range(llm.n_vocab()) if _CJK_BYTES.search(llm.detokenize([token]))], dtype=np.intp
+    )
+
+
+def _forbid(tokens: npt.NDArray[np.intp]) -> Callable[[Any, npt.NDArray[np.single]], npt.NDArray[np.single]]:
+    """A logits processor that makes `tokens` impossible to sample.
+
+    llama-cpp-python runs it first in the sampler chain, where the logits are still indexed
+    by token id."""
+
+    def processor(_input_ids: Any, logits: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
+        logits[tokens] = -np.inf
+        return logits
+
+    return processor
 
 
 def _grammar(schema: dict[str, Any] | None) -> Any:
