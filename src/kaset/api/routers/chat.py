@@ -29,6 +29,7 @@ from kaset.api.schemas.chat import (
 from kaset.api.serving.chat_audio import hear_audio_parts, recall_spoken_replies, voice_for
 from kaset.api.serving.chat_images import chat_about_images, chat_with_vision_model, image_urls
 from kaset.api.serving.chat_messages import deterministic, last_user_text, stops, to_messages
+from kaset.api.serving.chat_params import check_chat_fields, check_completion_fields
 from kaset.api.serving.chat_stream import ChatReply, CompletionChunks, sse_response, usage_of
 from kaset.errors import InvalidRequest, PayloadTooLarge
 from kaset.ids import new_id
@@ -49,6 +50,7 @@ async def chat_completions(
 ) -> Response:
     """The JSON's `model` is the name the client asked for (OpenAI clients expect it back); the
     x-kaset-model header names the model that served (a route's target or fallback)."""
+    check_chat_fields(body)
     params = GenerationParams(
         max_tokens=body.max_completion_tokens or body.max_tokens, temperature=body.temperature,
         top_p=body.top_p, stop=stops(body.stop), seed=body.seed,
@@ -99,6 +101,7 @@ async def chat_completions(
 @router.post("/v1/completions", response_model=Completion)
 async def completions(body: CompletionRequest, request: Request, routing: RouterDep,
                       settings: SettingsDep) -> Response:
+    check_completion_fields(body)
     if isinstance(body.prompt, list):
         if len(body.prompt) != 1:
             raise InvalidRequest("Send one prompt per request.", param="prompt")

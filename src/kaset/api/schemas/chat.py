@@ -21,7 +21,33 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool | None = False
+    # OpenAI pads streamed chunks against side channels unless this is false; Kaset never pads, so
+    # either value is honoured.
+    include_obfuscation: bool | None = None
+
+
+# At most this many choices (`n`) per request: each is generated in turn on a local model.
+MAX_CHOICES = 8
+MAX_TOP_LOGPROBS = 20
+
+
+class JSONSchemaFormat(BaseModel):
+    """`response_format.json_schema`: the schema the reply must follow."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    # The reply is constrained to the schema either way (a llama.cpp grammar); a provider gets it as sent.
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
 
 
 # OpenAI's output formats for chat audio; pcm16 is raw 24 kHz mono s16le, the only one a stream takes.
@@ -36,20 +62,56 @@ class AudioOutput(BaseModel):
     format: ChatAudioFormat = "wav"
 
 
-class ChatCompletionRequest(BaseModel):
+class _SamplingFields(BaseModel):
+    """What chat and text completions share. Each field OpenAI defines is either honoured,
+    accepted because it cannot change the reply, or refused with a 400 naming it
+    (kaset.api.serving.chat_params decides which, and docs/api.md lists them). Fields OpenAI
+    does not define are refused too, as OpenAI refuses them ("Unrecognized request argument");
+    `extra="allow"` only lets that check name them in an OpenAI error instead of a 422."""
+
     model_config = ConfigDict(extra="allow")
     model: str
-    messages: list[ChatMessage] = Field(min_length=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int = Field(default=1, ge=1, le=1)
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    # Refused unless empty (chat_params): token ids are the model's own, and no runtime here takes them yet.
+    logit_bias: dict[str, float] | None = None
+    # Accepted: they identify the caller at OpenAI and change nothing in the reply.
     user: str | None = None
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    response_format: ResponseFormat | None = None
+    # Accepted: labels, caching and routing hints at OpenAI that change nothing in the reply.
+    metadata: dict[str, str] | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    # Checked by value (chat_params): store true, other service tiers, reasoning, tools are refused.
+    store: bool | None = None
+    service_tier: str | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    web_search_options: dict[str, Any] | None = None
+    moderation: Any = None
     modalities: list[Literal["text", "audio"]] | None = None
     audio: AudioOutput | None = None
     # As in speaches: the models that hear input_audio parts and speak the reply. Default: the
@@ -58,20 +120,15 @@ class ChatCompletionRequest(BaseModel):
     speech_model: str | None = None
 
 
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str
+class CompletionRequest(_SamplingFields):
     prompt: str | list[str]
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     max_tokens: int | None = Field(default=16, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = Field(default=1, ge=1, le=1)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
     echo: bool = False
-    user: str | None = None
+    # The legacy shape: the number of top tokens to return with each token (OpenAI allows 0-5).
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    # Checked by value (chat_params): best_of other than n, and a suffix, are refused.
+    best_of: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
+    suffix: str | None = None
 
 
 class Usage(BaseModel):
