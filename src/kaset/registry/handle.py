@@ -57,6 +57,8 @@ class ModelInfo:
     pairs: list[tuple[str, str]] = field(default_factory=list)
     context_length: int = 0
     supports_json_schema: bool = False
+    # The OpenAI options a chat model honours beyond the basics (runtimes.base.ChatOption).
+    chat_options: list[str] = field(default_factory=list)
     # A chat model that takes photos (describe_image, image parts).
     vision: bool = False
     dimensions: int = 0

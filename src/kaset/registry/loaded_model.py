@@ -251,6 +251,7 @@ class LoadedModel(ModelHandle):
         if "chat" in tasks:
             chat = cast(ChatModel, runtime)
             info.context_length, info.supports_json_schema = chat.context_length, chat.supports_json_schema
+            info.chat_options = sorted(chat.chat_options)
             info.vision = bool(getattr(chat, "vision", False)) and hasattr(chat, "describe_image")
         if "embed" in tasks:
             info.dimensions = cast(Embedder, runtime).dimensions

@@ -142,6 +142,14 @@ class Translator(Runtime):
 # --- chat / completion ----------------------------------------------------------------------
 
 
+# What a chat runtime may honour beyond the basics every one takes (messages, temperature, top_p,
+# max_tokens, stop, seed), named in `ChatModel.chat_options`: "response_format" (the reply
+# constrained to JSON, or the request's response_format passed upstream), "logprobs" (token log
+# probabilities), "penalties" (frequency_penalty, presence_penalty). The API refuses a request
+# that needs one its model lacks, naming the field, rather than dropping it.
+ChatOption = Literal["response_format", "logprobs", "penalties"]
+
+
 @dataclass
 class GenerationParams:
     max_tokens: int | None = None
@@ -152,6 +160,10 @@ class GenerationParams:
     # A JSON schema the reply must follow. Runtimes that can constrain sampling (llama.cpp, via a
     # grammar built from the schema) do; others ignore it, so callers still validate the reply.
     json_schema: dict[str, Any] | None = None
+    # OpenAI's response_format as the client sent it ({"type": "json_object"} or a json_schema
+    # one), for runtimes that pass it upstream; runtimes that constrain sampling themselves read
+    # `json_schema`, which the API sets from it.
+    response_format: dict[str, Any] | None = None
 
 
 @dataclass
@@ -177,6 +189,8 @@ class ChatModel(Runtime):
 
     # True when the runtime constrains sampling to `GenerationParams.json_schema`.
     supports_json_schema: bool = False
+    # The options (ChatOption) this runtime honours beyond the basics.
+    chat_options: frozenset[ChatOption] = frozenset()
 
     @abc.abstractmethod
     def chat(self, messages: list[dict[str, str]], params: GenerationParams) -> Generation: ...

@@ -29,7 +29,6 @@ afterwards. The catalog param `script_guard: false` turns this off.
 from __future__ import annotations
 
 import codecs
-import json
 import random
 import re
 import threading
@@ -41,7 +40,8 @@ import numpy as np
 import numpy.typing as npt
 
 from kaset.errors import InvalidRequest, ModelUnavailable
-from kaset.runtimes.base import ChatModel, Generation, GenerationChunk, GenerationParams
+from kaset.runtimes.base import ChatModel, ChatOption, Generation, GenerationChunk, GenerationParams
+from kaset.runtimes.json_grammar import gbnf as json_gbnf
 
 DEFAULT_N_CTX = 2048
 # llama-cpp-python's own sampling defaults; the OpenAI API has no knob for them.
@@ -88,6 +88,7 @@ class LlamaCppRuntime(ChatModel):
 
     _llm: Any = None
     supports_json_schema = True  # through a llama.cpp grammar built from the schema
+    chat_options: frozenset[ChatOption] = frozenset({"response_format"})
     # Typed loosely: its signature wants llama-cpp-python's TypedDict messages.
     _formatter: Any = None
     # Token ids whose bytes write CJK, forbidden in conversations without CJK; empty: no guard.
@@ -329,9 +330,12 @@ def _grammar(schema: dict[str, Any] | None) -> Any:
     from llama_cpp import LlamaGrammar
 
     try:
-        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        # llama-cpp-python's conversion (from_json_schema's), with JSON's string characters (json_grammar.gbnf).
+        return LlamaGrammar.from_string(json_gbnf(schema), verbose=False)
     except Exception as exc:  # the converter raises bare Exceptions/AssertionErrors on unknown constructs
-        raise InvalidRequest(f"The JSON schema cannot be turned into a grammar: {exc}", param="json_schema") from exc
+        # The schema is a request's response_format (or a pipeline's own, whose caller reads the message).
+        raise InvalidRequest(f"The JSON schema cannot be turned into a grammar: {exc}",
+                             param="response_format") from exc
 
 
 def _first_stop(text: str, stops: list[str], start: int) -> int | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
-from kaset.runtimes.base import Generation, GenerationChunk, GenerationParams
+from kaset.runtimes.base import ChatOption, Generation, GenerationChunk, GenerationParams
 from kaset.runtimes.provider import Messages, ProviderRuntime, UpstreamErrorInfo, finish_reason
 
 
@@ -32,6 +32,8 @@ class OpenAICompatibleRuntime(ProviderRuntime):
     for servers that reject the field)."""
 
     provider: ClassVar[str] = "openai-compatible"
+    # Passed upstream as the client sent them; the upstream refuses what it cannot do.
+    chat_options: frozenset[ChatOption] = frozenset({"response_format"})
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
@@ -48,6 +50,8 @@ class OpenAICompatibleRuntime(ProviderRuntime):
             body["stop"] = list(params.stop)
         if params.seed is not None:
             body["seed"] = params.seed
+        if params.response_format is not None:
+            body["response_format"] = params.response_format
         if stream and self.params.get("stream_usage", True):
             body["stream_options"] = {"include_usage": True}
         return body

@@ -29,7 +29,14 @@ from kaset.api.schemas.chat import (
 from kaset.api.serving.chat_audio import hear_audio_parts, recall_spoken_replies, voice_for
 from kaset.api.serving.chat_images import chat_about_images, chat_with_vision_model, image_urls
 from kaset.api.serving.chat_messages import deterministic, last_user_text, stops, to_messages
-from kaset.api.serving.chat_params import check_chat_fields, check_completion_fields
+from kaset.api.serving.chat_params import (
+    chat_generation_params,
+    chat_needs,
+    check_chat_fields,
+    check_completion_fields,
+    refuse_needs,
+    require,
+)
 from kaset.api.serving.chat_stream import ChatReply, CompletionChunks, sse_response, usage_of
 from kaset.errors import InvalidRequest, PayloadTooLarge
 from kaset.ids import new_id
@@ -51,10 +58,8 @@ async def chat_completions(
     """The JSON's `model` is the name the client asked for (OpenAI clients expect it back); the
     x-kaset-model header names the model that served (a route's target or fallback)."""
     check_chat_fields(body)
-    params = GenerationParams(
-        max_tokens=body.max_completion_tokens or body.max_tokens, temperature=body.temperature,
-        top_p=body.top_p, stop=stops(body.stop), seed=body.seed,
-    )
+    params = chat_generation_params(body)
+    needs = chat_needs(body)
     completion_id = f"chatcmpl-{new_id()}"
     created = int(time.time())
 
@@ -75,13 +80,17 @@ async def chat_completions(
 
         async def with_images(model: ModelHandle) -> Response:
             if (await model.info()).vision:
+                await require(model, needs)
                 return await chat_with_vision_model(body, model, params, reply, settings, routing)
+            refuse_needs(needs, f"The model '{model.name}' cannot see images, so the photo is answered with its "
+                                "description")
             return await chat_about_images(body, images, reply, settings, await get_describer(request))
 
         answered, _ = await routing.call(body.model, "chat", with_images, caller=caller)
         return answered
     if body.stream:
         async def stream(model: ModelHandle) -> StreamingResponse:
+            await require(model, needs)
             messages = to_messages(body, settings.max_text_chars)
             return await sse_response(model.chat_stream(messages, params), reply.chunks(), reply.include_usage,
                                  routing.headers(body.model, model.spec), voice)
@@ -90,6 +99,7 @@ async def chat_completions(
         return streamed
 
     async def run(model: ModelHandle) -> Generation:
+        await require(model, needs)
         return await model.chat(to_messages(body, settings.max_text_chars), params)
 
     result, spec = await routing.call(body.model, "chat", run, caller=caller, retry=deterministic(params))

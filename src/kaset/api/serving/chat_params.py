@@ -18,10 +18,15 @@ Cost: a request that sets none of the checked fields pays two set operations
 
 from __future__ import annotations
 
-from typing import NoReturn
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
-from kaset.api.schemas.chat import ChatCompletionRequest, CompletionRequest
+from kaset.api.schemas.chat import ChatCompletionRequest, CompletionRequest, ResponseFormat
+from kaset.api.serving.chat_messages import stops
 from kaset.errors import InvalidRequest
+from kaset.registry.handle import ModelHandle
+from kaset.runtimes.base import ChatOption, GenerationParams
+from kaset.runtimes.json_grammar import unenforceable
 
 # Fields whose value must be looked at: a request that sets none of them is plain.
 _CHAT_CHECKED = frozenset({
@@ -78,9 +83,6 @@ def check_chat_fields(body: ChatCompletionRequest) -> None:
         refuse("web_search_options", "Kaset cannot search the web; leave web_search_options out.")
     if body.moderation is not None:
         refuse("moderation", "Kaset does not moderate requests or replies; leave moderation out.")
-    if body.response_format is not None and body.response_format.type != "text":
-        refuse("response_format", "response_format json_object and json_schema are not supported yet; leave "
-                                  "response_format out or send {\"type\": \"text\"}.")
     if body.logprobs:
         refuse("logprobs", "logprobs are not supported yet; leave logprobs out or send false.")
     if body.top_logprobs:
@@ -114,3 +116,90 @@ def _check_sampling(body: ChatCompletionRequest | CompletionRequest) -> None:
         refuse("presence_penalty", "presence_penalty is not supported yet; leave it out or send 0.")
     if body.logit_bias:
         refuse("logit_bias", "logit_bias is not supported (its token ids are a model's own); leave it out.")
+
+
+# --- what the chosen model must be able to do ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelNeeds:
+    """What a request asks of its model beyond the basics, checked against the model a route
+    picks (a fallback may lack what the first choice has)."""
+
+    options: frozenset[ChatOption]
+    # response_format's json_schema, which a grammar-constrained model must be able to hold the reply to.
+    schema: dict[str, Any] | None = None
+
+
+_CANNOT: dict[ChatOption, str] = {
+    "response_format": "cannot constrain its reply to JSON (response_format): use a llama.cpp chat model or an "
+                       "OpenAI-compatible provider, or leave response_format out",
+    "logprobs": "does not report token log probabilities (logprobs): use a llama.cpp chat model, or leave "
+                "logprobs out",
+    "penalties": "does not take frequency_penalty or presence_penalty: use a llama.cpp chat model or an "
+                 "OpenAI-compatible provider, or send 0",
+}
+
+
+async def require(model: ModelHandle, needs: ModelNeeds | None) -> None:
+    """Refuse (400) a request whose needs `model` cannot honour; a plain request (None) costs nothing."""
+    if needs is None:
+        return
+    info = await model.info()
+    for option in ("response_format", "logprobs", "penalties"):
+        if option in needs.options and option not in info.chat_options:
+            refuse(_param_of(option), f"The model '{model.name}' {_CANNOT[option]}.")
+    if needs.schema is not None and info.supports_json_schema and (why := unenforceable(needs.schema)):
+        refuse("response_format", f"The model '{model.name}' holds its reply to the schema with a grammar, which "
+                                  f"cannot enforce all of it: {why}. A grammar holds type, properties, required, "
+                                  "additionalProperties, enum, const, anyOf, $ref/$defs, items/prefixItems, "
+                                  "minItems/maxItems, minLength/maxLength, an anchored pattern and the date, "
+                                  "time, date-time and uuid formats.")
+
+
+def refuse_needs(needs: ModelNeeds | None, why: str) -> None:
+    """Refuse a request with needs on a path that honours none (`why` says which path)."""
+    if needs is not None:
+        option = next(o for o in ("response_format", "logprobs", "penalties") if o in needs.options)
+        refuse(_param_of(option), f"{why}, which cannot honour {_param_of(option)}; leave it out.")
+
+
+def _param_of(option: ChatOption) -> str:
+    return option if option != "penalties" else "frequency_penalty/presence_penalty"
+
+
+def chat_needs(body: ChatCompletionRequest) -> ModelNeeds | None:
+    """What a (checked) chat request needs of its model, or None for a plain one."""
+    if _CHAT_CHECKED.isdisjoint(body.model_fields_set):
+        return None
+    options: set[ChatOption] = set()
+    schema = None
+    if body.response_format is not None and body.response_format.type != "text":
+        options.add("response_format")
+        if body.response_format.json_schema is not None:
+            schema = body.response_format.json_schema.schema_
+    return ModelNeeds(frozenset(options), schema) if options else None
+
+
+def chat_generation_params(body: ChatCompletionRequest) -> GenerationParams:
+    params = GenerationParams(
+        max_tokens=body.max_completion_tokens or body.max_tokens, temperature=body.temperature,
+        top_p=body.top_p, stop=stops(body.stop), seed=body.seed,
+    )
+    if body.response_format is not None and body.response_format.type != "text":
+        params.json_schema, params.response_format = _json_reply(body.response_format)
+    return params
+
+
+def _json_reply(response_format: ResponseFormat) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the schema a grammar holds the reply to, the response_format a provider gets)."""
+    spec = response_format.json_schema
+    if response_format.type == "json_object":
+        if spec is not None:
+            refuse("response_format", "response_format.json_schema is read only with type json_schema; send "
+                                      "{\"type\": \"json_schema\", \"json_schema\": {...}} or drop it.")
+        return {"type": "object"}, {"type": "json_object"}
+    if spec is None or spec.schema_ is None:
+        refuse("response_format", "response_format type json_schema needs json_schema: {\"name\": ..., "
+                                  "\"schema\": {...}} (the JSON schema the reply must follow).")
+    return spec.schema_, response_format.model_dump(by_alias=True, exclude_none=True)
