@@ -54,3 +54,25 @@ def test_what_a_remote_model_honours_is_known_to_the_gateway(gateway: str) -> No
     refused = _chat(gateway, "smollm2-135m", response_format={
         "type": "json_schema", "json_schema": {"name": "n", "schema": bad_schema}})
     assert refused.status_code == 400 and "'minimum'" in refused.json()["error"]["message"]
+
+
+def test_logprobs_choices_and_penalties_cross_the_wire(gateway: str) -> None:
+    fields = {"n": 2, "seed": 9, "temperature": 0.9, "logprobs": True, "top_logprobs": 2, "frequency_penalty": 0.5,
+              "max_tokens": 12}
+    reply = _chat(gateway, "smollm2-135m", **fields).json()
+    assert [c["index"] for c in reply["choices"]] == [0, 1]
+    for choice in reply["choices"]:
+        content = choice["logprobs"]["content"]
+        assert "".join(e["token"] for e in content) == choice["message"]["content"]
+        assert all(len(e["top_logprobs"]) == 2 for e in content)
+    again = _chat(gateway, "smollm2-135m", **fields).json()
+    assert [c["message"] for c in again["choices"]] == [c["message"] for c in reply["choices"]]  # the seeds held
+    with httpx.stream("POST", f"{gateway}/v1/chat/completions", headers=auth(), timeout=60, json={
+            "model": "smollm2-135m", "messages": [{"role": "user", "content": "How long does rice take to grow?"}],
+            "stream": True, **fields}) as response:
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    streamed: dict[int, list[dict[str, Any]]] = {0: [], 1: []}
+    for event in events:
+        for choice in event["choices"]:
+            streamed[choice["index"]].extend((choice.get("logprobs") or {}).get("content") or [])
+    assert streamed == {i: c["logprobs"]["content"] for i, c in enumerate(reply["choices"])}

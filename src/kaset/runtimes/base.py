@@ -164,6 +164,36 @@ class GenerationParams:
     # one), for runtimes that pass it upstream; runtimes that constrain sampling themselves read
     # `json_schema`, which the API sets from it.
     response_format: dict[str, Any] | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    # Report each generated token's log probability and its `top_logprobs` (0-20) likeliest alternatives.
+    logprobs: bool = False
+    top_logprobs: int = 0
+    # Sample exactly as every other run with this seed: llama.cpp then evaluates the prompt afresh
+    # instead of reusing a cached prefix, whose re-evaluated last token comes out slightly different
+    # and can tip a sampled token. Costs the prompt's evaluation; the API sets it for a client's
+    # seeded, sampled request (pipelines keep the cache).
+    reproducible: bool = False
+
+
+@dataclass
+class TopLogprob:
+    token: str
+    logprob: float
+    token_bytes: list[int]
+
+
+@dataclass
+class TokenLogprob:
+    """A generated token: its text, its log probability under the model (the raw distribution,
+    before a grammar or the sampler settings narrow it), and the likeliest tokens in its place."""
+
+    token: str
+    logprob: float
+    token_bytes: list[int]
+    top_logprobs: list[TopLogprob] = field(default_factory=list)
+    # Where the token's text starts in the reply (characters).
+    text_offset: int = 0
 
 
 @dataclass
@@ -172,6 +202,8 @@ class Generation:
     finish_reason: Literal["stop", "length"]
     prompt_tokens: int
     completion_tokens: int
+    # One per generated token when `GenerationParams.logprobs` asked for them.
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -182,6 +214,8 @@ class GenerationChunk:
     finish_reason: Literal["stop", "length"] | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # The tokens whose text starts in this piece, when `GenerationParams.logprobs` asked for them.
+    logprobs: list[TokenLogprob] | None = None
 
 
 class ChatModel(Runtime):

@@ -40,14 +40,18 @@ import numpy as np
 import numpy.typing as npt
 
 from kaset.errors import InvalidRequest, ModelUnavailable
-from kaset.runtimes.base import ChatModel, ChatOption, Generation, GenerationChunk, GenerationParams
+from kaset.runtimes.base import ChatModel, ChatOption, Generation, GenerationChunk, GenerationParams, TokenLogprob
 from kaset.runtimes.json_grammar import gbnf as json_gbnf
+from kaset.runtimes.llama_logprobs import TokenLogprobs
 
 DEFAULT_N_CTX = 2048
 # llama-cpp-python's own sampling defaults; the OpenAI API has no knob for them.
 DEFAULT_TOP_K = 40
 DEFAULT_MIN_P = 0.05
 DEFAULT_REPEAT_PENALTY = 1.0
+# llama.cpp seeds are 32-bit and 0xFFFFFFFF means "random": OpenAI's seeds (any integer) are
+# folded into 0..0xFFFFFFFE, so every seed is reproducible.
+_SEEDS = 0xFFFFFFFF
 
 # CJK in a conversation's text: U+3000-U+D7FF (CJK punctuation, kana, Bopomofo, Hangul
 # compatibility jamo, Han with extension A, Yi, Hangul syllables), Hangul jamo, CJK radicals,
@@ -88,7 +92,7 @@ class LlamaCppRuntime(ChatModel):
 
     _llm: Any = None
     supports_json_schema = True  # through a llama.cpp grammar built from the schema
-    chat_options: frozenset[ChatOption] = frozenset({"response_format"})
+    chat_options: frozenset[ChatOption] = frozenset({"response_format", "logprobs", "penalties"})
     # Typed loosely: its signature wants llama-cpp-python's TypedDict messages.
     _formatter: Any = None
     # Token ids whose bytes write CJK, forbidden in conversations without CJK; empty: no guard.
@@ -239,9 +243,12 @@ class LlamaCppRuntime(ChatModel):
         stopped_by_string = False
         grammar = _grammar(params.json_schema)
         processors = [_forbid(self._cjk_tokens)] if request.guard_script else None
+        logprobs = TokenLogprobs(llm, params.top_logprobs) if params.logprobs else None
         with self._lock:
             seed = params.seed if params.seed is not None else random.randrange(2**31)
-            llm.set_seed(seed)
+            llm.set_seed(seed % _SEEDS)
+            if params.reproducible:
+                llm.reset()
             tokens = (
                 llm.generate(
                     request.tokens,
@@ -249,6 +256,8 @@ class LlamaCppRuntime(ChatModel):
                     top_p=params.top_p,
                     grammar=grammar,
                     logits_processor=processors,
+                    frequency_penalty=params.frequency_penalty,
+                    presence_penalty=params.presence_penalty,
                     **self._sampling,
                 )
                 if request.max_tokens > 0
@@ -260,6 +269,8 @@ class LlamaCppRuntime(ChatModel):
                         finish = "stop"
                         break
                     n_generated += 1
+                    if logprobs is not None:
+                        logprobs.add(token, len(text))
                     piece = decoder.decode(llm.detokenize([token]))
                     if piece:
                         searched_from = max(0, len(text) - longest_stop + 1)
@@ -273,7 +284,7 @@ class LlamaCppRuntime(ChatModel):
                         # Hold back a tail that may be the start of a stop string.
                         safe = len(text) - _partial_stop(text, stops)
                         if safe > emitted:
-                            yield GenerationChunk(text=text[emitted:safe])
+                            yield GenerationChunk(text=text[emitted:safe], logprobs=_taken(logprobs, safe))
                             emitted = safe
                     if n_generated >= request.max_tokens:
                         break
@@ -285,7 +296,7 @@ class LlamaCppRuntime(ChatModel):
             # A reply cut off mid-character ends in U+FFFD rather than losing the bytes silently.
             text += decoder.decode(b"", final=True)
         if len(text) > emitted:
-            yield GenerationChunk(text=text[emitted:])
+            yield GenerationChunk(text=text[emitted:], logprobs=_taken(logprobs, len(text)))
         yield GenerationChunk(
             text="",
             finish_reason=finish,
@@ -354,15 +365,24 @@ def _partial_stop(text: str, stops: list[str]) -> int:
     return best
 
 
+def _taken(logprobs: TokenLogprobs | None, end: int) -> list[TokenLogprob] | None:
+    return logprobs.take(end) if logprobs is not None else None
+
+
 def _collect(chunks: Iterator[GenerationChunk]) -> Generation:
     parts: list[str] = []
     last = GenerationChunk(text="")
+    logprobs: list[TokenLogprob] | None = None
     for chunk in chunks:
         parts.append(chunk.text)
+        if chunk.logprobs is not None:
+            logprobs = logprobs if logprobs is not None else []
+            logprobs.extend(chunk.logprobs)
         last = chunk
     return Generation(
         text="".join(parts),
         finish_reason=last.finish_reason or "stop",
         prompt_tokens=last.prompt_tokens,
         completion_tokens=last.completion_tokens,
+        logprobs=logprobs,
     )

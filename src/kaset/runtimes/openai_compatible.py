@@ -33,7 +33,7 @@ class OpenAICompatibleRuntime(ProviderRuntime):
 
     provider: ClassVar[str] = "openai-compatible"
     # Passed upstream as the client sent them; the upstream refuses what it cannot do.
-    chat_options: frozenset[ChatOption] = frozenset({"response_format"})
+    chat_options: frozenset[ChatOption] = frozenset({"response_format", "penalties"})
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
@@ -52,6 +52,10 @@ class OpenAICompatibleRuntime(ProviderRuntime):
             body["seed"] = params.seed
         if params.response_format is not None:
             body["response_format"] = params.response_format
+        if params.frequency_penalty:
+            body["frequency_penalty"] = params.frequency_penalty
+        if params.presence_penalty:
+            body["presence_penalty"] = params.presence_penalty
         if stream and self.params.get("stream_usage", True):
             body["stream_options"] = {"include_usage": True}
         return body

@@ -31,6 +31,8 @@ from kaset.runtimes.base import (
     GenerationChunk,
     GenerationParams,
     Segment,
+    TokenLogprob,
+    TopLogprob,
     TranscribeOptions,
     Transcription,
     Voice,
@@ -109,11 +111,20 @@ def embeddings_in(value: dict[str, Any]) -> Embeddings:
 
 
 def generation_in(value: dict[str, Any]) -> Generation:
+    if value.get("logprobs") is not None:
+        value = {**value, "logprobs": logprobs_in(value["logprobs"])}
     return Generation(**value)
 
 
 def chunk_in(value: dict[str, Any]) -> GenerationChunk:
+    if value.get("logprobs") is not None:
+        value = {**value, "logprobs": logprobs_in(value["logprobs"])}
     return GenerationChunk(**value)
+
+
+def logprobs_in(values: list[dict[str, Any]]) -> list[TokenLogprob]:
+    return [TokenLogprob(**{**value, "top_logprobs": [TopLogprob(**top) for top in value["top_logprobs"]]})
+            for value in values]
 
 
 def info_out(info: ModelInfo) -> dict[str, Any]:

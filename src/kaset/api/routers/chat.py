@@ -27,23 +27,17 @@ from kaset.api.schemas.chat import (
     CompletionRequest,
 )
 from kaset.api.serving.chat_audio import hear_audio_parts, recall_spoken_replies, voice_for
+from kaset.api.serving.chat_choices import choices_tokens, completion_logprobs, generate_choices, stream_choices
 from kaset.api.serving.chat_images import chat_about_images, chat_with_vision_model, image_urls
-from kaset.api.serving.chat_messages import deterministic, last_user_text, stops, to_messages
-from kaset.api.serving.chat_params import (
-    chat_generation_params,
-    chat_needs,
-    check_chat_fields,
-    check_completion_fields,
-    refuse_needs,
-    require,
-)
+from kaset.api.serving.chat_messages import deterministic, last_user_text, to_messages
+from kaset.api.serving.chat_params import prepare_chat, prepare_completion, refuse_needs, require
 from kaset.api.serving.chat_stream import ChatReply, CompletionChunks, sse_response, usage_of
 from kaset.errors import InvalidRequest, PayloadTooLarge
 from kaset.ids import new_id
 from kaset.language import written_language
 from kaset.registry.handle import ModelHandle
 from kaset.registry.routing import caller_key
-from kaset.runtimes.base import Generation, GenerationParams
+from kaset.runtimes.base import Generation
 from kaset.usage import record as record_usage
 
 router = APIRouter(tags=["chat"], dependencies=[Depends(require_json)])
@@ -57,9 +51,7 @@ async def chat_completions(
 ) -> Response:
     """The JSON's `model` is the name the client asked for (OpenAI clients expect it back); the
     x-kaset-model header names the model that served (a route's target or fallback)."""
-    check_chat_fields(body)
-    params = chat_generation_params(body)
-    needs = chat_needs(body)
+    params, needs = prepare_chat(body)
     completion_id = f"chatcmpl-{new_id()}"
     created = int(time.time())
 
@@ -78,6 +70,9 @@ async def chat_completions(
     if images:
         record_usage(images=len(images))
 
+        if body.n > 1:
+            raise InvalidRequest("n > 1 is not supported for messages with images yet: send n: 1.", param="n")
+
         async def with_images(model: ModelHandle) -> Response:
             if (await model.info()).vision:
                 await require(model, needs)
@@ -92,26 +87,29 @@ async def chat_completions(
         async def stream(model: ModelHandle) -> StreamingResponse:
             await require(model, needs)
             messages = to_messages(body, settings.max_text_chars)
-            return await sse_response(model.chat_stream(messages, params), reply.chunks(), reply.include_usage,
-                                 routing.headers(body.model, model.spec), voice)
+            payloads = reply.chunks()
+            generated = model.chat_stream(messages, params) if body.n == 1 else stream_choices(
+                lambda choice: model.chat_stream(messages, choice), params, body.n, payloads.start_choice)
+            return await sse_response(generated, payloads, reply.include_usage, routing.headers(body.model, model.spec),
+                                      voice)
 
         streamed, _ = await routing.call(body.model, "chat", stream, caller=caller)
         return streamed
 
-    async def run(model: ModelHandle) -> Generation:
+    async def run(model: ModelHandle) -> list[Generation]:
         await require(model, needs)
-        return await model.chat(to_messages(body, settings.max_text_chars), params)
+        messages = to_messages(body, settings.max_text_chars)
+        return await generate_choices(lambda choice: model.chat(messages, choice), params, body.n)
 
-    result, spec = await routing.call(body.model, "chat", run, caller=caller, retry=deterministic(params))
-    return await reply.respond(result.text, result.finish_reason, result.prompt_tokens, result.completion_tokens,
-                               headers=routing.headers(body.model, spec))
+    results, spec = await routing.call(body.model, "chat", run, caller=caller, retry=deterministic(params))
+    return await reply.respond_all(results, headers=routing.headers(body.model, spec))
 
 
 @policy(budgets=("tokens_per_day",), model_field=True)
 @router.post("/v1/completions", response_model=Completion)
 async def completions(body: CompletionRequest, request: Request, routing: RouterDep,
                       settings: SettingsDep) -> Response:
-    check_completion_fields(body)
+    params, needs = prepare_completion(body)
     if isinstance(body.prompt, list):
         if len(body.prompt) != 1:
             raise InvalidRequest("Send one prompt per request.", param="prompt")
@@ -123,8 +121,6 @@ async def completions(body: CompletionRequest, request: Request, routing: Router
             f"The prompt holds {len(prompt)} characters; this server accepts at most {settings.max_text_chars}.",
             param="prompt",
         )
-    params = GenerationParams(max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
-                              stop=stops(body.stop), seed=body.seed)
     completion_id = f"cmpl-{new_id()}"
     created = int(time.time())
 
@@ -133,23 +129,29 @@ async def completions(body: CompletionRequest, request: Request, routing: Router
 
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = CompletionChunks(completion_id, created, body.model)
+        chunks = CompletionChunks(completion_id, created, body.model, logprobs=params.logprobs,
+                                  echo=prompt if body.echo else "")
 
         async def stream(model: ModelHandle) -> StreamingResponse:
-            return await sse_response(model.complete_stream(prompt, params), chunks, include_usage,
-                                 routing.headers(body.model, model.spec))
+            await require(model, needs)
+            generated = model.complete_stream(prompt, params) if body.n == 1 else stream_choices(
+                lambda choice: model.complete_stream(prompt, choice), params, body.n, chunks.start_choice)
+            return await sse_response(generated, chunks, include_usage, routing.headers(body.model, model.spec))
 
         streamed, _ = await routing.call(body.model, "chat", stream, caller=caller)
         return streamed
 
-    async def run(model: ModelHandle) -> Generation:
-        return await model.complete(prompt, params)
+    async def run(model: ModelHandle) -> list[Generation]:
+        await require(model, needs)
+        return await generate_choices(lambda choice: model.complete(prompt, choice), params, body.n)
 
-    result, spec = await routing.call(body.model, "chat", run, caller=caller, retry=deterministic(params))
-    text = prompt + result.text if body.echo else result.text
+    results, spec = await routing.call(body.model, "chat", run, caller=caller, retry=deterministic(params))
+    echoed = prompt if body.echo else ""
     response = Completion(
         id=completion_id, created=created, model=body.model,
-        choices=[CompletionChoice(text=text, finish_reason=result.finish_reason)],
-        usage=usage_of(result.prompt_tokens, result.completion_tokens),
+        choices=[CompletionChoice(index=i, text=echoed + r.text, finish_reason=r.finish_reason,
+                                  logprobs=completion_logprobs(r.logprobs) if params.logprobs else None)
+                 for i, r in enumerate(results)],
+        usage=usage_of(*choices_tokens(results)),
     )
     return json_response(response, headers=routing.headers(body.model, spec))

@@ -65,9 +65,11 @@ class AudioOutput(BaseModel):
 class _SamplingFields(BaseModel):
     """What chat and text completions share. Each field OpenAI defines is either honoured,
     accepted because it cannot change the reply, or refused with a 400 naming it
-    (kaset.api.serving.chat_params decides which, and docs/api.md lists them). Fields OpenAI
-    does not define are refused too, as OpenAI refuses them ("Unrecognized request argument");
-    `extra="allow"` only lets that check name them in an OpenAI error instead of a 422."""
+    (kaset.api.serving.chat_params decides which, and docs/api.md lists them). Only the honoured
+    ones are declared here: every declared field costs each request's validation, and the others
+    (`metadata`, `store`, `tools`, `logit_bias`...) arrive in `model_extra`, where chat_params
+    looks at them by name. Fields OpenAI does not define are refused there too, as OpenAI refuses
+    them ("Unrecognized request argument")."""
 
     model_config = ConfigDict(extra="allow")
     model: str
@@ -80,9 +82,7 @@ class _SamplingFields(BaseModel):
     stream_options: StreamOptions | None = None
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    # Refused unless empty (chat_params): token ids are the model's own, and no runtime here takes them yet.
-    logit_bias: dict[str, float] | None = None
-    # Accepted: they identify the caller at OpenAI and change nothing in the reply.
+    # Accepted: it identifies the caller at OpenAI and changes nothing in the reply.
     user: str | None = None
 
 
@@ -93,25 +93,6 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: ResponseFormat | None = None
-    # Accepted: labels, caching and routing hints at OpenAI that change nothing in the reply.
-    metadata: dict[str, str] | None = None
-    safety_identifier: str | None = None
-    prompt_cache_key: str | None = None
-    prompt_cache_retention: str | None = None
-    prompt_cache_options: dict[str, Any] | None = None
-    prediction: dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
-    # Checked by value (chat_params): store true, other service tiers, reasoning, tools are refused.
-    store: bool | None = None
-    service_tier: str | None = None
-    reasoning_effort: str | None = None
-    verbosity: str | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    functions: list[Any] | None = None
-    function_call: Any = None
-    web_search_options: dict[str, Any] | None = None
-    moderation: Any = None
     modalities: list[Literal["text", "audio"]] | None = None
     audio: AudioOutput | None = None
     # As in speaches: the models that hear input_audio parts and speak the reply. Default: the
@@ -126,9 +107,6 @@ class CompletionRequest(_SamplingFields):
     echo: bool = False
     # The legacy shape: the number of top tokens to return with each token (OpenAI allows 0-5).
     logprobs: int | None = Field(default=None, ge=0, le=5)
-    # Checked by value (chat_params): best_of other than n, and a suffix, are refused.
-    best_of: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
-    suffix: str | None = None
 
 
 class Usage(BaseModel):

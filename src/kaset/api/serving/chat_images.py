@@ -107,9 +107,7 @@ async def chat_with_vision_model(body: ChatCompletionRequest, model: ModelHandle
     if body.stream:
         return await sse_response(model.chat_parts_stream(messages, params), reply.chunks(), reply.include_usage,
                                   headers, reply.voice)
-    result = await model.chat_parts(messages, params)
-    return await reply.respond(result.text, result.finish_reason, result.prompt_tokens, result.completion_tokens,
-                               headers=headers)
+    return await reply.respond_all([await model.chat_parts(messages, params)], headers=headers)
 
 
 def _described_text(descriptions: list[Description]) -> str:
